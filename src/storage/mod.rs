@@ -1,0 +1,87 @@
+//! Persistence providers: where a workspace's doc lives between runs.
+//!
+//! A [`StorageProvider`] opens the [`DocStorage`] of one doc (a workspace id or a dynamic
+//! room). The client hands it every update as the doc commits it, and waits on
+//! [`DocStorage::flush`] when it needs to know the updates are durable; that is what the
+//! sync layer waits on before it acknowledges, and what `destroy()` waits on before it
+//! returns. Two providers ship: [`MemoryStorage`] and, with the `sqlite` feature,
+//! [`SqliteStorage`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::StorageError;
+use crate::workspace::{Row, WorkspaceDefinition};
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use memory::MemoryStorage;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStorage};
+
+/// A boxed future, as the object-safe storage traits return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One row's new state for a SQL mirror: `None` when the row is gone or no longer valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    /// The table name.
+    pub table: String,
+    /// The row id.
+    pub id: String,
+    /// The valid row, or `None`.
+    pub row: Option<Row>,
+}
+
+/// Opens the storage of docs by id.
+pub trait StorageProvider: Send + Sync + 'static {
+    /// Opens (blocking) the storage of `doc_id`, exclusively: while the returned storage
+    /// is alive, opening the same doc again fails with [`StorageError::InUse`].
+    /// `definition` is given for workspace docs (a provider may mirror their tables).
+    fn open(
+        &self,
+        doc_id: &str,
+        definition: Option<&WorkspaceDefinition>,
+    ) -> Result<Box<dyn DocStorage>, StorageError>;
+}
+
+impl<T: StorageProvider + ?Sized> StorageProvider for std::sync::Arc<T> {
+    fn open(
+        &self,
+        doc_id: &str,
+        definition: Option<&WorkspaceDefinition>,
+    ) -> Result<Box<dyn DocStorage>, StorageError> {
+        (**self).open(doc_id, definition)
+    }
+}
+
+/// The open storage of one doc.
+pub trait DocStorage: Send + Sync + 'static {
+    /// The stored updates, in order (blocking). Applying them all rebuilds the doc.
+    fn load(&self) -> Result<Vec<Vec<u8>>, StorageError>;
+
+    /// Whether [`DocStorage::append`] wants row changes (a SQL mirror).
+    fn mirrors_rows(&self) -> bool {
+        false
+    }
+
+    /// Replaces the whole mirror with these valid rows (called once after loading).
+    fn reset_rows(&self, _tables: Vec<(String, Vec<Row>)>) {}
+
+    /// Queues one update (and the rows it changed) for writing. Called inside the doc's
+    /// commit, so it must not block; durability is awaited with [`DocStorage::flush`].
+    fn append(&self, update: Vec<u8>, rows: Vec<RowChange>);
+
+    /// Resolves once everything appended before the call is durable.
+    fn flush(&self) -> BoxFuture<Result<(), StorageError>>;
+
+    /// Folds the update log into a snapshot now.
+    fn compact(&self) -> BoxFuture<Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Flushes, then releases the storage (the doc can be opened again afterwards).
+    fn close(&self) -> BoxFuture<Result<(), StorageError>>;
+}

@@ -1,0 +1,259 @@
+//! `WorkspaceClient`: a loaded, live workspace (doc + tables + KV + storage).
+//!
+//! `create()` returns only after the stored state is loaded into the doc, so nothing can
+//! ever read or serve an empty doc over stored data. From then on every committed
+//! transaction is handed to the storage, and [`WorkspaceClient::flush`] tells when it is
+//! durable. `destroy()` flushes and releases the storage; dropping a client without it
+//! still lets the storage finish its queued writes in the background.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Options, ReadTxn, Transact, Update};
+
+use super::core::{Core, LOCAL_ORIGIN};
+use super::definition::WorkspaceDefinition;
+use super::kv::KvHandle;
+use super::table::TableHandle;
+use crate::error::{StorageError, WorkspaceError};
+use crate::storage::{DocStorage, MemoryStorage, StorageProvider};
+
+const UPDATE_OBSERVER: &str = "epicenter-storage";
+
+/// Creates a [`WorkspaceClient`] from a definition and a storage provider.
+pub struct ClientBuilder {
+    definition: WorkspaceDefinition,
+    storage: Arc<dyn StorageProvider>,
+}
+
+impl WorkspaceDefinition {
+    /// Starts a client of this workspace stored by `storage` (the seed's
+    /// `withProviders({ sqlite })`).
+    pub fn with_storage(self, storage: impl StorageProvider) -> ClientBuilder {
+        ClientBuilder {
+            definition: self,
+            storage: Arc::new(storage),
+        }
+    }
+
+    /// Starts a client of this workspace kept in memory only.
+    pub fn in_memory(self) -> ClientBuilder {
+        self.with_storage(MemoryStorage::new())
+    }
+}
+
+impl ClientBuilder {
+    /// Opens the storage, loads the doc, and returns the live client.
+    pub async fn create(self) -> Result<WorkspaceClient, WorkspaceError> {
+        self.definition.check()?;
+        let ClientBuilder {
+            definition,
+            storage,
+        } = self;
+        let task = tokio::task::spawn_blocking(move || open_and_load(definition, storage));
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(WorkspaceError::Storage(StorageError::WriterFailed(
+                format!("loading panicked: {e}"),
+            ))),
+        }
+    }
+}
+
+fn open_and_load(
+    definition: WorkspaceDefinition,
+    provider: Arc<dyn StorageProvider>,
+) -> Result<WorkspaceClient, WorkspaceError> {
+    let storage: Arc<dyn DocStorage> = Arc::from(provider.open(&definition.id, Some(&definition))?);
+    let updates = storage.load()?;
+    let doc = Doc::with_options(Options {
+        guid: definition.id.as_str().into(),
+        ..Options::default()
+    });
+    let core = Core::new(definition, doc);
+    {
+        let mut txn = core.doc.transact_mut();
+        for (n, bytes) in updates.iter().enumerate() {
+            let update = Update::decode_v1(bytes)
+                .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
+            txn.apply_update(update)
+                .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
+        }
+        if txn.store().pending_update().is_some() {
+            tracing::warn!(
+                workspace = %core.definition.id,
+                "stored updates refer to missing earlier updates; that part waits for them"
+            );
+        }
+    }
+    // From here on every commit goes to storage (with the rows it changed, for a mirror).
+    if storage.mirrors_rows() {
+        core.mirror_rows.store(true, Ordering::Release);
+    }
+    let (s, weak) = (storage.clone(), Arc::downgrade(&core));
+    core.doc
+        .observe_update_v1(UPDATE_OBSERVER, move |_, event| {
+            let rows = match weak.upgrade() {
+                Some(core) if s.mirrors_rows() => core.take_row_changes(),
+                _ => Vec::new(),
+            };
+            s.append(event.update.clone(), rows);
+        })
+        .map_err(|e| WorkspaceError::BadUpdate(format!("cannot observe the doc: {e}")))?;
+    core.settle();
+    if storage.mirrors_rows() {
+        // Rows changed by settle() are already queued; the reset below supersedes them.
+        storage.reset_rows(core.all_valid_rows());
+    }
+    Ok(WorkspaceClient {
+        inner: Arc::new(ClientInner {
+            core,
+            storage,
+            destroy: tokio::sync::Mutex::new(false),
+        }),
+    })
+}
+
+struct ClientInner {
+    core: Arc<Core>,
+    storage: Arc<dyn DocStorage>,
+    destroy: tokio::sync::Mutex<bool>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        // The observer holds the storage; unhooking it lets the storage drop and finish.
+        let _ = self.core.doc.unobserve_update_v1(UPDATE_OBSERVER);
+    }
+}
+
+/// A live workspace: its doc, table and KV handles, and its storage. Cheap to clone; all
+/// clones share one workspace.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use epicenter_server::workspace::{WorkspaceDefinition, id, text};
+/// use serde_json::json;
+///
+/// let blog = WorkspaceDefinition::builder("blog")
+///     .table("posts", [("id", id()), ("title", text())])
+///     .build()
+///     .unwrap();
+/// let client = blog.in_memory().create().await.unwrap();
+/// let posts = client.table("posts").unwrap();
+/// posts.upsert(json!({"id": "1", "title": "Hello"}).as_object().unwrap().clone()).unwrap();
+/// assert_eq!(posts.count(), 1);
+/// client.destroy().await.unwrap();
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct WorkspaceClient {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for WorkspaceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceClient")
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+impl WorkspaceClient {
+    /// The workspace id (also the doc guid and the sync room).
+    pub fn id(&self) -> &str {
+        &self.inner.core.definition.id
+    }
+
+    /// The workspace definition.
+    pub fn definition(&self) -> &WorkspaceDefinition {
+        &self.inner.core.definition
+    }
+
+    /// The workspace's doc. Changes made to it directly (by a sync layer, say) reach the
+    /// tables, observers and storage like any other.
+    pub fn doc(&self) -> &Doc {
+        &self.inner.core.doc
+    }
+
+    /// A handle on a table.
+    pub fn table(&self, name: &str) -> Result<TableHandle, WorkspaceError> {
+        Ok(TableHandle {
+            core: self.inner.core.clone(),
+            index: self.inner.core.table_index(name)?,
+        })
+    }
+
+    /// Handles on every table, in definition order.
+    pub fn tables(&self) -> Vec<TableHandle> {
+        (0..self.inner.core.tables.len())
+            .map(|index| TableHandle {
+                core: self.inner.core.clone(),
+                index,
+            })
+            .collect()
+    }
+
+    /// The KV handle.
+    pub fn kv(&self) -> KvHandle {
+        KvHandle {
+            core: self.inner.core.clone(),
+        }
+    }
+
+    /// Applies a Yjs (v1) update from elsewhere, with `origin`, then deletes any LWW
+    /// losers it revealed (in a second, local transaction).
+    pub fn apply_update(&self, update: &[u8], origin: &str) -> Result<(), WorkspaceError> {
+        self.inner.core.check_alive()?;
+        let update =
+            Update::decode_v1(update).map_err(|e| WorkspaceError::BadUpdate(e.to_string()))?;
+        self.inner
+            .core
+            .doc
+            .transact_mut_with(origin)
+            .apply_update(update)
+            .map_err(|e| WorkspaceError::BadUpdate(e.to_string()))?;
+        self.settle();
+        Ok(())
+    }
+
+    /// Deletes LWW losers left by updates applied to the doc directly. Table and KV writes
+    /// and [`WorkspaceClient::apply_update`] do this on their own.
+    pub fn settle(&self) {
+        self.inner.core.settle()
+    }
+
+    /// Resolves once every change made so far is durable in storage.
+    pub async fn flush(&self) -> Result<(), WorkspaceError> {
+        Ok(self.inner.storage.flush().await?)
+    }
+
+    /// Folds the storage's update log into a snapshot now (it also happens on its own).
+    pub async fn compact(&self) -> Result<(), WorkspaceError> {
+        Ok(self.inner.storage.compact().await?)
+    }
+
+    /// Whether [`WorkspaceClient::destroy`] has been called.
+    pub fn is_destroyed(&self) -> bool {
+        self.inner.core.destroyed.load(Ordering::Acquire)
+    }
+
+    /// Flushes everything to storage and releases it. Later writes fail with
+    /// [`WorkspaceError::Destroyed`]. Calling it again does nothing.
+    pub async fn destroy(&self) -> Result<(), WorkspaceError> {
+        let mut done = self.inner.destroy.lock().await;
+        if *done {
+            return Ok(());
+        }
+        // Wait for any write in progress to commit, and stop new ones.
+        {
+            let _txn = self.inner.core.doc.transact_mut_with(LOCAL_ORIGIN);
+            self.inner.core.destroyed.store(true, Ordering::Release);
+        }
+        let _ = self.inner.core.doc.unobserve_update_v1(UPDATE_OBSERVER);
+        *done = true;
+        self.inner.storage.close().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! The shared state of one workspace: its doc, the LWW index of each root array, and the
+//! single write path every table and KV change goes through.
+//!
+//! Reads never touch the doc: they are answered from the indexes, which yrs keeps current
+//! by calling our array observers inside every commit (local, remote or loaded). Writes
+//! open one doc transaction, delete the entries they replace (and any LWW losers still
+//! around), then append the new entries, so each batch is one transaction and one update.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use yrs::{Any, Array, ArrayRef, Doc, Observable, Transact};
+
+use super::clock::Clock;
+use super::definition::{TableDefinition, WorkspaceDefinition};
+use super::lww::{entry, runs_descending, LwwIndex, WinnerChange};
+use super::validate::{validate_stored, Issue, Row};
+use super::value::any_to_json;
+use crate::error::WorkspaceError;
+
+/// The origin attached to transactions made through table and KV handles.
+pub const LOCAL_ORIGIN: &str = "epicenter-local";
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the indexes are
+/// rebuilt from deltas only, so a panic mid-update cannot leave them half-written.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type RowCallback = Arc<dyn Fn(&BTreeSet<String>) + Send + Sync>;
+
+/// A registered observer; dropping it unregisters the callback.
+#[must_use = "dropping the subscription stops the observer"]
+pub struct Subscription {
+    list: std::sync::Weak<Observers>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.upgrade() {
+            lock(&list.callbacks).retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Observers {
+    next: AtomicU64,
+    callbacks: Mutex<Vec<(u64, RowCallback)>>,
+}
+
+impl Observers {
+    pub(crate) fn add(self: &Arc<Self>, f: RowCallback) -> Subscription {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.callbacks).push((id, f));
+        Subscription {
+            list: Arc::downgrade(self),
+            id,
+        }
+    }
+
+    fn notify(&self, changed: &BTreeSet<String>) {
+        let callbacks: Vec<RowCallback> = lock(&self.callbacks)
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in callbacks {
+            f(changed);
+        }
+    }
+}
+
+/// Rows of one table, rebuilt cell by cell from the index's winner changes.
+#[derive(Default)]
+pub(crate) struct TableState {
+    pub index: LwwIndex,
+    /// row id → field id → value.
+    pub rows: BTreeMap<String, HashMap<String, Any>>,
+}
+
+/// What reading one row gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowResult {
+    /// The row matches the schema.
+    Valid(Row),
+    /// The row exists but does not match the schema.
+    Invalid {
+        /// The row id.
+        id: String,
+        /// Every stored cell, as JSON.
+        row: Row,
+        /// What does not match.
+        issues: Vec<Issue>,
+    },
+    /// No cell of the row exists.
+    NotFound,
+}
+
+pub(crate) struct TableCore {
+    pub def: TableDefinition,
+    pub array: ArrayRef,
+    pub state: Mutex<TableState>,
+    pub observers: Arc<Observers>,
+}
+
+impl TableCore {
+    /// The row as a [`RowResult`], from its cells.
+    pub fn read(&self, id: &str, cells: Option<&HashMap<String, Any>>) -> RowResult {
+        let Some(cells) = cells else {
+            return RowResult::NotFound;
+        };
+        let mut raw = Row::new();
+        for field in &self.def.fields {
+            if let Some(v) = cells.get(&field.name) {
+                raw.insert(field.name.clone(), any_to_json(v));
+            }
+        }
+        let issues = validate_stored(&self.def, &raw);
+        if issues.is_empty() {
+            for field in &self.def.fields {
+                if !raw.contains_key(&field.name) {
+                    raw.insert(field.name.clone(), serde_json::Value::Null);
+                }
+            }
+            // Put fields back in declaration order (nullable ones may have been appended).
+            let mut ordered = Row::new();
+            for field in &self.def.fields {
+                if let Some(v) = raw.remove(&field.name) {
+                    ordered.insert(field.name.clone(), v);
+                }
+            }
+            RowResult::Valid(ordered)
+        } else {
+            let mut extra: Vec<_> = cells
+                .iter()
+                .filter(|(k, _)| self.def.field(k).is_none())
+                .collect();
+            extra.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in extra {
+                raw.insert(k.clone(), any_to_json(v));
+            }
+            RowResult::Invalid {
+                id: id.to_string(),
+                row: raw,
+                issues,
+            }
+        }
+    }
+
+    /// Applies winner changes to the row map; returns the row ids touched.
+    fn apply_changes(state: &mut TableState, changes: Vec<WinnerChange>) -> BTreeSet<String> {
+        let mut touched = BTreeSet::new();
+        for (key, val) in changes {
+            let Some((row, field)) = key.split_once(':') else {
+                continue;
+            };
+            touched.insert(row.to_string());
+            match val {
+                Some(v) => {
+                    state
+                        .rows
+                        .entry(row.to_string())
+                        .or_default()
+                        .insert(field.to_string(), v);
+                }
+                None => {
+                    if let Some(cells) = state.rows.get_mut(row) {
+                        cells.remove(field);
+                        if cells.is_empty() {
+                            state.rows.remove(row);
+                        }
+                    }
+                }
+            }
+        }
+        touched
+    }
+}
+
+pub(crate) struct KvCore {
+    pub array: ArrayRef,
+    pub state: Mutex<LwwIndex>,
+    pub observers: Arc<Observers>,
+}
+
+/// Row changes waiting for the storage's mirror, collected during a commit.
+pub(crate) type PendingRows = Mutex<BTreeMap<usize, BTreeSet<String>>>;
+
+/// Everything one workspace's handles share.
+pub(crate) struct Core {
+    pub definition: WorkspaceDefinition,
+    pub doc: Doc,
+    pub clock: Arc<Clock>,
+    pub tables: Vec<Arc<TableCore>>,
+    pub kv: Arc<KvCore>,
+    /// Set once the storage wants row changes (after the initial load).
+    pub mirror_rows: Arc<AtomicBool>,
+    pub pending_rows: Arc<PendingRows>,
+    pub destroyed: AtomicBool,
+}
+
+/// One array's share of a write: entries to add and keys whose entries go.
+#[derive(Default)]
+pub(crate) struct ArrayWrite {
+    pub puts: Vec<(String, Any)>,
+    pub removes: HashSet<Arc<str>>,
+}
+
+/// A write over several arrays, done in one transaction. Key `None` is the KV array.
+#[derive(Default)]
+pub(crate) struct WritePlan {
+    pub arrays: BTreeMap<Option<usize>, ArrayWrite>,
+}
+
+impl WritePlan {
+    pub fn table(&mut self, index: usize) -> &mut ArrayWrite {
+        self.arrays.entry(Some(index)).or_default()
+    }
+    pub fn kv(&mut self) -> &mut ArrayWrite {
+        self.arrays.entry(None).or_default()
+    }
+}
+
+impl Core {
+    /// Builds the core and wires the array observers that keep the indexes current.
+    pub fn new(definition: WorkspaceDefinition, doc: Doc) -> Arc<Core> {
+        let clock = Arc::new(Clock::new());
+        let mirror_rows = Arc::new(AtomicBool::new(false));
+        let pending_rows: Arc<PendingRows> = Arc::default();
+        let mut tables = Vec::new();
+        for (i, def) in definition.tables.iter().enumerate() {
+            let array = doc.get_or_insert_array(format!("table:{}", def.name));
+            let table = Arc::new(TableCore {
+                def: def.clone(),
+                array: array.clone(),
+                state: Mutex::default(),
+                observers: Arc::default(),
+            });
+            let (t, clock, mirror, pending) = (
+                table.clone(),
+                clock.clone(),
+                mirror_rows.clone(),
+                pending_rows.clone(),
+            );
+            array.observe("epicenter-index", move |txn, event| {
+                let touched = {
+                    let mut state = lock(&t.state);
+                    let (changes, max_ts) = state.index.apply_delta(event.delta(txn));
+                    clock.observe(max_ts);
+                    TableCore::apply_changes(&mut state, changes)
+                };
+                if touched.is_empty() {
+                    return;
+                }
+                if mirror.load(Ordering::Acquire) {
+                    lock(&pending)
+                        .entry(i)
+                        .or_default()
+                        .extend(touched.iter().cloned());
+                }
+                t.observers.notify(&touched);
+            });
+            tables.push(table);
+        }
+        let kv_array = doc.get_or_insert_array("kv");
+        let kv = Arc::new(KvCore {
+            array: kv_array.clone(),
+            state: Mutex::default(),
+            observers: Arc::default(),
+        });
+        let (k, c) = (kv.clone(), clock.clone());
+        kv_array.observe("epicenter-index", move |txn, event| {
+            let (changes, max_ts) = lock(&k.state).apply_delta(event.delta(txn));
+            c.observe(max_ts);
+            if !changes.is_empty() {
+                let keys: BTreeSet<String> = changes.iter().map(|(k, _)| k.to_string()).collect();
+                k.observers.notify(&keys);
+            }
+        });
+        Arc::new(Core {
+            definition,
+            doc,
+            clock,
+            tables,
+            kv,
+            mirror_rows,
+            pending_rows,
+            destroyed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn table_index(&self, name: &str) -> Result<usize, WorkspaceError> {
+        self.tables
+            .iter()
+            .position(|t| t.def.name == name)
+            .ok_or_else(|| WorkspaceError::UnknownTable(name.to_string()))
+    }
+
+    pub fn check_alive(&self) -> Result<(), WorkspaceError> {
+        if self.destroyed.load(Ordering::Acquire) {
+            Err(WorkspaceError::Destroyed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `plan` in one transaction. `prepare` runs first inside the transaction (the
+    /// doc is then stable), so read-modify-write checks see exactly what they replace.
+    pub fn write<F>(&self, prepare: F) -> Result<(), WorkspaceError>
+    where
+        F: FnOnce(&Core) -> Result<WritePlan, WorkspaceError>,
+    {
+        self.check_alive()?;
+        let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
+        let plan = prepare(self)?;
+        let empty = ArrayWrite::default();
+        let targets: Vec<(Option<usize>, &ArrayRef)> = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (Some(i), &t.array))
+            .chain(std::iter::once((None, &self.kv.array)))
+            .collect();
+        for (slot, array) in targets {
+            let write = plan.arrays.get(&slot).unwrap_or(&empty);
+            let positions = {
+                let mut gone: HashSet<Arc<str>> = write.removes.clone();
+                gone.extend(write.puts.iter().map(|(k, _)| Arc::from(k.as_str())));
+                match slot {
+                    Some(i) => lock(&self.tables[i].state).index.positions_to_delete(&gone),
+                    None => lock(&self.kv.state).positions_to_delete(&gone),
+                }
+            };
+            for (start, len) in runs_descending(&positions) {
+                array.remove_range(&mut txn, start, len);
+            }
+            if !write.puts.is_empty() {
+                let entries: Vec<Any> = write
+                    .puts
+                    .iter()
+                    .map(|(k, v)| entry(k, v.clone(), self.clock.next()))
+                    .collect();
+                let len = array.len(&txn);
+                array.insert_range(&mut txn, len, entries);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes LWW losers left by remote or loaded updates (one transaction, if any).
+    pub fn settle(&self) {
+        let dirty = self
+            .tables
+            .iter()
+            .any(|t| lock(&t.state).index.has_duplicates())
+            || lock(&self.kv.state).has_duplicates();
+        if dirty && !self.destroyed.load(Ordering::Acquire) {
+            let _ = self.write(|_| Ok(WritePlan::default()));
+        }
+    }
+
+    /// Takes the row changes collected for the mirror, with their current rows.
+    pub fn take_row_changes(&self) -> Vec<crate::storage::RowChange> {
+        let pending = std::mem::take(&mut *lock(&self.pending_rows));
+        let mut out = Vec::new();
+        for (i, ids) in pending {
+            let table = &self.tables[i];
+            let state = lock(&table.state);
+            for id in ids {
+                let row = match table.read(&id, state.rows.get(&id)) {
+                    RowResult::Valid(row) => Some(row),
+                    _ => None,
+                };
+                out.push(crate::storage::RowChange {
+                    table: table.def.name.clone(),
+                    id,
+                    row,
+                });
+            }
+        }
+        out
+    }
+
+    /// Every valid row of every table, for rebuilding a mirror.
+    pub fn all_valid_rows(&self) -> Vec<(String, Vec<Row>)> {
+        self.tables
+            .iter()
+            .map(|t| {
+                let state = lock(&t.state);
+                let rows = state
+                    .rows
+                    .iter()
+                    .filter_map(|(id, cells)| match t.read(id, Some(cells)) {
+                        RowResult::Valid(row) => Some(row),
+                        _ => None,
+                    })
+                    .collect();
+                (t.def.name.clone(), rows)
+            })
+            .collect()
+    }
+}

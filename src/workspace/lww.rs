@@ -1,0 +1,407 @@
+//! The last-write-wins cell store over one root `Y.Array` of `{key, val, ts}` entries.
+//!
+//! [`LwwIndex`] keeps a copy of the array's entries in array order (`slots`), fed only by
+//! the array's change deltas, plus the winning entry per key. Keeping the order lets us
+//! (a) apply a delta without rescanning the whole array, and (b) know the exact array
+//! position of every entry, which is what yrs needs to delete one. The winner of a key is
+//! the entry with the highest `ts`; on equal `ts` the one further right. Keys that hold
+//! more than one entry are remembered so the losers can be deleted in a later transaction
+//! (deletion needs a write transaction, and deltas arrive inside someone else's commit).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use yrs::types::Change;
+use yrs::{Any, Out};
+
+use super::value::any_as_f64;
+
+/// One array entry, as seen by the index. `key` is `None` for entries that are not
+/// `{key: string, ts: number, ...}` maps; they keep their place but take no part.
+#[derive(Debug, Clone)]
+struct Slot {
+    key: Option<Arc<str>>,
+    ts: f64,
+    val: Any,
+}
+
+#[derive(Debug, Clone)]
+struct KeyState {
+    /// How many entries the array holds for this key.
+    count: u32,
+    ts: f64,
+    val: Any,
+}
+
+/// A key whose winning value changed in a delta: `Some(val)` or `None` when removed.
+pub(crate) type WinnerChange = (Arc<str>, Option<Any>);
+
+/// The entry list and winners of one LWW array.
+#[derive(Debug, Default)]
+pub(crate) struct LwwIndex {
+    slots: Vec<Slot>,
+    keys: HashMap<Arc<str>, KeyState>,
+    /// Keys with more than one entry: their losers await deletion.
+    duplicates: HashSet<Arc<str>>,
+}
+
+/// Parses an array element as an entry.
+fn parse(out: &Out) -> Slot {
+    if let Out::Any(Any::Map(map)) = out {
+        if let (Some(Any::String(key)), Some(ts)) =
+            (map.get("key"), map.get("ts").and_then(any_as_f64))
+        {
+            return Slot {
+                key: Some(key.clone()),
+                ts,
+                val: map.get("val").cloned().unwrap_or(Any::Undefined),
+            };
+        }
+    }
+    Slot {
+        key: None,
+        ts: 0.0,
+        val: Any::Undefined,
+    }
+}
+
+/// Builds the `{key, val, ts}` entry written to the array.
+pub(crate) fn entry(key: &str, val: Any, ts: f64) -> Any {
+    let mut map = HashMap::with_capacity(3);
+    map.insert("key".to_string(), Any::String(Arc::from(key)));
+    map.insert("val".to_string(), val);
+    map.insert("ts".to_string(), Any::Number(yrs::any::Number::Float(ts)));
+    Any::Map(Arc::new(map))
+}
+
+impl LwwIndex {
+    /// The winning value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Any> {
+        self.keys.get(key).map(|k| &k.val)
+    }
+
+    /// Number of entries in the array (live and loser).
+    #[cfg(test)]
+    pub fn entry_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Number of distinct keys.
+    #[cfg(test)]
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether some key holds more than one entry.
+    pub fn has_duplicates(&self) -> bool {
+        !self.duplicates.is_empty()
+    }
+
+    /// Applies one transaction's delta of the array. Returns the keys whose winner changed
+    /// and the largest `ts` among added entries (for the clock).
+    pub fn apply_delta(&mut self, delta: &[Change]) -> (Vec<WinnerChange>, f64) {
+        let mut cursor = 0usize;
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
+        let mut recompute: HashSet<Arc<str>> = HashSet::new();
+        let mut max_ts = 0.0f64;
+        // Each touched key's winning value before this delta (`None`: it did not exist).
+        let mut before: HashMap<Arc<str>, Option<Any>> = HashMap::new();
+        for change in delta {
+            match change {
+                Change::Retain(n) => cursor += *n as usize,
+                Change::Removed(n) => {
+                    let end = (cursor + *n as usize).min(self.slots.len());
+                    for slot in self.slots.drain(cursor..end) {
+                        let Some(key) = slot.key else { continue };
+                        let Some(state) = self.keys.get_mut(&key) else {
+                            continue;
+                        };
+                        before
+                            .entry(key.clone())
+                            .or_insert_with(|| Some(state.val.clone()));
+                        touched.insert(key.clone());
+                        state.count -= 1;
+                        if state.count == 0 {
+                            self.keys.remove(&key);
+                            recompute.remove(&key);
+                        } else if slot.ts >= state.ts {
+                            // The winner (or a tie with it) left: find the new one.
+                            recompute.insert(key);
+                        }
+                    }
+                }
+                Change::Added(values) => {
+                    let added: Vec<Slot> = values.iter().map(parse).collect();
+                    let n = added.len();
+                    for slot in &added {
+                        let Some(key) = &slot.key else { continue };
+                        max_ts = max_ts.max(slot.ts);
+                        touched.insert(key.clone());
+                        match self.keys.get_mut(key) {
+                            None => {
+                                before.entry(key.clone()).or_insert(None);
+                                self.keys.insert(
+                                    key.clone(),
+                                    KeyState {
+                                        count: 1,
+                                        ts: slot.ts,
+                                        val: slot.val.clone(),
+                                    },
+                                );
+                            }
+                            Some(state) => {
+                                before
+                                    .entry(key.clone())
+                                    .or_insert_with(|| Some(state.val.clone()));
+                                state.count += 1;
+                                if slot.ts > state.ts {
+                                    state.ts = slot.ts;
+                                    state.val = slot.val.clone();
+                                } else if slot.ts == state.ts {
+                                    // Equal ts: the rightmost wins; positions decide.
+                                    recompute.insert(key.clone());
+                                }
+                            }
+                        }
+                    }
+                    let at = cursor.min(self.slots.len());
+                    self.slots.splice(at..at, added);
+                    cursor = at + n;
+                }
+            }
+        }
+        if !recompute.is_empty() {
+            self.recompute_winners(&recompute);
+        }
+        let mut changes = Vec::new();
+        for key in touched {
+            let now = self.keys.get(&key);
+            match now {
+                Some(state) if state.count > 1 => {
+                    self.duplicates.insert(key.clone());
+                }
+                _ => {
+                    self.duplicates.remove(&key);
+                }
+            }
+            let changed = match (before.get(&key).cloned().flatten(), now) {
+                (None, None) => false,
+                (Some(old), Some(now)) => old != now.val,
+                _ => true,
+            };
+            if changed {
+                changes.push((key, now.map(|s| s.val.clone())));
+            }
+        }
+        (changes, max_ts)
+    }
+
+    /// Finds the winners of `keys` by scanning the entries in order.
+    fn recompute_winners(&mut self, keys: &HashSet<Arc<str>>) {
+        let mut best: HashMap<&Arc<str>, &Slot> = HashMap::new();
+        for slot in &self.slots {
+            let Some(key) = &slot.key else { continue };
+            if !keys.contains(key) {
+                continue;
+            }
+            match best.get(key) {
+                Some(b) if b.ts > slot.ts => {}
+                _ => {
+                    best.insert(key, slot);
+                }
+            }
+        }
+        for (key, slot) in best {
+            if let Some(state) = self.keys.get_mut(key) {
+                state.ts = slot.ts;
+                state.val = slot.val.clone();
+            }
+        }
+    }
+
+    /// Array positions (ascending) of every entry of the keys in `remove`, plus the losing
+    /// entries of every key that holds duplicates. Deleting them (from the highest position
+    /// down, before inserting anything) leaves at most one entry per key.
+    pub fn positions_to_delete(&self, remove: &HashSet<Arc<str>>) -> Vec<u32> {
+        let mut out = Vec::new();
+        if remove.is_empty() && self.duplicates.is_empty() {
+            return out;
+        }
+        // Winner position per duplicated key: highest ts, rightmost on ties.
+        let mut winner: HashMap<&Arc<str>, (usize, f64)> = HashMap::new();
+        if !self.duplicates.is_empty() {
+            for (i, slot) in self.slots.iter().enumerate() {
+                let Some(key) = &slot.key else { continue };
+                if self.duplicates.contains(key) && !remove.contains(key) {
+                    match winner.get(key) {
+                        Some((_, ts)) if *ts > slot.ts => {}
+                        _ => {
+                            winner.insert(key, (i, slot.ts));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(key) = &slot.key else { continue };
+            if remove.contains(key) {
+                out.push(i as u32);
+            } else if let Some((w, _)) = winner.get(key) {
+                if *w != i {
+                    out.push(i as u32);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Turns ascending positions into `(start, len)` runs, last run first: deleting in this
+/// order keeps the earlier positions valid.
+pub(crate) fn runs_descending(positions: &[u32]) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &p in positions {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == p => *len += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs.reverse();
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Array, Doc, Observable, ReadTxn, Transact};
+
+    /// An index fed by a real doc's array deltas.
+    struct Fixture {
+        doc: Doc,
+        array: yrs::ArrayRef,
+        index: Arc<std::sync::Mutex<LwwIndex>>,
+    }
+
+    fn fixture(client: u64) -> Fixture {
+        let doc = Doc::with_client_id(client);
+        let array = doc.get_or_insert_array("table:t");
+        let index = Arc::new(std::sync::Mutex::new(LwwIndex::default()));
+        let i2 = index.clone();
+        array.observe("lww-test", move |txn, e| {
+            i2.lock().unwrap().apply_delta(e.delta(txn));
+        });
+        Fixture { doc, array, index }
+    }
+
+    fn push(f: &Fixture, key: &str, val: &str, ts: f64) {
+        let mut txn = f.doc.transact_mut();
+        f.array.push_back(&mut txn, entry(key, Any::from(val), ts));
+    }
+
+    fn value(f: &Fixture, key: &str) -> Option<Any> {
+        f.index.lock().unwrap().get(key).cloned()
+    }
+
+    fn sync(a: &Fixture, b: &Fixture) {
+        let ua = a
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&Default::default());
+        let ub = b
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&Default::default());
+        b.doc
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&ua).unwrap())
+            .unwrap();
+        a.doc
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&ub).unwrap())
+            .unwrap();
+    }
+
+    use yrs::updates::decoder::Decode;
+
+    #[test]
+    fn higher_ts_wins_regardless_of_order() {
+        let f = fixture(1);
+        push(&f, "k", "new", 20.0);
+        push(&f, "k", "old", 10.0);
+        assert_eq!(value(&f, "k"), Some(Any::from("new")));
+        let idx = f.index.lock().unwrap();
+        assert!(idx.has_duplicates());
+        assert_eq!(idx.positions_to_delete(&HashSet::new()), vec![1]);
+    }
+
+    #[test]
+    fn equal_ts_rightmost_wins() {
+        let f = fixture(1);
+        push(&f, "k", "left", 10.0);
+        push(&f, "k", "right", 10.0);
+        assert_eq!(value(&f, "k"), Some(Any::from("right")));
+        assert_eq!(
+            f.index.lock().unwrap().positions_to_delete(&HashSet::new()),
+            vec![0]
+        );
+        // Remove the right one: the left becomes the winner again.
+        f.array.remove_range(&mut f.doc.transact_mut(), 1, 1);
+        assert_eq!(value(&f, "k"), Some(Any::from("left")));
+        assert!(!f.index.lock().unwrap().has_duplicates());
+    }
+
+    #[test]
+    fn equal_ts_from_two_peers_converges() {
+        let a = fixture(1);
+        let b = fixture(2);
+        push(&a, "k", "from-a", 10.0);
+        push(&b, "k", "from-b", 10.0);
+        sync(&a, &b);
+        // Both sides agree on which one is rightmost.
+        assert_eq!(value(&a, "k"), value(&b, "k"));
+        assert!(value(&a, "k").is_some());
+    }
+
+    #[test]
+    fn removing_all_entries_removes_the_key() {
+        let f = fixture(1);
+        push(&f, "a", "1", 1.0);
+        push(&f, "b", "2", 2.0);
+        let idx_positions = f
+            .index
+            .lock()
+            .unwrap()
+            .positions_to_delete(&HashSet::from([Arc::from("a")]));
+        assert_eq!(idx_positions, vec![0]);
+        f.array.remove_range(&mut f.doc.transact_mut(), 0, 1);
+        assert_eq!(value(&f, "a"), None);
+        assert_eq!(value(&f, "b"), Some(Any::from("2")));
+        assert_eq!(f.index.lock().unwrap().entry_count(), 1);
+    }
+
+    #[test]
+    fn malformed_entries_are_kept_in_place_and_ignored() {
+        let f = fixture(1);
+        {
+            let mut txn = f.doc.transact_mut();
+            f.array.push_back(&mut txn, Any::from("not a map"));
+        }
+        push(&f, "k", "v", 1.0);
+        let idx = f.index.lock().unwrap();
+        assert_eq!(idx.entry_count(), 2);
+        assert_eq!(idx.key_count(), 1);
+        assert_eq!(
+            idx.positions_to_delete(&HashSet::from([Arc::from("k")])),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn runs_are_merged_and_reversed() {
+        assert_eq!(
+            runs_descending(&[1, 2, 3, 7, 9, 10]),
+            vec![(9, 2), (7, 1), (1, 3)]
+        );
+        assert!(runs_descending(&[]).is_empty());
+    }
+}

@@ -1,0 +1,30 @@
+//! The workspace layer: definitions, the Y.Doc data model, table and KV handles, and the
+//! client that ties a doc to its storage. Nothing here knows about HTTP or sockets.
+//!
+//! Data layout (wire-compatible with Epicenter's JavaScript workspaces): each table is a
+//! root `Y.Array` named `table:<name>`, KV is the root `Y.Array` `kv`, and each element is
+//! a plain `{key, val, ts}` map. A table cell's key is `<rowId>:<fieldId>`. Per key the
+//! entry with the highest `ts` wins (equal `ts`: the one further right), and losers are
+//! deleted by whoever sees them.
+
+mod client;
+mod clock;
+pub(crate) mod core;
+mod definition;
+mod kv;
+mod lww;
+mod table;
+mod validate;
+mod value;
+
+pub use self::core::{RowResult, Subscription, LOCAL_ORIGIN};
+pub use client::{ClientBuilder, WorkspaceClient};
+pub use clock::Clock;
+pub use definition::{
+    boolean, date, id, integer, json, json_with_schema, real, select, tags, tags_of, text, Field,
+    FieldSpec, FieldType, KvDefinition, TableDefinition, WorkspaceBuilder, WorkspaceDefinition,
+};
+pub use kv::KvHandle;
+pub use table::TableHandle;
+pub use validate::{validate_row, Issue, Row};
+pub use value::{any_to_json, json_to_any};
