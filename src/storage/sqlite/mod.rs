@@ -295,6 +295,18 @@ impl SqliteDoc {
         }
     }
 
+    /// Sends a message that `flush()` waits for, numbered in channel order.
+    fn send_numbered(&self, msg: impl FnOnce(u64) -> Msg) {
+        let sender = lock(&self.sender);
+        if let Some(tx) = &*sender {
+            let seq = self
+                .appended
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                + 1;
+            let _ = tx.send(msg(seq));
+        }
+    }
+
     fn wait_for(&self, target: u64) -> BoxFuture<Result<(), StorageError>> {
         let mut rx = self.committed.subscribe();
         Box::pin(async move {
@@ -320,18 +332,11 @@ impl DocStorage for SqliteDoc {
     }
 
     fn reset_rows(&self, tables: Vec<(String, Vec<Row>)>) {
-        self.send(Msg::Reset(tables));
+        self.send_numbered(|seq| Msg::Reset { seq, tables });
     }
 
     fn append(&self, update: Vec<u8>, rows: Vec<RowChange>) {
-        let sender = lock(&self.sender);
-        if let Some(tx) = &*sender {
-            let seq = self
-                .appended
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                + 1;
-            let _ = tx.send(Msg::Append { seq, update, rows });
-        }
+        self.send_numbered(|seq| Msg::Append { seq, update, rows });
     }
 
     fn flush(&self) -> BoxFuture<Result<(), StorageError>> {

@@ -26,7 +26,10 @@ pub(super) enum Msg {
         update: Vec<u8>,
         rows: Vec<RowChange>,
     },
-    Reset(Vec<(String, Vec<Row>)>),
+    Reset {
+        seq: u64,
+        tables: Vec<(String, Vec<Row>)>,
+    },
     Compact(oneshot::Sender<Result<(), String>>),
     Close(Option<oneshot::Sender<()>>),
 }
@@ -72,11 +75,10 @@ impl Writer {
             let mut work = Vec::new();
             for msg in batch {
                 match msg {
-                    Msg::Append { seq, .. } => {
+                    Msg::Append { seq, .. } | Msg::Reset { seq, .. } => {
                         max_seq = Some(seq);
                         work.push(msg);
                     }
-                    Msg::Reset(_) => work.push(msg),
                     Msg::Compact(ack) => compact_acks.push(ack),
                     Msg::Close(ack) => {
                         close_ack = ack;
@@ -152,7 +154,7 @@ impl Writer {
                             mirror.apply(&tx, rows).map_err(&err)?;
                         }
                     }
-                    Msg::Reset(tables) => {
+                    Msg::Reset { tables, .. } => {
                         if let Some(mirror) = &self.mirror {
                             mirror.reset(&tx, tables).map_err(&err)?;
                         }
