@@ -125,7 +125,7 @@ async fn update_merges_and_validates() {
 
 #[tokio::test]
 async fn overwrites_leave_one_entry_per_cell() {
-    use yrs::{Array, ReadTxn, Transact};
+    use yrs::{Array, Transact};
     let c = client().await;
     let authors = c.table("authors").unwrap();
     for i in 0..10 {

@@ -9,12 +9,21 @@ use crate::error::StorageError;
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceDefinition;
 
-/// Merges a doc's updates into one once it holds this many.
-const MERGE_AFTER: usize = 256;
+/// A doc's log is merged into its base once it holds at least this many bytes and at
+/// least as many as the base: merging then costs O(total size) over the doc's life.
+const MERGE_MIN_BYTES: usize = 64 << 10;
+
+#[derive(Default)]
+struct Stored {
+    base: Vec<Vec<u8>>,
+    log: Vec<Vec<u8>>,
+    base_bytes: usize,
+    log_bytes: usize,
+}
 
 #[derive(Default)]
 struct Docs {
-    updates: HashMap<String, Vec<Vec<u8>>>,
+    updates: HashMap<String, Stored>,
     open: HashSet<String>,
 }
 
@@ -72,7 +81,7 @@ impl DocStorage for MemoryDoc {
         Ok(lock(&self.docs)
             .updates
             .get(&self.id)
-            .cloned()
+            .map(|s| s.base.iter().chain(&s.log).cloned().collect())
             .unwrap_or_default())
     }
 
@@ -81,11 +90,17 @@ impl DocStorage for MemoryDoc {
             return;
         }
         let mut docs = lock(&self.docs);
-        let log = docs.updates.entry(self.id.clone()).or_default();
-        log.push(update);
-        if log.len() >= MERGE_AFTER {
-            if let Ok(merged) = yrs::merge_updates_v1(log.iter()) {
-                *log = vec![merged];
+        let stored = docs.updates.entry(self.id.clone()).or_default();
+        stored.log_bytes += update.len();
+        stored.log.push(update);
+        if stored.log.len() + stored.base.len() > 1
+            && stored.log_bytes >= MERGE_MIN_BYTES.max(stored.base_bytes)
+        {
+            if let Ok(merged) = yrs::merge_updates_v1(stored.base.iter().chain(&stored.log)) {
+                stored.base_bytes = merged.len();
+                stored.base = vec![merged];
+                stored.log.clear();
+                stored.log_bytes = 0;
             }
         }
     }

@@ -6,7 +6,7 @@
 //! open one doc transaction, delete the entries they replace (and any LWW losers still
 //! around), then append the new entries, so each batch is one transaction and one update.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -72,12 +72,42 @@ impl Observers {
     }
 }
 
+/// The winning cells of one row: field id → value. Rows have few fields, so a vector
+/// beats a hash map here (no hashing, one allocation).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Cells(Vec<(Box<str>, Any)>);
+
+impl Cells {
+    pub fn get(&self, field: &str) -> Option<&Any> {
+        self.0.iter().find(|(f, _)| &**f == field).map(|(_, v)| v)
+    }
+
+    fn set(&mut self, field: &str, value: Any) {
+        match self.0.iter_mut().find(|(f, _)| &**f == field) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((field.into(), value)),
+        }
+    }
+
+    fn remove(&mut self, field: &str) {
+        self.0.retain(|(f, _)| &**f != field);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(f, _)| &**f)
+    }
+}
+
 /// Rows of one table, rebuilt cell by cell from the index's winner changes.
 #[derive(Default)]
 pub(crate) struct TableState {
     pub index: LwwIndex,
-    /// row id → field id → value.
-    pub rows: BTreeMap<String, HashMap<String, Any>>,
+    /// row id → its cells, ordered by id (the order lists and pages use).
+    pub rows: BTreeMap<String, Cells>,
 }
 
 /// What reading one row gives.
@@ -107,73 +137,84 @@ pub(crate) struct TableCore {
 
 impl TableCore {
     /// The row as a [`RowResult`], from its cells.
-    pub fn read(&self, id: &str, cells: Option<&HashMap<String, Any>>) -> RowResult {
+    pub fn read(&self, id: &str, cells: Option<&Cells>) -> RowResult {
         let Some(cells) = cells else {
             return RowResult::NotFound;
         };
+        // Fast path: build the row in declaration order, nulls for missing nullable fields.
+        let mut row = Row::with_capacity(self.def.fields.len());
+        let mut complete = true;
+        for field in &self.def.fields {
+            match cells.get(&field.name) {
+                Some(v) => {
+                    row.insert(field.name.clone(), any_to_json(v));
+                }
+                None if field.spec.nullable => {
+                    row.insert(field.name.clone(), serde_json::Value::Null);
+                }
+                None => complete = false,
+            }
+        }
+        let issues = validate_stored(&self.def, &row);
+        if complete && issues.is_empty() {
+            return RowResult::Valid(row);
+        }
+        // Invalid: report the raw cells (only those stored), unknown fields included.
         let mut raw = Row::new();
         for field in &self.def.fields {
             if let Some(v) = cells.get(&field.name) {
                 raw.insert(field.name.clone(), any_to_json(v));
             }
         }
-        let issues = validate_stored(&self.def, &raw);
-        if issues.is_empty() {
-            for field in &self.def.fields {
-                if !raw.contains_key(&field.name) {
-                    raw.insert(field.name.clone(), serde_json::Value::Null);
-                }
-            }
-            // Put fields back in declaration order (nullable ones may have been appended).
-            let mut ordered = Row::new();
-            for field in &self.def.fields {
-                if let Some(v) = raw.remove(&field.name) {
-                    ordered.insert(field.name.clone(), v);
-                }
-            }
-            RowResult::Valid(ordered)
-        } else {
-            let mut extra: Vec<_> = cells
-                .iter()
-                .filter(|(k, _)| self.def.field(k).is_none())
-                .collect();
-            extra.sort_by(|a, b| a.0.cmp(b.0));
-            for (k, v) in extra {
-                raw.insert(k.clone(), any_to_json(v));
-            }
-            RowResult::Invalid {
-                id: id.to_string(),
-                row: raw,
-                issues,
-            }
+        let mut extra: Vec<_> = cells
+            .0
+            .iter()
+            .filter(|(k, _)| self.def.field(k).is_none())
+            .collect();
+        extra.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in extra {
+            raw.insert(k.to_string(), any_to_json(v));
+        }
+        RowResult::Invalid {
+            id: id.to_string(),
+            row: raw,
+            issues,
         }
     }
 
-    /// Applies winner changes to the row map; returns the row ids touched.
+    /// Applies winner changes to the row map; returns the row ids touched. Changes come
+    /// grouped by row (the order the delta touched them), so each run of one row's cells
+    /// costs one row lookup.
     fn apply_changes(state: &mut TableState, changes: Vec<WinnerChange>) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
-        for (key, val) in changes {
-            let Some((row, field)) = key.split_once(':') else {
+        let mut i = 0;
+        while i < changes.len() {
+            let Some((row, _)) = changes[i].0.split_once(':') else {
+                i += 1;
                 continue;
             };
-            touched.insert(row.to_string());
-            match val {
-                Some(v) => {
-                    state
-                        .rows
-                        .entry(row.to_string())
-                        .or_default()
-                        .insert(field.to_string(), v);
-                }
-                None => {
-                    if let Some(cells) = state.rows.get_mut(row) {
-                        cells.remove(field);
-                        if cells.is_empty() {
-                            state.rows.remove(row);
-                        }
-                    }
+            let mut end = i + 1;
+            while end < changes.len() && changes[end].0.split_once(':').map(|(r, _)| r) == Some(row)
+            {
+                end += 1;
+            }
+            let run = &changes[i..end];
+            let cells = match state.rows.get_mut(row) {
+                Some(cells) => cells,
+                None => state.rows.entry(row.to_string()).or_default(),
+            };
+            for (key, val) in run {
+                let field = key.split_once(':').map(|(_, f)| f).unwrap_or_default();
+                match val {
+                    Some(v) => cells.set(field, v.clone()),
+                    None => cells.remove(field),
                 }
             }
+            if cells.is_empty() {
+                state.rows.remove(row);
+            }
+            touched.insert(row.to_string());
+            i = end;
         }
         touched
     }
@@ -326,11 +367,14 @@ impl Core {
         for (slot, array) in targets {
             let write = plan.arrays.get(&slot).unwrap_or(&empty);
             let positions = {
-                let mut gone: HashSet<Arc<str>> = write.removes.clone();
-                gone.extend(write.puts.iter().map(|(k, _)| Arc::from(k.as_str())));
+                let gone = write
+                    .removes
+                    .iter()
+                    .map(|k| &**k)
+                    .chain(write.puts.iter().map(|(k, _)| k.as_str()));
                 match slot {
-                    Some(i) => lock(&self.tables[i].state).index.positions_to_delete(&gone),
-                    None => lock(&self.kv.state).positions_to_delete(&gone),
+                    Some(i) => lock(&self.tables[i].state).index.positions_to_delete(gone),
+                    None => lock(&self.kv.state).positions_to_delete(gone),
                 }
             };
             for (start, len) in runs_descending(&positions) {

@@ -8,7 +8,7 @@
 //! more than one entry are remembered so the losers can be deleted in a later transaction
 //! (deletion needs a write transaction, and deltas arrive inside someone else's commit).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use yrs::types::Change;
@@ -25,12 +25,20 @@ struct Slot {
     val: Any,
 }
 
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+type FastSet<K> = foldhash::HashSet<K>;
+
 #[derive(Debug, Clone)]
 struct KeyState {
+    /// The interned key: every slot of this key shares this `Arc`, so scans compare
+    /// pointers instead of hashing strings.
+    key: Arc<str>,
     /// How many entries the array holds for this key.
     count: u32,
     ts: f64,
     val: Any,
+    /// The delta that last touched this key (see `LwwIndex::generation`).
+    touched_in: u64,
 }
 
 /// A key whose winning value changed in a delta: `Some(val)` or `None` when removed.
@@ -40,29 +48,37 @@ pub(crate) type WinnerChange = (Arc<str>, Option<Any>);
 #[derive(Debug, Default)]
 pub(crate) struct LwwIndex {
     slots: Vec<Slot>,
-    keys: HashMap<Arc<str>, KeyState>,
+    keys: FastMap<Arc<str>, KeyState>,
     /// Keys with more than one entry: their losers await deletion.
-    duplicates: HashSet<Arc<str>>,
+    duplicates: FastSet<Arc<str>>,
+    /// Counts deltas, so a key's first touch in a delta is one comparison, not a lookup.
+    generation: u64,
 }
 
 /// Parses an array element as an entry.
 fn parse(out: &Out) -> Slot {
-    if let Out::Any(Any::Map(map)) = out {
-        if let (Some(Any::String(key)), Some(ts)) =
-            (map.get("key"), map.get("ts").and_then(any_as_f64))
-        {
-            return Slot {
-                key: Some(key.clone()),
-                ts,
-                val: map.get("val").cloned().unwrap_or(Any::Undefined),
-            };
-        }
-    }
-    Slot {
+    let mut slot = Slot {
         key: None,
         ts: 0.0,
         val: Any::Undefined,
+    };
+    if let Out::Any(Any::Map(map)) = out {
+        // One pass over the (three-entry) map is cheaper than three hashed lookups.
+        let (mut key, mut ts) = (None, None);
+        for (k, v) in map.iter() {
+            match (k.as_str(), v) {
+                ("key", Any::String(s)) => key = Some(s.clone()),
+                ("ts", v) => ts = any_as_f64(v),
+                ("val", v) => slot.val = v.clone(),
+                _ => {}
+            }
+        }
+        if let (Some(key), Some(ts)) = (key, ts) {
+            slot.key = Some(key);
+            slot.ts = ts;
+        }
     }
+    slot
 }
 
 /// Builds the `{key, val, ts}` entry written to the array.
@@ -98,14 +114,19 @@ impl LwwIndex {
     }
 
     /// Applies one transaction's delta of the array. Returns the keys whose winner changed
-    /// and the largest `ts` among added entries (for the clock).
+    /// (in the order the delta first touched them) and the largest `ts` among added entries
+    /// (for the clock).
     pub fn apply_delta(&mut self, delta: &[Change]) -> (Vec<WinnerChange>, f64) {
+        self.generation += 1;
+        let generation = self.generation;
         let mut cursor = 0usize;
-        let mut touched: HashSet<Arc<str>> = HashSet::new();
-        let mut recompute: HashSet<Arc<str>> = HashSet::new();
+        // Keys in the order first touched (so one row's cells stay together), each with
+        // its winning value before this delta (`None`: it did not exist). A key whose
+        // count drops to zero stays in `keys` until the end, so that an entry removed and
+        // re-added in one delta (an overwrite) is still one touch.
+        let mut touched: Vec<(Arc<str>, Option<Any>)> = Vec::new();
+        let mut recompute: FastSet<Arc<str>> = FastSet::default();
         let mut max_ts = 0.0f64;
-        // Each touched key's winning value before this delta (`None`: it did not exist).
-        let mut before: HashMap<Arc<str>, Option<Any>> = HashMap::new();
         for change in delta {
             match change {
                 Change::Retain(n) => cursor += *n as usize,
@@ -116,14 +137,16 @@ impl LwwIndex {
                         let Some(state) = self.keys.get_mut(&key) else {
                             continue;
                         };
-                        before
-                            .entry(key.clone())
-                            .or_insert_with(|| Some(state.val.clone()));
-                        touched.insert(key.clone());
-                        state.count -= 1;
+                        if state.touched_in != generation {
+                            state.touched_in = generation;
+                            let before = (state.count > 0).then(|| state.val.clone());
+                            touched.push((state.key.clone(), before));
+                        }
+                        state.count = state.count.saturating_sub(1);
                         if state.count == 0 {
-                            self.keys.remove(&key);
-                            recompute.remove(&key);
+                            if !recompute.is_empty() {
+                                recompute.remove(&key);
+                            }
                         } else if slot.ts >= state.ts {
                             // The winner (or a tie with it) left: find the new one.
                             recompute.insert(key);
@@ -131,36 +154,40 @@ impl LwwIndex {
                     }
                 }
                 Change::Added(values) => {
-                    let added: Vec<Slot> = values.iter().map(parse).collect();
+                    let mut added: Vec<Slot> = values.iter().map(parse).collect();
                     let n = added.len();
-                    for slot in &added {
+                    for slot in &mut added {
                         let Some(key) = &slot.key else { continue };
                         max_ts = max_ts.max(slot.ts);
-                        touched.insert(key.clone());
                         match self.keys.get_mut(key) {
                             None => {
-                                before.entry(key.clone()).or_insert(None);
+                                touched.push((key.clone(), None));
                                 self.keys.insert(
                                     key.clone(),
                                     KeyState {
+                                        key: key.clone(),
                                         count: 1,
                                         ts: slot.ts,
                                         val: slot.val.clone(),
+                                        touched_in: generation,
                                     },
                                 );
                             }
                             Some(state) => {
-                                before
-                                    .entry(key.clone())
-                                    .or_insert_with(|| Some(state.val.clone()));
-                                state.count += 1;
-                                if slot.ts > state.ts {
+                                if state.touched_in != generation {
+                                    state.touched_in = generation;
+                                    let before = (state.count > 0).then(|| state.val.clone());
+                                    touched.push((state.key.clone(), before));
+                                }
+                                slot.key = Some(state.key.clone());
+                                if state.count == 0 || slot.ts > state.ts {
                                     state.ts = slot.ts;
                                     state.val = slot.val.clone();
                                 } else if slot.ts == state.ts {
                                     // Equal ts: the rightmost wins; positions decide.
-                                    recompute.insert(key.clone());
+                                    recompute.insert(state.key.clone());
                                 }
+                                state.count += 1;
                             }
                         }
                     }
@@ -174,17 +201,26 @@ impl LwwIndex {
             self.recompute_winners(&recompute);
         }
         let mut changes = Vec::new();
-        for key in touched {
-            let now = self.keys.get(&key);
+        for (key, old) in touched {
+            let now = match self.keys.get(&key) {
+                Some(state) if state.count > 0 => Some(state),
+                Some(_) => {
+                    self.keys.remove(&key);
+                    None
+                }
+                None => None,
+            };
             match now {
                 Some(state) if state.count > 1 => {
-                    self.duplicates.insert(key.clone());
+                    self.duplicates.insert(state.key.clone());
                 }
                 _ => {
-                    self.duplicates.remove(&key);
+                    if !self.duplicates.is_empty() {
+                        self.duplicates.remove(&key);
+                    }
                 }
             }
-            let changed = match (before.get(&key).cloned().flatten(), now) {
+            let changed = match (old, now) {
                 (None, None) => false,
                 (Some(old), Some(now)) => old != now.val,
                 _ => true,
@@ -197,8 +233,8 @@ impl LwwIndex {
     }
 
     /// Finds the winners of `keys` by scanning the entries in order.
-    fn recompute_winners(&mut self, keys: &HashSet<Arc<str>>) {
-        let mut best: HashMap<&Arc<str>, &Slot> = HashMap::new();
+    fn recompute_winners(&mut self, keys: &FastSet<Arc<str>>) {
+        let mut best: FastMap<&Arc<str>, &Slot> = FastMap::default();
         for slot in &self.slots {
             let Some(key) = &slot.key else { continue };
             if !keys.contains(key) {
@@ -222,21 +258,39 @@ impl LwwIndex {
     /// Array positions (ascending) of every entry of the keys in `remove`, plus the losing
     /// entries of every key that holds duplicates. Deleting them (from the highest position
     /// down, before inserting anything) leaves at most one entry per key.
-    pub fn positions_to_delete(&self, remove: &HashSet<Arc<str>>) -> Vec<u32> {
+    pub fn positions_to_delete<'a, I>(&self, remove: I) -> Vec<u32>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        // Only keys that exist have entries; compare their interned pointers while scanning.
+        let remove: FastSet<*const u8> = remove
+            .into_iter()
+            .filter_map(|k| self.keys.get(k))
+            .map(|s| Arc::as_ptr(&s.key) as *const u8)
+            .collect();
         let mut out = Vec::new();
         if remove.is_empty() && self.duplicates.is_empty() {
             return out;
         }
+        let ptr = |k: &Arc<str>| Arc::as_ptr(k) as *const u8;
         // Winner position per duplicated key: highest ts, rightmost on ties.
-        let mut winner: HashMap<&Arc<str>, (usize, f64)> = HashMap::new();
-        if !self.duplicates.is_empty() {
+        let dups: FastSet<*const u8> = self
+            .duplicates
+            .iter()
+            .filter_map(|k| self.keys.get(k))
+            .map(|s| ptr(&s.key))
+            .filter(|p| !remove.contains(p))
+            .collect();
+        let mut winner: FastMap<*const u8, (usize, f64)> = FastMap::default();
+        if !dups.is_empty() {
             for (i, slot) in self.slots.iter().enumerate() {
                 let Some(key) = &slot.key else { continue };
-                if self.duplicates.contains(key) && !remove.contains(key) {
-                    match winner.get(key) {
+                let p = ptr(key);
+                if dups.contains(&p) {
+                    match winner.get(&p) {
                         Some((_, ts)) if *ts > slot.ts => {}
                         _ => {
-                            winner.insert(key, (i, slot.ts));
+                            winner.insert(p, (i, slot.ts));
                         }
                     }
                 }
@@ -244,9 +298,10 @@ impl LwwIndex {
         }
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(key) = &slot.key else { continue };
-            if remove.contains(key) {
+            let p = ptr(key);
+            if remove.contains(&p) {
                 out.push(i as u32);
-            } else if let Some((w, _)) = winner.get(key) {
+            } else if let Some((w, _)) = winner.get(&p) {
                 if *w != i {
                     out.push(i as u32);
                 }
@@ -331,7 +386,7 @@ mod tests {
         assert_eq!(value(&f, "k"), Some(Any::from("new")));
         let idx = f.index.lock().unwrap();
         assert!(idx.has_duplicates());
-        assert_eq!(idx.positions_to_delete(&HashSet::new()), vec![1]);
+        assert_eq!(idx.positions_to_delete([]), vec![1]);
     }
 
     #[test]
@@ -340,10 +395,7 @@ mod tests {
         push(&f, "k", "left", 10.0);
         push(&f, "k", "right", 10.0);
         assert_eq!(value(&f, "k"), Some(Any::from("right")));
-        assert_eq!(
-            f.index.lock().unwrap().positions_to_delete(&HashSet::new()),
-            vec![0]
-        );
+        assert_eq!(f.index.lock().unwrap().positions_to_delete([]), vec![0]);
         // Remove the right one: the left becomes the winner again.
         f.array.remove_range(&mut f.doc.transact_mut(), 1, 1);
         assert_eq!(value(&f, "k"), Some(Any::from("left")));
@@ -367,11 +419,7 @@ mod tests {
         let f = fixture(1);
         push(&f, "a", "1", 1.0);
         push(&f, "b", "2", 2.0);
-        let idx_positions = f
-            .index
-            .lock()
-            .unwrap()
-            .positions_to_delete(&HashSet::from([Arc::from("a")]));
+        let idx_positions = f.index.lock().unwrap().positions_to_delete(["a"]);
         assert_eq!(idx_positions, vec![0]);
         f.array.remove_range(&mut f.doc.transact_mut(), 0, 1);
         assert_eq!(value(&f, "a"), None);
@@ -390,10 +438,7 @@ mod tests {
         let idx = f.index.lock().unwrap();
         assert_eq!(idx.entry_count(), 2);
         assert_eq!(idx.key_count(), 1);
-        assert_eq!(
-            idx.positions_to_delete(&HashSet::from([Arc::from("k")])),
-            vec![1]
-        );
+        assert_eq!(idx.positions_to_delete(["k"]), vec![1]);
     }
 
     #[test]

@@ -1,0 +1,214 @@
+//! Workspace and storage benchmarks (results and targets in BENCHMARKS.md).
+//!
+//! `cargo bench --bench workspace`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use epicenter_server::storage::{SqliteOptions, SqliteStorage};
+use epicenter_server::workspace::*;
+use serde_json::json;
+
+fn definition() -> WorkspaceDefinition {
+    WorkspaceDefinition::builder("bench")
+        .table(
+            "posts",
+            [
+                ("id", id()),
+                ("title", text()),
+                ("views", integer()),
+                ("draft", boolean()),
+            ],
+        )
+        .build()
+        .unwrap()
+}
+
+fn rows(n: usize, prefix: &str) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            json!({"id": format!("{prefix}{i}"), "title": format!("Post number {i}"), "views": i, "draft": i % 2 == 0})
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn memory_client(rt: &tokio::runtime::Runtime) -> WorkspaceClient {
+    rt.block_on(definition().in_memory().create()).unwrap()
+}
+
+fn no_compaction(dir: &Path) -> SqliteStorage {
+    SqliteStorage::with_options(
+        dir,
+        SqliteOptions {
+            compact_after_updates: u64::MAX,
+            compact_after_bytes: u64::MAX,
+            ..SqliteOptions::default()
+        },
+    )
+}
+
+/// A data dir whose log holds `n` single-row updates.
+fn logged_updates(rt: &tokio::runtime::Runtime, n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let c = definition()
+            .with_storage(no_compaction(dir.path()))
+            .create()
+            .await
+            .unwrap();
+        let posts = c.table("posts").unwrap();
+        for (i, row) in rows(n, "p").into_iter().enumerate() {
+            posts.upsert(row).unwrap();
+            if i % 10_000 == 0 {
+                c.flush().await.unwrap();
+            }
+        }
+        c.destroy().await.unwrap();
+    });
+    dir
+}
+
+fn tables(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("table");
+    g.sample_size(10);
+    g.bench_function("upsert_many 10k rows (one transaction)", |b| {
+        b.iter_batched(
+            || (memory_client(&rt), rows(10_000, "p")),
+            |(client, rows)| client.table("posts").unwrap().upsert_many(rows).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("upsert 10k rows one by one", |b| {
+        b.iter_batched(
+            || (memory_client(&rt), rows(10_000, "p")),
+            |(client, rows)| {
+                let posts = client.table("posts").unwrap();
+                for row in rows {
+                    posts.upsert(row).unwrap();
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("overwrite 10k existing rows (one transaction)", |b| {
+        b.iter_batched(
+            || {
+                let client = memory_client(&rt);
+                client
+                    .table("posts")
+                    .unwrap()
+                    .upsert_many(rows(10_000, "p"))
+                    .unwrap();
+                (client, rows(10_000, "p"))
+            },
+            |(client, rows)| client.table("posts").unwrap().upsert_many(rows).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    let client = memory_client(&rt);
+    let posts = client.table("posts").unwrap();
+    posts.upsert_many(rows(10_000, "p")).unwrap();
+    g.bench_function("get_all_valid over 10k rows", |b| {
+        b.iter(|| assert_eq!(posts.get_all_valid().len(), 10_000))
+    });
+    g.bench_function("get one row of 10k", |b| b.iter(|| posts.get("p5000")));
+    g.finish();
+}
+
+fn storage(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("sqlite");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+
+    let dir = logged_updates(&rt, 100_000);
+    g.bench_function("load 100k logged updates", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let c = definition()
+                    .with_storage(no_compaction(dir.path()))
+                    .create()
+                    .await
+                    .unwrap();
+                assert_eq!(c.table("posts").unwrap().count(), 100_000);
+                c.destroy().await.unwrap();
+            })
+        })
+    });
+
+    g.bench_function("compact 100k logged updates", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = logged_updates(&rt, 100_000);
+                rt.block_on(async {
+                    let c = definition()
+                        .with_storage(no_compaction(dir.path()))
+                        .create()
+                        .await
+                        .unwrap();
+                    c.flush().await.unwrap();
+                    let t = Instant::now();
+                    c.compact().await.unwrap();
+                    total += t.elapsed();
+                    c.destroy().await.unwrap();
+                });
+            }
+            total
+        })
+    });
+
+    // 16 writers, each: upsert one row, wait until durable, repeat. Group commit lets one
+    // fsync acknowledge everything queued at that moment.
+    g.bench_function("10k durable upserts from 16 concurrent writers", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().unwrap();
+                total += rt.block_on(async {
+                    let c = definition()
+                        .with_storage(no_compaction(dir.path()))
+                        .create()
+                        .await
+                        .unwrap();
+                    let t = Instant::now();
+                    let mut tasks = Vec::new();
+                    for w in 0..16 {
+                        let c = c.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let posts = c.table("posts").unwrap();
+                            for row in rows(625, &format!("w{w}-")) {
+                                posts.upsert(row).unwrap();
+                                c.flush().await.unwrap();
+                            }
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    let elapsed = t.elapsed();
+                    c.destroy().await.unwrap();
+                    elapsed
+                });
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tables, storage);
+criterion_main!(benches);
