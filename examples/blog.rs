@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let posts = client.table("posts")?;
     let n = posts.count() + 1;
     let row = json!({ "id": format!("post-{n}"), "title": format!("Hello #{n}") });
-    posts.upsert(row.as_object().cloned().unwrap_or_default())?;
+    posts.upsert(row)?;
     client.flush().await?;
 
     for post in posts.get_all_valid() {

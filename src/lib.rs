@@ -8,7 +8,8 @@
 //! 1. [`workspace`]: definitions, the Y.Doc data model (last-write-wins cells), table and
 //!    KV handles, and [`workspace::WorkspaceClient`], which ties a doc to a
 //!    [`storage`] provider.
-//! 2. server: REST, OpenAPI and WebSocket sync rooms over those clients.
+//! 2. [`server`]: `create_server(clients, options)`: REST CRUD, discovery, OpenAPI +
+//!    Scalar, custom routes, lifecycle (and WebSocket sync rooms).
 //! 3. client: a sync provider that connects a local doc to a server.
 //!
 //! ## Quick start
@@ -24,7 +25,7 @@
 //! // With the `sqlite` feature: `.with_storage(SqliteStorage::new("./data"))`.
 //! let client = blog.in_memory().create().await?;
 //! let posts = client.table("posts")?;
-//! posts.upsert(json!({ "id": "1", "title": "Hello" }).as_object().unwrap().clone())?;
+//! posts.upsert(json!({ "id": "1", "title": "Hello" }))?;
 //! assert_eq!(posts.get_all_valid().len(), 1);
 //! client.destroy().await?;
 //! # Ok::<_, Box<dyn std::error::Error>>(())
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod server;
 pub mod storage;
 pub mod workspace;
 

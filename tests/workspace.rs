@@ -322,3 +322,19 @@ fn definitions_round_trip_through_json() {
     let back = WorkspaceDefinition::from_json(&def.to_json()).unwrap();
     assert_eq!(back, def);
 }
+
+#[tokio::test]
+async fn json_values_are_accepted_and_non_objects_rejected() {
+    let c = client().await;
+    let authors = c.table("authors").unwrap();
+    authors.upsert(json!({"id": "a", "name": "A"})).unwrap();
+    let err = authors.upsert(json!(["not", "a", "row"])).unwrap_err();
+    let WorkspaceError::Invalid { issues } = err else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(
+        issues[0].message,
+        "a row must be a JSON object, got an array"
+    );
+    assert_eq!(authors.count(), 1);
+}

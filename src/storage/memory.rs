@@ -13,6 +13,22 @@ use crate::workspace::WorkspaceDefinition;
 /// least as many as the base: merging then costs O(total size) over the doc's life.
 const MERGE_MIN_BYTES: usize = 64 << 10;
 
+/// Folds updates into one by replaying them through a doc (which also drops deleted
+/// content). `None` if one does not decode or apply.
+fn fold<'a>(updates: impl Iterator<Item = &'a Vec<u8>>) -> Option<Vec<u8>> {
+    use yrs::updates::decoder::Decode;
+    use yrs::{ReadTxn, Transact};
+    let doc = yrs::Doc::new();
+    for bytes in updates {
+        let update = yrs::Update::decode_v1(bytes).ok()?;
+        doc.transact_mut().apply_update(update).ok()?;
+    }
+    let folded = doc
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    Some(folded)
+}
+
 #[derive(Default)]
 struct Stored {
     base: Vec<Vec<u8>>,
@@ -96,7 +112,7 @@ impl DocStorage for MemoryDoc {
         if stored.log.len() + stored.base.len() > 1
             && stored.log_bytes >= MERGE_MIN_BYTES.max(stored.base_bytes)
         {
-            if let Ok(merged) = yrs::merge_updates_v1(stored.base.iter().chain(&stored.log)) {
+            if let Some(merged) = fold(stored.base.iter().chain(&stored.log)) {
                 stored.base_bytes = merged.len();
                 stored.base = vec![merged];
                 stored.log.clear();

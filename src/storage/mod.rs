@@ -67,7 +67,14 @@ pub trait DocStorage: Send + Sync + 'static {
         false
     }
 
-    /// Replaces the whole mirror with these valid rows (called once after loading).
+    /// Whether the mirror must be rebuilt after loading (it was just created, or may
+    /// not match the stored doc). Default: whenever rows are mirrored.
+    fn wants_row_reset(&self) -> bool {
+        self.mirrors_rows()
+    }
+
+    /// Replaces the whole mirror with these valid rows (called once after loading when
+    /// [`DocStorage::wants_row_reset`] says so).
     fn reset_rows(&self, _tables: Vec<(String, Vec<Row>)>) {}
 
     /// Queues one update (and the rows it changed) for writing. Called inside the doc's

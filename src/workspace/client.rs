@@ -72,21 +72,24 @@ fn open_and_load(
         ..Options::default()
     });
     let core = Core::new(definition, doc);
-    {
-        let mut txn = core.doc.transact_mut();
-        for (n, bytes) in updates.iter().enumerate() {
-            let update = Update::decode_v1(bytes)
-                .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
-            txn.apply_update(update)
-                .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
-        }
-        if txn.store().pending_update().is_some() {
-            tracing::warn!(
-                workspace = %core.definition.id,
-                "stored updates refer to missing earlier updates; that part waits for them"
-            );
-        }
+    // One transaction per stored update: yrs makes applying many updates inside a single
+    // transaction quadratic, while separate small transactions stay linear.
+    for (n, bytes) in updates.iter().enumerate() {
+        let update = Update::decode_v1(bytes)
+            .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
+        core.doc
+            .transact_mut()
+            .apply_update(update)
+            .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
     }
+    if core.doc.transact().store().pending_update().is_some() {
+        tracing::warn!(
+            workspace = %core.definition.id,
+            "stored updates refer to missing earlier updates; that part waits for them"
+        );
+    }
+    core.index_all();
+    core.attach();
     // From here on every commit goes to storage (with the rows it changed, for a mirror).
     if storage.mirrors_rows() {
         core.mirror_rows.store(true, Ordering::Release);
@@ -102,7 +105,7 @@ fn open_and_load(
         })
         .map_err(|e| WorkspaceError::BadUpdate(format!("cannot observe the doc: {e}")))?;
     core.settle();
-    if storage.mirrors_rows() {
+    if storage.mirrors_rows() && storage.wants_row_reset() {
         // Rows changed by settle() are already queued; the reset below supersedes them.
         storage.reset_rows(core.all_valid_rows());
     }
@@ -142,7 +145,7 @@ impl Drop for ClientInner {
 ///     .unwrap();
 /// let client = blog.in_memory().create().await.unwrap();
 /// let posts = client.table("posts").unwrap();
-/// posts.upsert(json!({"id": "1", "title": "Hello"}).as_object().unwrap().clone()).unwrap();
+/// posts.upsert(json!({"id": "1", "title": "Hello"})).unwrap();
 /// assert_eq!(posts.count(), 1);
 /// client.destroy().await.unwrap();
 /// # });

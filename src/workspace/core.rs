@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use yrs::types::Change;
 use yrs::{Any, Array, ArrayRef, Doc, Observable, Transact};
 
 use super::clock::Clock;
 use super::definition::{TableDefinition, WorkspaceDefinition};
 use super::lww::{entry, runs_descending, LwwIndex, WinnerChange};
-use super::validate::{validate_stored, Issue, Row};
+use super::validate::{check_field, Issue, Row};
 use super::value::any_to_json;
 use crate::error::WorkspaceError;
 
@@ -141,22 +142,23 @@ impl TableCore {
         let Some(cells) = cells else {
             return RowResult::NotFound;
         };
-        // Fast path: build the row in declaration order, nulls for missing nullable fields.
+        // Fast path: build the row in declaration order, nulls for missing nullable fields,
+        // checking each value as it is converted.
         let mut row = Row::with_capacity(self.def.fields.len());
-        let mut complete = true;
+        let mut issues = Vec::new();
         for field in &self.def.fields {
-            match cells.get(&field.name) {
-                Some(v) => {
-                    row.insert(field.name.clone(), any_to_json(v));
+            let value = match cells.get(&field.name) {
+                Some(v) => any_to_json(v),
+                None if field.spec.nullable => serde_json::Value::Null,
+                None => {
+                    issues.push(Issue::new(&field.name, "is missing"));
+                    continue;
                 }
-                None if field.spec.nullable => {
-                    row.insert(field.name.clone(), serde_json::Value::Null);
-                }
-                None => complete = false,
-            }
+            };
+            check_field(&field.spec, &field.name, &value, &mut issues);
+            row.insert(field.name.clone(), value);
         }
-        let issues = validate_stored(&self.def, &row);
-        if complete && issues.is_empty() {
+        if issues.is_empty() {
             return RowResult::Valid(row);
         }
         // Invalid: report the raw cells (only those stored), unknown fields included.
@@ -265,27 +267,66 @@ impl WritePlan {
 }
 
 impl Core {
-    /// Builds the core and wires the array observers that keep the indexes current.
+    /// Builds the core. Its indexes are empty until [`Core::index_all`] and stay current
+    /// once [`Core::attach`] has wired the array observers.
     pub fn new(definition: WorkspaceDefinition, doc: Doc) -> Arc<Core> {
-        let clock = Arc::new(Clock::new());
-        let mirror_rows = Arc::new(AtomicBool::new(false));
-        let pending_rows: Arc<PendingRows> = Arc::default();
-        let mut tables = Vec::new();
-        for (i, def) in definition.tables.iter().enumerate() {
-            let array = doc.get_or_insert_array(format!("table:{}", def.name));
-            let table = Arc::new(TableCore {
-                def: def.clone(),
-                array: array.clone(),
-                state: Mutex::default(),
-                observers: Arc::default(),
-            });
+        let tables = definition
+            .tables
+            .iter()
+            .map(|def| {
+                Arc::new(TableCore {
+                    def: def.clone(),
+                    array: doc.get_or_insert_array(format!("table:{}", def.name)),
+                    state: Mutex::default(),
+                    observers: Arc::default(),
+                })
+            })
+            .collect();
+        let kv = Arc::new(KvCore {
+            array: doc.get_or_insert_array("kv"),
+            state: Mutex::default(),
+            observers: Arc::default(),
+        });
+        Arc::new(Core {
+            definition,
+            doc,
+            clock: Arc::new(Clock::new()),
+            tables,
+            kv,
+            mirror_rows: Arc::new(AtomicBool::new(false)),
+            pending_rows: Arc::default(),
+            destroyed: AtomicBool::new(false),
+        })
+    }
+
+    /// Builds every index from the arrays in one pass each: after loading, this is far
+    /// cheaper than following the load one transaction at a time.
+    pub fn index_all(&self) {
+        let txn = self.doc.transact();
+        for table in &self.tables {
+            let entries: Vec<yrs::Out> = table.array.iter(&txn).collect();
+            let mut state = lock(&table.state);
+            let (changes, max_ts) = state.index.apply_delta(&[Change::Added(entries)]);
+            self.clock.observe(max_ts);
+            TableCore::apply_changes(&mut state, changes);
+        }
+        let entries: Vec<yrs::Out> = self.kv.array.iter(&txn).collect();
+        let (_, max_ts) = lock(&self.kv.state).apply_delta(&[Change::Added(entries)]);
+        self.clock.observe(max_ts);
+    }
+
+    /// Wires the array observers that keep the indexes current from here on (local,
+    /// remote and applied transactions alike). They hold the parts they need, not the
+    /// core, so the doc does not keep the core alive.
+    pub fn attach(&self) {
+        for (i, table) in self.tables.iter().enumerate() {
             let (t, clock, mirror, pending) = (
                 table.clone(),
-                clock.clone(),
-                mirror_rows.clone(),
-                pending_rows.clone(),
+                self.clock.clone(),
+                self.mirror_rows.clone(),
+                self.pending_rows.clone(),
             );
-            array.observe("epicenter-index", move |txn, event| {
+            table.array.observe("epicenter-index", move |txn, event| {
                 let touched = {
                     let mut state = lock(&t.state);
                     let (changes, max_ts) = state.index.apply_delta(event.delta(txn));
@@ -303,16 +344,9 @@ impl Core {
                 }
                 t.observers.notify(&touched);
             });
-            tables.push(table);
         }
-        let kv_array = doc.get_or_insert_array("kv");
-        let kv = Arc::new(KvCore {
-            array: kv_array.clone(),
-            state: Mutex::default(),
-            observers: Arc::default(),
-        });
-        let (k, c) = (kv.clone(), clock.clone());
-        kv_array.observe("epicenter-index", move |txn, event| {
+        let (k, c) = (self.kv.clone(), self.clock.clone());
+        self.kv.array.observe("epicenter-index", move |txn, event| {
             let (changes, max_ts) = lock(&k.state).apply_delta(event.delta(txn));
             c.observe(max_ts);
             if !changes.is_empty() {
@@ -320,16 +354,6 @@ impl Core {
                 k.observers.notify(&keys);
             }
         });
-        Arc::new(Core {
-            definition,
-            doc,
-            clock,
-            tables,
-            kv,
-            mirror_rows,
-            pending_rows,
-            destroyed: AtomicBool::new(false),
-        })
     }
 
     pub fn table_index(&self, name: &str) -> Result<usize, WorkspaceError> {
@@ -356,7 +380,6 @@ impl Core {
         self.check_alive()?;
         let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
         let plan = prepare(self)?;
-        let empty = ArrayWrite::default();
         let targets: Vec<(Option<usize>, &ArrayRef)> = self
             .tables
             .iter()
@@ -364,8 +387,9 @@ impl Core {
             .map(|(i, t)| (Some(i), &t.array))
             .chain(std::iter::once((None, &self.kv.array)))
             .collect();
+        let mut plan = plan;
         for (slot, array) in targets {
-            let write = plan.arrays.get(&slot).unwrap_or(&empty);
+            let write = plan.arrays.remove(&slot).unwrap_or_default();
             let positions = {
                 let gone = write
                     .removes
@@ -383,8 +407,8 @@ impl Core {
             if !write.puts.is_empty() {
                 let entries: Vec<Any> = write
                     .puts
-                    .iter()
-                    .map(|(k, v)| entry(k, v.clone(), self.clock.next()))
+                    .into_iter()
+                    .map(|(k, v)| entry(&k, v, self.clock.next()))
                     .collect();
                 let len = array.len(&txn);
                 array.insert_range(&mut txn, len, entries);

@@ -156,6 +156,7 @@ impl LwwIndex {
                 Change::Added(values) => {
                     let mut added: Vec<Slot> = values.iter().map(parse).collect();
                     let n = added.len();
+                    self.keys.reserve(n);
                     for slot in &mut added {
                         let Some(key) = &slot.key else { continue };
                         max_ts = max_ts.max(slot.ts);

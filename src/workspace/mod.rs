@@ -25,6 +25,6 @@ pub use definition::{
     FieldSpec, FieldType, KvDefinition, TableDefinition, WorkspaceBuilder, WorkspaceDefinition,
 };
 pub use kv::KvHandle;
-pub use table::TableHandle;
+pub use table::{IntoRow, TableHandle};
 pub use validate::{validate_row, Issue, Row};
 pub use value::{any_to_json, json_to_any};

@@ -26,6 +26,35 @@ impl std::fmt::Debug for TableHandle {
     }
 }
 
+/// What table writes accept: a [`Row`], or a JSON value that must be an object.
+pub trait IntoRow {
+    /// The row, or [`WorkspaceError::Invalid`] when the value is not an object.
+    fn into_row(self) -> Result<Row, WorkspaceError>;
+}
+
+impl IntoRow for Row {
+    fn into_row(self) -> Result<Row, WorkspaceError> {
+        Ok(self)
+    }
+}
+
+impl IntoRow for Value {
+    fn into_row(self) -> Result<Row, WorkspaceError> {
+        match self {
+            Value::Object(row) => Ok(row),
+            other => Err(WorkspaceError::Invalid {
+                issues: vec![Issue::new(
+                    "",
+                    format!(
+                        "a row must be a JSON object, got {}",
+                        super::validate::kind_of(&other)
+                    ),
+                )],
+            }),
+        }
+    }
+}
+
 /// The id of a row (its `id` field), checked.
 fn row_id(def: &TableDefinition, row: &Row) -> Result<String, Vec<Issue>> {
     let field = def.id_field();
@@ -43,7 +72,7 @@ fn row_id(def: &TableDefinition, row: &Row) -> Result<String, Vec<Issue>> {
 /// Checks a whole row and returns its id and the row with defaults filled in.
 pub(crate) fn prepare_upsert(
     def: &TableDefinition,
-    row: &Row,
+    row: Row,
 ) -> Result<(String, Row), WorkspaceError> {
     let full = complete_row(def, row);
     let issues = validate_row(def, &full);
@@ -77,18 +106,22 @@ impl TableHandle {
     }
 
     /// Validates the whole row, then writes every field (creating or overwriting the row).
-    pub fn upsert(&self, row: Row) -> Result<(), WorkspaceError> {
+    pub fn upsert(&self, row: impl IntoRow) -> Result<(), WorkspaceError> {
         self.upsert_many(std::iter::once(row))
     }
 
     /// Upserts several rows in one transaction: all are validated first, and a single
     /// invalid row writes nothing (its issues are prefixed with its position: `[3].title`).
-    pub fn upsert_many<I: IntoIterator<Item = Row>>(&self, rows: I) -> Result<(), WorkspaceError> {
+    pub fn upsert_many<I>(&self, rows: I) -> Result<(), WorkspaceError>
+    where
+        I: IntoIterator,
+        I::Item: IntoRow,
+    {
         let def = &self.table().def;
         let mut prepared = Vec::new();
         let mut issues = Vec::new();
         for (n, row) in rows.into_iter().enumerate() {
-            match prepare_upsert(def, &row) {
+            match row.into_row().and_then(|row| prepare_upsert(def, row)) {
                 Ok(p) => prepared.push(p),
                 Err(WorkspaceError::Invalid { issues: found }) => issues.extend(
                     found
@@ -120,7 +153,8 @@ impl TableHandle {
 
     /// Writes the given fields of an existing row; the merged row must be valid.
     /// Returns the merged row. The id field of `partial`, if present, must match `id`.
-    pub fn update(&self, id: &str, partial: Row) -> Result<Row, WorkspaceError> {
+    pub fn update(&self, id: &str, partial: impl IntoRow) -> Result<Row, WorkspaceError> {
+        let partial = partial.into_row()?;
         let def = self.table().def.clone();
         let index = self.index;
         let mut merged_out = Row::new();

@@ -35,7 +35,7 @@ impl std::fmt::Display for Issue {
 /// A row: field name → JSON value.
 pub type Row = Map<String, Value>;
 
-fn kind_of(value: &Value) -> &'static str {
+pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -173,8 +173,8 @@ fn check_date(s: &str) -> Result<(), String> {
 }
 
 /// Fills defaults and nulls into a row about to be written whole. Returns the complete row.
-pub(crate) fn complete_row(table: &TableDefinition, row: &Row) -> Row {
-    let mut out = row.clone();
+pub(crate) fn complete_row(table: &TableDefinition, row: Row) -> Row {
+    let mut out = row;
     for field in &table.fields {
         if !out.contains_key(&field.name) {
             if let Some(default) = &field.spec.default {
@@ -200,20 +200,6 @@ pub fn validate_row(table: &TableDefinition, row: &Row) -> Vec<Issue> {
     for key in row.keys() {
         if table.field(key).is_none() {
             issues.push(Issue::new(key, "is not a field of this table"));
-        }
-    }
-    issues
-}
-
-/// Validates a stored row: like [`validate_row`], but cells of fields the schema no longer
-/// has are tolerated (they are kept in storage and left out of the valid row).
-pub(crate) fn validate_stored(table: &TableDefinition, row: &Row) -> Vec<Issue> {
-    let mut issues = Vec::new();
-    for field in &table.fields {
-        match row.get(&field.name) {
-            Some(value) => check_into(&field.spec, &field.name, value, &mut issues),
-            None if field.spec.nullable => {}
-            None => issues.push(Issue::new(&field.name, "is missing")),
         }
     }
     issues

@@ -1,7 +1,8 @@
 //! The SQL mirror: each workspace table as a real SQL table, one column per field.
 //!
-//! It holds the valid rows only (what `get_all_valid` returns). It is rebuilt whole once
-//! after each load and then kept in step row by row, in the same transactions as the log.
+//! It holds the valid rows only (what `get_all_valid` returns). It is filled whole when its
+//! tables are (re)created for a new definition, and otherwise kept in step row by row, in the
+//! same transactions as the log entries that changed those rows, so it cannot drift.
 
 use std::path::Path;
 
@@ -48,6 +49,8 @@ struct MirrorTable {
 
 pub(super) struct Mirror {
     tables: Vec<MirrorTable>,
+    /// The tables were just (re)created and need filling.
+    pub fresh: bool,
 }
 
 impl Mirror {
@@ -78,7 +81,8 @@ impl Mirror {
             )
             .optional()
             .map_err(&err)?;
-        if stored.as_deref() != Some(wanted.as_str()) {
+        let fresh = stored.as_deref() != Some(wanted.as_str());
+        if fresh {
             if let Some(old) = stored.and_then(|s| WorkspaceDefinition::from_json(&s).ok()) {
                 for table in &old.tables {
                     conn.execute_batch(&format!("DROP TABLE IF EXISTS {};", ident(&table.name)))
@@ -125,7 +129,7 @@ impl Mirror {
                 def: table.clone(),
             });
         }
-        Ok(Mirror { tables })
+        Ok(Mirror { tables, fresh })
     }
 
     fn table(&self, name: &str) -> Option<&MirrorTable> {

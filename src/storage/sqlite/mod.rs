@@ -247,6 +247,7 @@ impl StorageProvider for SqliteStorage {
             Some(def) => Some(mirror::Mirror::prepare(&conn, &path, def)?),
             None => None,
         };
+        let mirror_fresh = mirror.as_ref().is_some_and(|m| m.fresh);
         let (tx, rx) = mpsc::channel();
         let (committed, _) = watch::channel(Committed::default());
         let committed = Arc::new(committed);
@@ -270,6 +271,7 @@ impl StorageProvider for SqliteStorage {
             })?;
         Ok(Box::new(SqliteDoc {
             mirrors: definition.is_some(),
+            mirror_fresh,
             loaded: Mutex::new(Some(updates)),
             sender: Mutex::new(Some(tx)),
             appended: AtomicU64::new(0),
@@ -280,6 +282,7 @@ impl StorageProvider for SqliteStorage {
 
 struct SqliteDoc {
     mirrors: bool,
+    mirror_fresh: bool,
     loaded: Mutex<Option<Vec<Vec<u8>>>>,
     /// `None` once closed. The mutex also keeps sequence numbers in channel order.
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
@@ -329,6 +332,10 @@ impl DocStorage for SqliteDoc {
 
     fn mirrors_rows(&self) -> bool {
         self.mirrors
+    }
+
+    fn wants_row_reset(&self) -> bool {
+        self.mirror_fresh
     }
 
     fn reset_rows(&self, tables: Vec<(String, Vec<Row>)>) {

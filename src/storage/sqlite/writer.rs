@@ -174,21 +174,19 @@ impl Writer {
         let tx = self.conn.transaction().map_err(&err)?;
         let (updates, last) = read_all(&tx, &self.path)?;
         let doc = yrs::Doc::new();
-        {
-            let mut txn = doc.transact_mut();
-            for (n, bytes) in updates.iter().enumerate() {
-                let update = yrs::Update::decode_v1(bytes).map_err(|e| {
-                    crate::error::StorageError::Damaged {
-                        path: self.path.display().to_string(),
-                        detail: format!("update #{n} does not decode: {e}"),
-                    }
+        // One transaction per update: many updates in one transaction is quadratic in yrs.
+        for (n, bytes) in updates.iter().enumerate() {
+            let update =
+                yrs::Update::decode_v1(bytes).map_err(|e| crate::error::StorageError::Damaged {
+                    path: self.path.display().to_string(),
+                    detail: format!("update #{n} does not decode: {e}"),
                 })?;
-                txn.apply_update(update)
-                    .map_err(|e| crate::error::StorageError::Damaged {
-                        path: self.path.display().to_string(),
-                        detail: format!("update #{n} does not apply: {e}"),
-                    })?;
-            }
+            doc.transact_mut().apply_update(update).map_err(|e| {
+                crate::error::StorageError::Damaged {
+                    path: self.path.display().to_string(),
+                    detail: format!("update #{n} does not apply: {e}"),
+                }
+            })?;
         }
         let snapshot = doc
             .transact()

@@ -1,0 +1,58 @@
+//! `GET /`: what this server serves, with links.
+
+use axum::extract::{OriginalUri, State};
+use axum::http::Uri;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::state::ServerState;
+
+/// The path prefix the server is nested under (empty when it is not).
+pub(crate) fn prefix(original: &Uri, uri: &Uri) -> String {
+    let (full, inner) = (original.path(), uri.path());
+    full.strip_suffix(inner)
+        .unwrap_or_else(|| full.trim_end_matches('/'))
+        .to_string()
+}
+
+pub(crate) async fn discovery(
+    State(state): State<ServerState>,
+    OriginalUri(original): OriginalUri,
+    uri: Uri,
+) -> Json<Value> {
+    let base = prefix(&original, &uri);
+    let workspaces: Vec<Value> = state
+        .clients()
+        .map(|client| {
+            let ws = client.id();
+            let tables: Vec<Value> = client
+                .definition()
+                .tables
+                .iter()
+                .map(|t| {
+                    json!({
+                        "name": t.name,
+                        "url": format!("{base}/workspaces/{ws}/tables/{}", t.name),
+                        "fields": t.fields.iter().map(|f| json!({
+                            "name": f.name,
+                            "type": f.spec.kind.name(),
+                            "nullable": f.spec.nullable,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": ws,
+                "sync": format!("{base}/workspaces/{ws}/sync"),
+                "tables": tables,
+            })
+        })
+        .collect();
+    Json(json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "docs": format!("{base}/openapi"),
+        "openapi": format!("{base}/openapi/json"),
+        "workspaces": workspaces,
+    }))
+}

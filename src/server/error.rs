@@ -1,0 +1,103 @@
+//! The REST error envelope, and the one place where errors become HTTP responses.
+//!
+//! Every failure, ours or an axum extractor's rejection, leaves as
+//! `{"error": {"message": ..., "issues"?: [...], "row"?: {...}}}` with the status SPEC §3
+//! gives, so clients never see a plain-text error.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::error::WorkspaceError;
+use crate::workspace::Issue;
+
+/// An HTTP error with its JSON envelope.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The status sent.
+    pub status: StatusCode,
+    /// The human-readable message.
+    pub message: String,
+    /// Extra members of the `error` object (`issues`, `row`, ...).
+    pub details: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    /// 404 with a message.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// Adds a detail member to the `error` object.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.details.insert(key.to_string(), value);
+        self
+    }
+
+    /// 422 listing every issue.
+    pub fn invalid(message: impl Into<String>, issues: &[Issue]) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message).with("issues", json!(issues))
+    }
+
+    /// Maps an extractor rejection, keeping axum's status (400 malformed JSON, 413 body
+    /// too large, 415 wrong content type, ...) and its explanation.
+    pub fn from_rejection(rejection: impl IntoResponse + std::fmt::Display) -> Self {
+        let message = rejection.to_string();
+        let status = rejection.into_response().status();
+        Self::new(status, message)
+    }
+}
+
+impl From<WorkspaceError> for ApiError {
+    fn from(e: WorkspaceError) -> Self {
+        match &e {
+            WorkspaceError::UnknownTable(_)
+            | WorkspaceError::UnknownKey(_)
+            | WorkspaceError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            WorkspaceError::Invalid { issues } => {
+                ApiError::invalid("the data does not match the schema", issues)
+            }
+            WorkspaceError::BadUpdate(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            WorkspaceError::Destroyed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ),
+            WorkspaceError::Storage(_) | WorkspaceError::Definition(_) => {
+                tracing::error!(error = %e, "request failed on the server side");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = Map::new();
+        error.insert("message".into(), Value::String(self.message));
+        error.extend(self.details);
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// The JSON 404 for paths no route matches.
+pub(crate) async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// The JSON 405 for known paths with another method.
+pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

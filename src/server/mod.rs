@@ -1,0 +1,317 @@
+//! The server layer: `create_server(clients, options)` wraps workspace clients in an axum
+//! app (REST CRUD, discovery, OpenAPI + Scalar) and owns its lifecycle.
+//!
+//! The clients stay alive until the server is destroyed. `start()` binds and serves in the
+//! background; `destroy()` stops accepting, lets in-flight requests finish, then flushes
+//! and destroys every client. Custom routes and nesting into an existing axum app go through
+//! plain axum `Router`s with [`ServerState`] as their state.
+
+mod discovery;
+mod docs;
+mod error;
+pub(crate) mod openapi;
+mod options;
+mod rest;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+
+pub use error::ApiError;
+pub use options::{ScalarAssets, ServerOptions, DEFAULT_PORT};
+pub use state::ServerState;
+
+use crate::workspace::{WorkspaceClient, WorkspaceDefinition};
+use state::StateInner;
+
+/// Why a server could not be created or started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Two clients share a workspace id.
+    #[error("two clients have the workspace id `{0}`; each workspace can be served once")]
+    DuplicateWorkspace(String),
+    /// A client was already destroyed.
+    #[error("the client of workspace `{0}` was destroyed")]
+    DestroyedClient(String),
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `start()` was called on a running server.
+    #[error("the server is already started")]
+    AlreadyStarted,
+    /// The server was destroyed.
+    #[error("the server was destroyed")]
+    Destroyed,
+    /// Destroying a client failed (its storage could not flush).
+    #[error("destroying workspace `{id}` failed: {source}")]
+    Client {
+        /// The workspace.
+        id: String,
+        /// Why.
+        #[source]
+        source: crate::WorkspaceError,
+    },
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    running: Option<Running>,
+    destroyed: bool,
+}
+
+/// A server over workspace clients. See [`create_server`].
+pub struct Server {
+    state: ServerState,
+    options: ServerOptions,
+    /// Routes added with [`Server::route`] / [`Server::merge`].
+    custom: Router<ServerState>,
+    lifecycle: Arc<Mutex<Lifecycle>>,
+}
+
+/// Wraps `clients` (any number, zero included) in a server. Each workspace id may appear
+/// once. Nothing is bound until [`Server::start`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use epicenter_server::server::{create_server, ServerOptions};
+/// use epicenter_server::storage::SqliteStorage;
+/// use epicenter_server::workspace::{id, text, WorkspaceDefinition};
+///
+/// let blog = WorkspaceDefinition::builder("blog")
+///     .table("posts", [("id", id()), ("title", text())])
+///     .build()?;
+/// let client = blog.with_storage(SqliteStorage::new("./data")).create().await?;
+/// let server = create_server([client], ServerOptions::default())?;
+/// server.run_until_shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub fn create_server(
+    clients: impl IntoIterator<Item = WorkspaceClient>,
+    options: ServerOptions,
+) -> Result<Server, ServerError> {
+    let mut map = BTreeMap::new();
+    for client in clients {
+        if client.is_destroyed() {
+            return Err(ServerError::DestroyedClient(client.id().to_string()));
+        }
+        let id = client.id().to_string();
+        if map.insert(id.clone(), client).is_some() {
+            return Err(ServerError::DuplicateWorkspace(id));
+        }
+    }
+    let definitions: Vec<&WorkspaceDefinition> = map.values().map(|c| c.definition()).collect();
+    let document = openapi::openapi_document(
+        &definitions,
+        openapi::DocInfo {
+            title: options.title.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            description: None,
+        },
+    );
+    let openapi_json = serde_json::to_vec(&document).unwrap_or_default();
+    let scalar_html = docs::scalar_page(&options.title, &options.scalar);
+    Ok(Server {
+        state: ServerState {
+            inner: Arc::new(StateInner {
+                clients: map,
+                openapi_json: openapi_json.into(),
+                scalar_html: scalar_html.into(),
+            }),
+        },
+        options,
+        custom: Router::new(),
+        lifecycle: Arc::default(),
+    })
+}
+
+impl Server {
+    /// The shared state (clients, documents) handlers see.
+    pub fn state(&self) -> &ServerState {
+        &self.state
+    }
+
+    /// The client of workspace `id`.
+    pub fn client(&self, id: &str) -> Option<&WorkspaceClient> {
+        self.state.client(id)
+    }
+
+    /// The options the server was created with.
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// Adds a custom route (the seed's `server.app.get('/health', ...)`). Handlers can take
+    /// `State<ServerState>` to reach the clients. Add routes before [`Server::start`].
+    pub fn route(&mut self, path: &str, method_router: MethodRouter<ServerState>) -> &mut Self {
+        self.custom = std::mem::take(&mut self.custom).route(path, method_router);
+        self
+    }
+
+    /// Merges a router of custom routes.
+    pub fn merge(&mut self, router: Router<ServerState>) -> &mut Self {
+        self.custom = std::mem::take(&mut self.custom).merge(router);
+        self
+    }
+
+    /// The whole app as a plain `Router`, to serve yourself or to nest into an existing
+    /// axum app (`app.nest("/api", server.router())`). Call [`Server::destroy`] when your
+    /// app stops, so the clients are flushed and released.
+    pub fn router(&self) -> Router {
+        let mut app = Router::new()
+            .route("/", get(discovery::discovery))
+            .route("/openapi", get(docs::scalar))
+            .route("/openapi/json", get(docs::openapi_json))
+            .merge(rest::routes())
+            .merge(self.custom.clone());
+        if let ScalarAssets::File(path) = &self.options.scalar {
+            app = app.route_service(
+                "/openapi/scalar.js",
+                tower_http::services::ServeFile::new(path),
+            );
+        }
+        let mut app = app
+            .fallback(error::no_route)
+            .method_not_allowed_fallback(error::wrong_method)
+            .layer(DefaultBodyLimit::max(self.options.body_limit));
+        if let Some(cors) = &self.options.cors {
+            app = app.layer(cors.clone());
+        }
+        app.with_state(self.state.clone())
+    }
+
+    /// Binds `host:port` and serves in the background. Returns the bound address (useful
+    /// with port 0).
+    pub async fn start(&self) -> Result<SocketAddr, ServerError> {
+        use axum::serve::ListenerExt;
+        let mut life = self.lifecycle.lock().await;
+        if life.destroyed {
+            return Err(ServerError::Destroyed);
+        }
+        if life.running.is_some() {
+            return Err(ServerError::AlreadyStarted);
+        }
+        let wanted = SocketAddr::new(self.options.host, self.options.resolved_port());
+        let listener = tokio::net::TcpListener::bind(wanted)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: wanted,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: wanted,
+            source,
+        })?;
+        // Small JSON responses and sync frames must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the server stopped with an error");
+            }
+        });
+        tracing::info!(%addr, "serving");
+        life.running = Some(Running { addr, stop, task });
+        Ok(addr)
+    }
+
+    /// The bound address while running.
+    pub async fn local_addr(&self) -> Option<SocketAddr> {
+        self.lifecycle.lock().await.running.as_ref().map(|r| r.addr)
+    }
+
+    /// Stops the server: stops accepting, lets in-flight requests finish (up to the
+    /// shutdown timeout), then flushes and destroys every client. Calling it again does
+    /// nothing. Errors from clients are reported after all were destroyed.
+    pub async fn destroy(&self) -> Result<(), ServerError> {
+        let mut life = self.lifecycle.lock().await;
+        if life.destroyed {
+            return Ok(());
+        }
+        life.destroyed = true;
+        if let Some(running) = life.running.take() {
+            let _ = running.stop.send(true);
+            let mut task = running.task;
+            if tokio::time::timeout(self.options.shutdown_timeout, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("requests still running after the shutdown timeout; closing them");
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        let mut first_error = None;
+        for client in self.state.clients() {
+            if let Err(source) = client.destroy().await {
+                tracing::error!(workspace = client.id(), error = %source, "destroying a client failed");
+                first_error.get_or_insert(ServerError::Client {
+                    id: client.id().to_string(),
+                    source,
+                });
+            }
+        }
+        tracing::info!("server destroyed");
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts (unless already started), serves until SIGINT (Ctrl+C) or SIGTERM, then
+    /// destroys the server.
+    pub async fn run_until_shutdown(&self) -> Result<(), ServerError> {
+        if self.local_addr().await.is_none() {
+            self.start().await?;
+        }
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        self.destroy().await
+    }
+}
+
+/// Resolves on SIGINT or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,152 @@
+//! REST CRUD over workspace tables: `/workspaces/{ws}/tables/{table}[/{id}]`.
+//!
+//! Handlers are thin: extract (mapping every rejection to the JSON envelope), call the
+//! table handle, and for writes wait until the change is durable before answering, so a
+//! 2xx means the row is on disk.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::state::ServerState;
+use crate::workspace::{RowResult, TableHandle, WorkspaceClient};
+
+/// The table routes.
+pub(crate) fn routes() -> Router<ServerState> {
+    Router::new()
+        .route("/workspaces/{ws}/tables/{table}", get(list).post(create))
+        .route(
+            "/workspaces/{ws}/tables/{table}/{id}",
+            get(get_one).put(update).patch(update).delete(remove),
+        )
+}
+
+fn client<'a>(state: &'a ServerState, ws: &str) -> Result<&'a WorkspaceClient, ApiError> {
+    state
+        .client(ws)
+        .ok_or_else(|| ApiError::not_found(format!("unknown workspace `{ws}`")))
+}
+
+fn table(
+    state: &ServerState,
+    ws: &str,
+    name: &str,
+) -> Result<(WorkspaceClient, TableHandle), ApiError> {
+    let client = client(state, ws)?;
+    let table = client
+        .table(name)
+        .map_err(|_| ApiError::not_found(format!("unknown table `{name}` in workspace `{ws}`")))?;
+    Ok((client.clone(), table))
+}
+
+fn data(status: StatusCode, value: Value) -> Response {
+    (status, Json(json!({ "data": value }))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn list(
+    State(state): State<ServerState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path((ws, name)) = path.map_err(ApiError::from_rejection)?;
+    let Query(page) = page.map_err(ApiError::from_rejection)?;
+    let (_, table) = table(&state, &ws, &name)?;
+    let rows = table.page_valid(page.offset.unwrap_or(0), page.limit.unwrap_or(usize::MAX));
+    Ok(data(
+        StatusCode::OK,
+        Value::Array(rows.into_iter().map(Value::Object).collect()),
+    ))
+}
+
+async fn get_one(
+    State(state): State<ServerState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
+    let (_, table) = table(&state, &ws, &name)?;
+    match table.get(&id) {
+        RowResult::Valid(row) => Ok(data(StatusCode::OK, Value::Object(row))),
+        RowResult::Invalid { row, issues, .. } => Err(ApiError::invalid(
+            format!("row `{id}` is stored but does not match the schema of `{name}`"),
+            &issues,
+        )
+        .with("row", Value::Object(row))),
+        RowResult::NotFound => Err(ApiError::not_found(format!(
+            "no row `{id}` in table `{name}`"
+        ))),
+    }
+}
+
+async fn create(
+    State(state): State<ServerState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path((ws, name)) = path.map_err(ApiError::from_rejection)?;
+    let (client, table) = table(&state, &ws, &name)?;
+    let Json(body) = body.map_err(ApiError::from_rejection)?;
+    let id_field = table.definition().id_field().to_string();
+    let id = body
+        .get(&id_field)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let existed = id.as_deref().is_some_and(|id| table.has(id));
+    table.upsert(body)?;
+    client.flush().await?;
+    let id = id.unwrap_or_default();
+    let row = match table.get(&id) {
+        RowResult::Valid(row) => Value::Object(row),
+        _ => Value::Null,
+    };
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(data(status, row))
+}
+
+async fn update(
+    State(state): State<ServerState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
+    let (client, table) = table(&state, &ws, &name)?;
+    let Json(mut body) = body.map_err(ApiError::from_rejection)?;
+    // The URL names the row: an id in the body is ignored.
+    if let Value::Object(fields) = &mut body {
+        fields.remove(table.definition().id_field());
+    }
+    let row = table.update(&id, body)?;
+    client.flush().await?;
+    Ok(data(StatusCode::OK, Value::Object(row)))
+}
+
+async fn remove(
+    State(state): State<ServerState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
+    let (client, table) = table(&state, &ws, &name)?;
+    if !table.delete(&id)? {
+        return Err(ApiError::not_found(format!(
+            "no row `{id}` in table `{name}`"
+        )));
+    }
+    client.flush().await?;
+    Ok(data(StatusCode::OK, json!({ "id": id })))
+}

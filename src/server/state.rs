@@ -1,0 +1,41 @@
+//! `ServerState`: what every handler (built-in or custom) can reach through axum's `State`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::workspace::WorkspaceClient;
+
+/// Shared state of a server: its workspace clients and its generated documents. Cheap to
+/// clone. Custom routes get it with `State<ServerState>`.
+#[derive(Clone)]
+pub struct ServerState {
+    pub(crate) inner: Arc<StateInner>,
+}
+
+pub(crate) struct StateInner {
+    pub clients: BTreeMap<String, WorkspaceClient>,
+    /// The OpenAPI document, serialized once.
+    pub openapi_json: axum::body::Bytes,
+    /// The Scalar page.
+    pub scalar_html: axum::body::Bytes,
+}
+
+impl ServerState {
+    /// The client of workspace `id`.
+    pub fn client(&self, id: &str) -> Option<&WorkspaceClient> {
+        self.inner.clients.get(id)
+    }
+
+    /// Every client, ordered by workspace id.
+    pub fn clients(&self) -> impl Iterator<Item = &WorkspaceClient> {
+        self.inner.clients.values()
+    }
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("workspaces", &self.inner.clients.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
