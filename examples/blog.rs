@@ -1,17 +1,25 @@
 //! The quick start: a `blog` workspace with a `posts` table, stored in SQLite under
-//! `EPICENTER_DATA_DIR` (default `./data`).
+//! `EPICENTER_DATA_DIR` (default `./data`), served on `PORT` (default 3913) until Ctrl+C.
 //!
 //! ```sh
 //! cargo run --example blog
-//! sqlite3 data/blog.db 'select * from posts'
+//! curl -X POST localhost:3913/workspaces/blog/tables/posts \
+//!      -H 'content-type: application/json' -d '{"id":"1","title":"Hello"}'
+//! curl localhost:3913/workspaces/blog/tables/posts
 //! ```
 
+use epicenter_server::server::{create_server, ServerOptions};
 use epicenter_server::storage::SqliteStorage;
 use epicenter_server::workspace::{id, text, WorkspaceDefinition};
-use serde_json::json;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let data_dir = std::env::var("EPICENTER_DATA_DIR").unwrap_or_else(|_| "./data".into());
 
     // 1. Define the workspace.
@@ -25,22 +33,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .create()
         .await?;
 
-    // 3. Use it.
-    let posts = client.table("posts")?;
-    let n = posts.count() + 1;
-    let row = json!({ "id": format!("post-{n}"), "title": format!("Hello #{n}") });
-    posts.upsert(row)?;
-    client.flush().await?;
-
-    for post in posts.get_all_valid() {
-        println!("{}", serde_json::Value::Object(post));
-    }
-    println!(
-        "{} post(s) in {}/blog.db (try: sqlite3 {}/blog.db 'select * from posts')",
-        posts.count(),
-        data_dir,
-        data_dir
-    );
-    client.destroy().await?;
+    // 3. Create and run the server until Ctrl+C / SIGTERM, then flush and stop.
+    let server = create_server([client], ServerOptions::default())?;
+    let addr = server.start().await?;
+    println!("Serving blog on http://{addr} (docs at http://{addr}/openapi)");
+    server.run_until_shutdown().await?;
     Ok(())
 }
