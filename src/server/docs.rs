@@ -1,7 +1,7 @@
 //! `/openapi` (the Scalar page) and `/openapi/json` (the generated OpenAPI 3.1 document).
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{OriginalUri, State};
+use axum::http::{header, Uri};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::options::ScalarAssets;
@@ -46,12 +46,22 @@ fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub(crate) async fn openapi_json(State(state): State<ServerState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.inner.openapi_json.clone(),
-    )
-        .into_response()
+/// The document; when the server is nested under a prefix, with that prefix as its
+/// server URL so "try it" and generated clients reach the real routes.
+pub(crate) async fn openapi_json(
+    State(state): State<ServerState>,
+    OriginalUri(original): OriginalUri,
+    uri: Uri,
+) -> Response {
+    let prefix = super::discovery::prefix(&original, &uri);
+    let body = if prefix.is_empty() {
+        state.inner.openapi_json.clone()
+    } else {
+        let mut doc = state.inner.openapi.clone();
+        doc.servers = Some(vec![utoipa::openapi::server::Server::new(prefix)]);
+        serde_json::to_vec(&doc).unwrap_or_default().into()
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub(crate) async fn scalar(State(state): State<ServerState>) -> Html<axum::body::Bytes> {

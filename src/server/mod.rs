@@ -133,6 +133,7 @@ pub fn create_server(
         state: ServerState {
             inner: Arc::new(StateInner {
                 clients: map,
+                openapi: document,
                 openapi_json: openapi_json.into(),
                 scalar_html: scalar_html.into(),
             }),

@@ -14,7 +14,8 @@ pub struct ServerState {
 
 pub(crate) struct StateInner {
     pub clients: BTreeMap<String, WorkspaceClient>,
-    /// The OpenAPI document, serialized once.
+    /// The OpenAPI document, and its serialization when served at the root.
+    pub openapi: utoipa::openapi::OpenApi,
     pub openapi_json: axum::body::Bytes,
     /// The Scalar page.
     pub scalar_html: axum::body::Bytes,

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use yrs::types::Change;
 use yrs::{Any, Array, ArrayRef, Doc, Observable, Transact};
 
 use super::clock::Clock;
@@ -306,12 +305,12 @@ impl Core {
         for table in &self.tables {
             let entries: Vec<yrs::Out> = table.array.iter(&txn).collect();
             let mut state = lock(&table.state);
-            let (changes, max_ts) = state.index.apply_delta(&[Change::Added(entries)]);
+            let (changes, max_ts) = state.index.bulk_load(&entries);
             self.clock.observe(max_ts);
             TableCore::apply_changes(&mut state, changes);
         }
         let entries: Vec<yrs::Out> = self.kv.array.iter(&txn).collect();
-        let (_, max_ts) = lock(&self.kv.state).apply_delta(&[Change::Added(entries)]);
+        let (_, max_ts) = lock(&self.kv.state).bulk_load(&entries);
         self.clock.observe(max_ts);
     }
 

@@ -233,6 +233,59 @@ impl LwwIndex {
         (changes, max_ts)
     }
 
+    /// Fills an empty index from a whole array at once (after a load): one pass to find
+    /// the winners, one to list them in array order (so one row's cells stay together).
+    /// Cheaper than [`LwwIndex::apply_delta`], which must also track what changed.
+    pub fn bulk_load(&mut self, entries: &[Out]) -> (Vec<WinnerChange>, f64) {
+        debug_assert!(self.slots.is_empty(), "bulk_load fills an empty index");
+        let mut max_ts = 0.0f64;
+        self.slots = entries.iter().map(parse).collect();
+        self.keys.reserve(self.slots.len());
+        for slot in &mut self.slots {
+            let Some(key) = &slot.key else { continue };
+            max_ts = max_ts.max(slot.ts);
+            match self.keys.get_mut(key) {
+                Some(state) => {
+                    slot.key = Some(state.key.clone());
+                    state.count += 1;
+                    // Left to right, `>=` makes the rightmost of equal timestamps win.
+                    if slot.ts >= state.ts {
+                        state.ts = slot.ts;
+                        state.val = slot.val.clone();
+                    }
+                }
+                None => {
+                    self.keys.insert(
+                        key.clone(),
+                        KeyState {
+                            key: key.clone(),
+                            count: 1,
+                            ts: slot.ts,
+                            val: slot.val.clone(),
+                            touched_in: 0,
+                        },
+                    );
+                }
+            }
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let mut changes = Vec::with_capacity(self.keys.len());
+        for slot in &self.slots {
+            let Some(key) = &slot.key else { continue };
+            if let Some(state) = self.keys.get_mut(key) {
+                if state.touched_in != generation {
+                    state.touched_in = generation;
+                    if state.count > 1 {
+                        self.duplicates.insert(state.key.clone());
+                    }
+                    changes.push((state.key.clone(), Some(state.val.clone())));
+                }
+            }
+        }
+        (changes, max_ts)
+    }
+
     /// Finds the winners of `keys` by scanning the entries in order.
     fn recompute_winners(&mut self, keys: &FastSet<Arc<str>>) {
         let mut best: FastMap<&Arc<str>, &Slot> = FastMap::default();
@@ -440,6 +493,33 @@ mod tests {
         assert_eq!(idx.entry_count(), 2);
         assert_eq!(idx.key_count(), 1);
         assert_eq!(idx.positions_to_delete(["k"]), vec![1]);
+    }
+
+    #[test]
+    fn bulk_load_agrees_with_incremental() {
+        let f = fixture(1);
+        push(&f, "a", "1", 5.0);
+        push(&f, "b", "x", 1.0);
+        push(&f, "a", "2", 5.0); // equal ts: rightmost wins
+        push(&f, "a", "0", 3.0);
+        let entries: Vec<Out> = {
+            let txn = f.doc.transact();
+            f.array.iter(&txn).collect()
+        };
+        let mut bulk = LwwIndex::default();
+        let (changes, max_ts) = bulk.bulk_load(&entries);
+        assert_eq!(max_ts, 5.0);
+        let incremental = f.index.lock().unwrap();
+        for key in ["a", "b"] {
+            assert_eq!(bulk.get(key), incremental.get(key), "{key}");
+        }
+        assert_eq!(bulk.get("a"), Some(&Any::from("2")));
+        assert_eq!(changes.len(), 2);
+        assert!(bulk.has_duplicates());
+        assert_eq!(
+            bulk.positions_to_delete([]),
+            incremental.positions_to_delete([])
+        );
     }
 
     #[test]
