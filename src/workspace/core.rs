@@ -75,17 +75,26 @@ impl Observers {
 /// The winning cells of one row: field id → value. Rows have few fields, so a vector
 /// beats a hash map here (no hashing, one allocation).
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Cells(Vec<(Box<str>, Any)>);
+pub(crate) struct Cells(Vec<(Arc<str>, Any)>);
 
 impl Cells {
     pub fn get(&self, field: &str) -> Option<&Any> {
         self.0.iter().find(|(f, _)| &**f == field).map(|(_, v)| v)
     }
 
-    fn set(&mut self, field: &str, value: Any) {
+    /// Sets a cell. `names` are the table's field names: a known field shares its name
+    /// instead of allocating one per cell.
+    fn set(&mut self, field: &str, value: Any, names: &[Arc<str>]) {
         match self.0.iter_mut().find(|(f, _)| &**f == field) {
             Some((_, v)) => *v = value,
-            None => self.0.push((field.into(), value)),
+            None => {
+                let name = names
+                    .iter()
+                    .find(|n| &***n == field)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(field));
+                self.0.push((name, value));
+            }
         }
     }
 
@@ -130,6 +139,8 @@ pub enum RowResult {
 
 pub(crate) struct TableCore {
     pub def: TableDefinition,
+    /// The field names, shared by every row's cells.
+    pub field_names: Vec<Arc<str>>,
     pub array: ArrayRef,
     pub state: Mutex<TableState>,
     pub observers: Arc<Observers>,
@@ -183,11 +194,17 @@ impl TableCore {
         }
     }
 
-    /// Applies winner changes to the row map; returns the row ids touched. Changes come
-    /// grouped by row (the order the delta touched them), so each run of one row's cells
-    /// costs one row lookup.
-    fn apply_changes(state: &mut TableState, changes: Vec<WinnerChange>) -> BTreeSet<String> {
+    /// Applies winner changes to the row map; returns the row ids touched (when asked
+    /// for). Changes come grouped by row (the order the delta touched them), so each run of
+    /// one row's cells costs one row lookup.
+    fn apply_changes(
+        &self,
+        state: &mut TableState,
+        changes: Vec<WinnerChange>,
+        report: bool,
+    ) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
+        let width = self.def.fields.len();
         let mut i = 0;
         while i < changes.len() {
             let Some((row, _)) = changes[i].0.split_once(':') else {
@@ -202,19 +219,24 @@ impl TableCore {
             let run = &changes[i..end];
             let cells = match state.rows.get_mut(row) {
                 Some(cells) => cells,
-                None => state.rows.entry(row.to_string()).or_default(),
+                None => state
+                    .rows
+                    .entry(row.to_string())
+                    .or_insert_with(|| Cells(Vec::with_capacity(width))),
             };
             for (key, val) in run {
                 let field = key.split_once(':').map(|(_, f)| f).unwrap_or_default();
                 match val {
-                    Some(v) => cells.set(field, v.clone()),
+                    Some(v) => cells.set(field, v.clone(), &self.field_names),
                     None => cells.remove(field),
                 }
             }
             if cells.is_empty() {
                 state.rows.remove(row);
             }
-            touched.insert(row.to_string());
+            if report {
+                touched.insert(row.to_string());
+            }
             i = end;
         }
         touched
@@ -275,6 +297,11 @@ impl Core {
             .map(|def| {
                 Arc::new(TableCore {
                     def: def.clone(),
+                    field_names: def
+                        .fields
+                        .iter()
+                        .map(|f| Arc::from(f.name.as_str()))
+                        .collect(),
                     array: doc.get_or_insert_array(format!("table:{}", def.name)),
                     state: Mutex::default(),
                     observers: Arc::default(),
@@ -307,7 +334,7 @@ impl Core {
             let mut state = lock(&table.state);
             let (changes, max_ts) = state.index.bulk_load(&entries);
             self.clock.observe(max_ts);
-            TableCore::apply_changes(&mut state, changes);
+            table.apply_changes(&mut state, changes, false);
         }
         let entries: Vec<yrs::Out> = self.kv.array.iter(&txn).collect();
         let (_, max_ts) = lock(&self.kv.state).bulk_load(&entries);
@@ -330,7 +357,7 @@ impl Core {
                     let mut state = lock(&t.state);
                     let (changes, max_ts) = state.index.apply_delta(event.delta(txn));
                     clock.observe(max_ts);
-                    TableCore::apply_changes(&mut state, changes)
+                    t.apply_changes(&mut state, changes, true)
                 };
                 if touched.is_empty() {
                     return;

@@ -39,6 +39,8 @@ struct KeyState {
     val: Any,
     /// The delta that last touched this key (see `LwwIndex::generation`).
     touched_in: u64,
+    /// Scratch for `bulk_load`: the key's place in the list it returns.
+    listed_at: u32,
 }
 
 /// A key whose winning value changed in a delta: `Some(val)` or `None` when removed.
@@ -171,6 +173,7 @@ impl LwwIndex {
                                         ts: slot.ts,
                                         val: slot.val.clone(),
                                         touched_in: generation,
+                                        listed_at: 0,
                                     },
                                 );
                             }
@@ -233,14 +236,16 @@ impl LwwIndex {
         (changes, max_ts)
     }
 
-    /// Fills an empty index from a whole array at once (after a load): one pass to find
-    /// the winners, one to list them in array order (so one row's cells stay together).
-    /// Cheaper than [`LwwIndex::apply_delta`], which must also track what changed.
+    /// Fills an empty index from a whole array at once (after a load), in one pass.
+    /// Returns every key's winner, listed in the order keys first appear (so one row's
+    /// cells stay together), and the largest `ts`. Cheaper than [`LwwIndex::apply_delta`],
+    /// which must also work out what changed.
     pub fn bulk_load(&mut self, entries: &[Out]) -> (Vec<WinnerChange>, f64) {
         debug_assert!(self.slots.is_empty(), "bulk_load fills an empty index");
         let mut max_ts = 0.0f64;
         self.slots = entries.iter().map(parse).collect();
         self.keys.reserve(self.slots.len());
+        let mut listed: Vec<WinnerChange> = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
             let Some(key) = &slot.key else { continue };
             max_ts = max_ts.max(slot.ts);
@@ -248,13 +253,18 @@ impl LwwIndex {
                 Some(state) => {
                     slot.key = Some(state.key.clone());
                     state.count += 1;
+                    if state.count == 2 {
+                        self.duplicates.insert(state.key.clone());
+                    }
                     // Left to right, `>=` makes the rightmost of equal timestamps win.
                     if slot.ts >= state.ts {
                         state.ts = slot.ts;
                         state.val = slot.val.clone();
+                        listed[state.listed_at as usize].1 = Some(slot.val.clone());
                     }
                 }
                 None => {
+                    listed.push((key.clone(), Some(slot.val.clone())));
                     self.keys.insert(
                         key.clone(),
                         KeyState {
@@ -263,27 +273,13 @@ impl LwwIndex {
                             ts: slot.ts,
                             val: slot.val.clone(),
                             touched_in: 0,
+                            listed_at: (listed.len() - 1) as u32,
                         },
                     );
                 }
             }
         }
-        self.generation += 1;
-        let generation = self.generation;
-        let mut changes = Vec::with_capacity(self.keys.len());
-        for slot in &self.slots {
-            let Some(key) = &slot.key else { continue };
-            if let Some(state) = self.keys.get_mut(key) {
-                if state.touched_in != generation {
-                    state.touched_in = generation;
-                    if state.count > 1 {
-                        self.duplicates.insert(state.key.clone());
-                    }
-                    changes.push((state.key.clone(), Some(state.val.clone())));
-                }
-            }
-        }
-        (changes, max_ts)
+        (listed, max_ts)
     }
 
     /// Finds the winners of `keys` by scanning the entries in order.
