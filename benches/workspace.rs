@@ -87,7 +87,10 @@ fn tables(c: &mut Criterion) {
     g.bench_function("upsert_many 10k rows (one transaction)", |b| {
         b.iter_batched(
             || (memory_client(&rt), rows(10_000, "p")),
-            |(client, rows)| client.table("posts").unwrap().upsert_many(rows).unwrap(),
+            |(client, rows)| {
+                client.table("posts").unwrap().upsert_many(rows).unwrap();
+                client // dropped outside the measurement
+            },
             BatchSize::PerIteration,
         )
     });
@@ -99,6 +102,7 @@ fn tables(c: &mut Criterion) {
                 for row in rows {
                     posts.upsert(row).unwrap();
                 }
+                client
             },
             BatchSize::PerIteration,
         )
@@ -114,7 +118,10 @@ fn tables(c: &mut Criterion) {
                     .unwrap();
                 (client, rows(10_000, "p"))
             },
-            |(client, rows)| client.table("posts").unwrap().upsert_many(rows).unwrap(),
+            |(client, rows)| {
+                client.table("posts").unwrap().upsert_many(rows).unwrap();
+                client
+            },
             BatchSize::PerIteration,
         )
     });
@@ -171,42 +178,47 @@ fn storage(c: &mut Criterion) {
         })
     });
 
-    // 16 writers, each: upsert one row, wait until durable, repeat. Group commit lets one
-    // fsync acknowledge everything queued at that moment.
-    g.bench_function("10k durable upserts from 16 concurrent writers", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().unwrap();
-                total += rt.block_on(async {
-                    let c = definition()
-                        .with_storage(no_compaction(dir.path()))
-                        .create()
-                        .await
-                        .unwrap();
-                    let t = Instant::now();
-                    let mut tasks = Vec::new();
-                    for w in 0..16 {
-                        let c = c.clone();
-                        tasks.push(tokio::spawn(async move {
-                            let posts = c.table("posts").unwrap();
-                            for row in rows(625, &format!("w{w}-")) {
-                                posts.upsert(row).unwrap();
-                                c.flush().await.unwrap();
+    // Concurrent writers, each: upsert one row, wait until durable, repeat. Group commit
+    // lets one fsync acknowledge everything queued at that moment.
+    for writers in [16usize, 64] {
+        g.bench_function(
+            format!("10k durable upserts from {writers} concurrent writers"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let dir = tempfile::tempdir().unwrap();
+                        total += rt.block_on(async {
+                            let c = definition()
+                                .with_storage(no_compaction(dir.path()))
+                                .create()
+                                .await
+                                .unwrap();
+                            let t = Instant::now();
+                            let mut tasks = Vec::new();
+                            for w in 0..writers {
+                                let c = c.clone();
+                                tasks.push(tokio::spawn(async move {
+                                    let posts = c.table("posts").unwrap();
+                                    for row in rows(10_000 / writers, &format!("w{w}-")) {
+                                        posts.upsert(row).unwrap();
+                                        c.flush().await.unwrap();
+                                    }
+                                }));
                             }
-                        }));
+                            for t in tasks {
+                                t.await.unwrap();
+                            }
+                            let elapsed = t.elapsed();
+                            c.destroy().await.unwrap();
+                            elapsed
+                        });
                     }
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                    let elapsed = t.elapsed();
-                    c.destroy().await.unwrap();
-                    elapsed
-                });
-            }
-            total
-        })
-    });
+                    total
+                })
+            },
+        );
+    }
     g.finish();
 }
 

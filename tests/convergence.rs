@@ -114,13 +114,16 @@ fn run(ops: Vec<Op>) {
                 }
                 Op::Update { doc, id, views } => {
                     let patch = json!({ "views": views });
-                    // Missing rows are an expected NotFound; anything else is a failure.
+                    // A missing row is NotFound, and a partial row (left by a delete
+                    // concurrent with an update) cannot be completed by a patch: Invalid.
                     match docs[doc]
                         .table("posts")
                         .unwrap()
                         .update(&format!("r{id}"), patch.as_object().unwrap().clone())
                     {
-                        Ok(_) | Err(epicenter_server::WorkspaceError::NotFound { .. }) => {}
+                        Ok(_)
+                        | Err(epicenter_server::WorkspaceError::NotFound { .. })
+                        | Err(epicenter_server::WorkspaceError::Invalid { .. }) => {}
                         Err(e) => panic!("update failed: {e}"),
                     }
                 }

@@ -970,6 +970,32 @@ async fn custom_routes_reach_the_clients() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn described_custom_routes_appear_in_the_openapi_document() {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+    use utoipa::openapi::{OpenApiBuilder, ResponseBuilder};
+    let mut server = create_server([memory_client().await], options()).unwrap();
+    server.route("/health", get(|| async { "OK" }));
+    let health = PathItem::new(
+        HttpMethod::Get,
+        OperationBuilder::new()
+            .operation_id(Some("health"))
+            .response("200", ResponseBuilder::new().description("Alive")),
+    );
+    server.describe(
+        OpenApiBuilder::new()
+            .paths(PathsBuilder::new().path("/health", health))
+            .build(),
+    );
+    let h = Harness::start(server).await;
+    let (status, doc) = h.get("/openapi/json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["paths"]["/health"]["get"]["operationId"], "health");
+    // The generated table routes are still there.
+    assert!(doc["paths"]["/workspaces/blog/tables/posts"]["get"].is_object());
+    h.stop().await;
+}
+
 /// The blog server's router nested at `nest_at` in a host app served with `axum::serve`.
 struct Hosted {
     h: Harness,

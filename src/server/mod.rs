@@ -167,6 +167,24 @@ impl Server {
         self
     }
 
+    /// Adds the documentation of custom routes to the OpenAPI document (and so to the
+    /// Scalar page): paths, components and tags of `doc` are merged in, e.g. from a
+    /// `#[derive(utoipa::OpenApi)]` struct's `openapi()`.
+    pub fn describe(&mut self, doc: utoipa::openapi::OpenApi) -> &mut Self {
+        let mut document = self.state.inner.openapi.clone();
+        document.merge(doc);
+        let openapi_json = serde_json::to_vec(&document).unwrap_or_default();
+        self.state = ServerState {
+            inner: Arc::new(StateInner {
+                clients: self.state.inner.clients.clone(),
+                openapi: document,
+                openapi_json: openapi_json.into(),
+                scalar_html: self.state.inner.scalar_html.clone(),
+            }),
+        };
+        self
+    }
+
     /// Merges a router of custom routes.
     pub fn merge(&mut self, router: Router<ServerState>) -> &mut Self {
         self.custom = std::mem::take(&mut self.custom).merge(router);
