@@ -75,26 +75,17 @@ impl Observers {
 /// The winning cells of one row: field id → value. Rows have few fields, so a vector
 /// beats a hash map here (no hashing, one allocation).
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Cells {
-    cells: Vec<(Arc<str>, Any)>,
-    /// The row as last read, dropped whenever a cell changes: reads of unchanged rows
-    /// (lists, pages) then cost a clone instead of a conversion and validation.
-    cached: Option<RowResult>,
-}
+pub(crate) struct Cells(Vec<(Arc<str>, Any)>);
 
 impl Cells {
     pub fn get(&self, field: &str) -> Option<&Any> {
-        self.cells
-            .iter()
-            .find(|(f, _)| &**f == field)
-            .map(|(_, v)| v)
+        self.0.iter().find(|(f, _)| &**f == field).map(|(_, v)| v)
     }
 
     /// Sets a cell. `names` are the table's field names: a known field shares its name
     /// instead of allocating one per cell.
     fn set(&mut self, field: &str, value: Any, names: &[Arc<str>]) {
-        self.cached = None;
-        match self.cells.iter_mut().find(|(f, _)| &**f == field) {
+        match self.0.iter_mut().find(|(f, _)| &**f == field) {
             Some((_, v)) => *v = value,
             None => {
                 let name = names
@@ -102,22 +93,21 @@ impl Cells {
                     .find(|n| &***n == field)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(field));
-                self.cells.push((name, value));
+                self.0.push((name, value));
             }
         }
     }
 
     fn remove(&mut self, field: &str) {
-        self.cached = None;
-        self.cells.retain(|(f, _)| &**f != field);
+        self.0.retain(|(f, _)| &**f != field);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.0.is_empty()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.cells.iter().map(|(f, _)| &**f)
+        self.0.iter().map(|(f, _)| &**f)
     }
 }
 
@@ -157,14 +147,6 @@ pub(crate) struct TableCore {
 }
 
 impl TableCore {
-    /// The row as a [`RowResult`], from the row's cache when its cells did not change.
-    pub fn read_cached<'a>(&self, id: &str, cells: &'a mut Cells) -> &'a RowResult {
-        if cells.cached.is_none() {
-            cells.cached = Some(self.read(id, Some(cells)));
-        }
-        cells.cached.get_or_insert(RowResult::NotFound)
-    }
-
     /// The row as a [`RowResult`], from its cells.
     pub fn read(&self, id: &str, cells: Option<&Cells>) -> RowResult {
         let Some(cells) = cells else {
@@ -197,7 +179,7 @@ impl TableCore {
             }
         }
         let mut extra: Vec<_> = cells
-            .cells
+            .0
             .iter()
             .filter(|(k, _)| self.def.field(k).is_none())
             .collect();
@@ -237,10 +219,10 @@ impl TableCore {
             let run = &changes[i..end];
             let cells = match state.rows.get_mut(row) {
                 Some(cells) => cells,
-                None => state.rows.entry(row.to_string()).or_insert_with(|| Cells {
-                    cells: Vec::with_capacity(width),
-                    cached: None,
-                }),
+                None => state
+                    .rows
+                    .entry(row.to_string())
+                    .or_insert_with(|| Cells(Vec::with_capacity(width))),
             };
             for (key, val) in run {
                 let field = key.split_once(':').map(|(_, f)| f).unwrap_or_default();
@@ -479,10 +461,10 @@ impl Core {
         let mut out = Vec::new();
         for (i, ids) in pending {
             let table = &self.tables[i];
-            let mut state = lock(&table.state);
+            let state = lock(&table.state);
             for id in ids {
-                let row = match state.rows.get_mut(&id).map(|c| table.read_cached(&id, c)) {
-                    Some(RowResult::Valid(row)) => Some(row.clone()),
+                let row = match table.read(&id, state.rows.get(&id)) {
+                    RowResult::Valid(row) => Some(row),
                     _ => None,
                 };
                 out.push(crate::storage::RowChange {
@@ -500,12 +482,12 @@ impl Core {
         self.tables
             .iter()
             .map(|t| {
-                let mut state = lock(&t.state);
+                let state = lock(&t.state);
                 let rows = state
                     .rows
-                    .iter_mut()
-                    .filter_map(|(id, cells)| match t.read_cached(id, cells) {
-                        RowResult::Valid(row) => Some(row.clone()),
+                    .iter()
+                    .filter_map(|(id, cells)| match t.read(id, Some(cells)) {
+                        RowResult::Valid(row) => Some(row),
                         _ => None,
                     })
                     .collect();

@@ -201,11 +201,8 @@ impl TableHandle {
     /// Reads one row: valid, invalid (with every issue), or not found.
     pub fn get(&self, id: &str) -> RowResult {
         let table = self.table();
-        let mut state = lock(&table.state);
-        match state.rows.get_mut(id) {
-            Some(cells) => table.read_cached(id, cells).clone(),
-            None => RowResult::NotFound,
-        }
+        let state = lock(&table.state);
+        table.read(id, state.rows.get(id))
     }
 
     /// Every row that matches the schema, ordered by id.
@@ -216,30 +213,28 @@ impl TableHandle {
     /// Valid rows ordered by id, skipping `offset` and returning at most `limit`.
     pub fn page_valid(&self, offset: usize, limit: usize) -> Vec<Row> {
         let table = self.table();
-        let mut state = lock(&table.state);
+        let state = lock(&table.state);
         state
             .rows
-            .iter_mut()
-            .filter_map(|(id, cells)| match table.read_cached(id, cells) {
+            .iter()
+            .filter_map(|(id, cells)| match table.read(id, Some(cells)) {
                 RowResult::Valid(row) => Some(row),
                 _ => None,
             })
             .skip(offset)
             .take(limit)
-            .cloned()
             .collect()
     }
 
     /// Every stored row that does not match the schema, as [`RowResult::Invalid`].
     pub fn get_all_invalid(&self) -> Vec<RowResult> {
         let table = self.table();
-        let mut state = lock(&table.state);
+        let state = lock(&table.state);
         state
             .rows
-            .iter_mut()
-            .map(|(id, cells)| table.read_cached(id, cells))
+            .iter()
+            .map(|(id, cells)| table.read(id, Some(cells)))
             .filter(|r| matches!(r, RowResult::Invalid { .. }))
-            .cloned()
             .collect()
     }
 
