@@ -43,6 +43,20 @@ struct KeyState {
     listed_at: u32,
 }
 
+impl KeyState {
+    /// The state of a key seen for the first time, in `slot`.
+    fn first(key: &Arc<str>, slot: &Slot) -> Self {
+        KeyState {
+            key: key.clone(),
+            count: 1,
+            ts: slot.ts,
+            val: slot.val.clone(),
+            touched_in: 0,
+            listed_at: 0,
+        }
+    }
+}
+
 /// A key whose winning value changed in a delta: `Some(val)` or `None` when removed.
 pub(crate) type WinnerChange = (Arc<str>, Option<Any>);
 
@@ -165,17 +179,9 @@ impl LwwIndex {
                         match self.keys.get_mut(key) {
                             None => {
                                 touched.push((key.clone(), None));
-                                self.keys.insert(
-                                    key.clone(),
-                                    KeyState {
-                                        key: key.clone(),
-                                        count: 1,
-                                        ts: slot.ts,
-                                        val: slot.val.clone(),
-                                        touched_in: generation,
-                                        listed_at: 0,
-                                    },
-                                );
+                                let mut state = KeyState::first(key, slot);
+                                state.touched_in = generation;
+                                self.keys.insert(key.clone(), state);
                             }
                             Some(state) => {
                                 if state.touched_in != generation {
@@ -265,17 +271,9 @@ impl LwwIndex {
                 }
                 None => {
                     listed.push((key.clone(), Some(slot.val.clone())));
-                    self.keys.insert(
-                        key.clone(),
-                        KeyState {
-                            key: key.clone(),
-                            count: 1,
-                            ts: slot.ts,
-                            val: slot.val.clone(),
-                            touched_in: 0,
-                            listed_at: (listed.len() - 1) as u32,
-                        },
-                    );
+                    let mut state = KeyState::first(key, slot);
+                    state.listed_at = (listed.len() - 1) as u32;
+                    self.keys.insert(key.clone(), state);
                 }
             }
         }
