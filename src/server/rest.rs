@@ -6,7 +6,7 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -45,8 +45,19 @@ fn table(
     Ok((client.clone(), table))
 }
 
+/// The success envelope `{"data": ...}`, written straight into the body.
 fn data(status: StatusCode, value: Value) -> Response {
-    (status, Json(json!({ "data": value }))).into_response()
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(b"{\"data\":");
+    if serde_json::to_writer(&mut body, &value).is_err() {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the response",
+        )
+        .into_response();
+    }
+    body.push(b'}');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[derive(Debug, Deserialize)]
