@@ -332,13 +332,20 @@ async fn mirror_equals_valid_rows_after_random_edits() {
             }
             1 if posts.has(&id) => {
                 posts
-                    .update(&id, row(json!({"views": next() % 100, "labels": ["a", "b"]})))
+                    .update(
+                        &id,
+                        row(json!({"views": next() % 100, "labels": ["a", "b"]})),
+                    )
                     .unwrap();
             }
             2 => posts.clear().unwrap(),
-            _ => posts
-                .upsert(row(json!({"id": id, "title": format!("t{}", next() % 7), "draft": next() % 2 == 0})))
-                .unwrap(),
+            _ => {
+                let existed = posts.has(&id);
+                let created = posts
+                    .upsert(row(json!({"id": id, "title": format!("t{}", next() % 7), "draft": next() % 2 == 0})))
+                    .unwrap();
+                assert_eq!(created, !existed);
+            }
         }
         if next() % 50 == 0 {
             c.flush().await.unwrap();

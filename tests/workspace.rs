@@ -86,10 +86,21 @@ async fn upsert_many_is_all_or_nothing() {
     };
     assert_eq!(issues[0].path, "[1].title");
     assert_eq!(posts.count(), 0);
-    posts
+    let created = posts
         .upsert_many((0..100).map(|i| row(json!({"id": format!("r{i:03}"), "title": "t"}))))
         .unwrap();
+    assert_eq!(created, 100);
     assert_eq!(posts.count(), 100);
+    // Rewrites and a repeated id within one batch are not new rows.
+    let created = posts
+        .upsert_many([
+            row(json!({"id": "r000", "title": "again"})),
+            row(json!({"id": "new", "title": "n"})),
+            row(json!({"id": "new", "title": "n2"})),
+        ])
+        .unwrap();
+    assert_eq!(created, 1);
+    posts.delete("new").unwrap();
     // Ordered by id.
     assert_eq!(posts.get_all_valid()[0]["id"], "r000");
     assert_eq!(posts.page_valid(98, 10).len(), 2);

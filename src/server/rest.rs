@@ -113,19 +113,18 @@ async fn create(
     let id = body
         .get(&id_field)
         .and_then(Value::as_str)
-        .map(str::to_string);
-    let existed = id.as_deref().is_some_and(|id| table.has(id));
-    table.upsert(body)?;
+        .map(str::to_string)
+        .unwrap_or_default();
+    let created = table.upsert(body)?;
     client.flush().await?;
-    let id = id.unwrap_or_default();
     let row = match table.get(&id) {
         RowResult::Valid(row) => Value::Object(row),
         _ => Value::Null,
     };
-    let status = if existed {
-        StatusCode::OK
-    } else {
+    let status = if created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     Ok(data(status, row))
 }

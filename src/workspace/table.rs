@@ -106,13 +106,15 @@ impl TableHandle {
     }
 
     /// Validates the whole row, then writes every field (creating or overwriting the row).
-    pub fn upsert(&self, row: impl IntoRow) -> Result<(), WorkspaceError> {
-        self.upsert_many(std::iter::once(row))
+    /// Returns `true` when the row is new, `false` when it replaced a stored one.
+    pub fn upsert(&self, row: impl IntoRow) -> Result<bool, WorkspaceError> {
+        Ok(self.upsert_many(std::iter::once(row))? == 1)
     }
 
     /// Upserts several rows in one transaction: all are validated first, and a single
     /// invalid row writes nothing (its issues are prefixed with its position: `[3].title`).
-    pub fn upsert_many<I>(&self, rows: I) -> Result<(), WorkspaceError>
+    /// Returns how many of the rows are new.
+    pub fn upsert_many<I>(&self, rows: I) -> Result<usize, WorkspaceError>
     where
         I: IntoIterator,
         I::Item: IntoRow,
@@ -142,13 +144,21 @@ impl TableHandle {
             return Err(WorkspaceError::Invalid { issues });
         }
         let index = self.index;
-        self.core.write(|_| {
+        let mut created = 0;
+        self.core.write(|core| {
+            // Inside the transaction: no other write can create these rows meanwhile.
+            let state = lock(&core.tables[index].state);
             let mut plan = WritePlan::default();
+            let mut seen = std::collections::HashSet::new();
             for (id, row) in &prepared {
+                if !state.rows.contains_key(id) && seen.insert(id.as_str()) {
+                    created += 1;
+                }
                 Self::put_row(&mut plan, index, id, row);
             }
             Ok(plan)
-        })
+        })?;
+        Ok(created)
     }
 
     /// Writes the given fields of an existing row; the merged row must be valid.
