@@ -349,3 +349,14 @@ async fn json_values_are_accepted_and_non_objects_rejected() {
     );
     assert_eq!(authors.count(), 1);
 }
+
+#[test]
+fn the_sample_definition_file_is_valid() {
+    let def = WorkspaceDefinition::from_json(include_str!("../examples/blog.json")).unwrap();
+    let posts = def.table("posts").unwrap();
+    assert_eq!(posts.fields.len(), 6);
+    assert_eq!(
+        def.kv_key("theme").unwrap().spec.default,
+        Some(json!("light"))
+    );
+}
