@@ -142,7 +142,7 @@ fn check_into(spec: &FieldSpec, path: &str, value: &Value, issues: &mut Vec<Issu
         },
         FieldType::Json { schema } => {
             if let Some(schema) = schema {
-                match jsonschema::validator_for(schema) {
+                match compiled(schema) {
                     Ok(validator) => {
                         for error in validator.iter_errors(value) {
                             let pointer = error.instance_path().to_string();
@@ -154,6 +154,24 @@ fn check_into(spec: &FieldSpec, path: &str, value: &Value, issues: &mut Vec<Issu
             }
         }
     }
+}
+
+/// The compiled validator of a JSON Schema. Compiling is far costlier than validating,
+/// and a field's schema never changes, so each distinct schema is compiled once (schemas
+/// come from definitions, so there are few).
+fn compiled(schema: &Value) -> Result<std::sync::Arc<jsonschema::Validator>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Cache = Mutex<HashMap<String, Arc<jsonschema::Validator>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = schema.to_string();
+    let cache = CACHE.get_or_init(Cache::default);
+    if let Some(v) = crate::workspace::core::lock(cache).get(&key) {
+        return Ok(v.clone());
+    }
+    let validator = Arc::new(jsonschema::validator_for(schema).map_err(|e| e.to_string())?);
+    crate::workspace::core::lock(cache).insert(key, validator.clone());
+    Ok(validator)
 }
 
 /// Checks `"<ISO-8601 UTC>|<IANA tz>"`.
