@@ -9,8 +9,9 @@
 //!    KV handles, and [`workspace::WorkspaceClient`], which ties a doc to a
 //!    [`storage`] provider.
 //! 2. [`server`]: `create_server(clients, options)`: REST CRUD, discovery, OpenAPI +
-//!    Scalar, custom routes, lifecycle (and WebSocket sync rooms).
-//! 3. client: a sync provider that connects a local doc to a server.
+//!    Scalar, custom routes, lifecycle. WebSocket sync rooms (y-websocket) come next.
+//! 3. client (planned, behind the `client` feature): a sync provider that connects a local
+//!    doc to a server.
 //!
 //! ## Quick start
 //!
