@@ -363,8 +363,8 @@ async fn mirror_equals_valid_rows_after_random_edits() {
     c.destroy().await.unwrap();
 }
 
-#[tokio::test]
-async fn mirror_follows_a_schema_change() {
+/// A data dir holding one stored post (`a`), released again; and its database file.
+async fn stored_one_row() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteStorage::new(dir.path()).path_for("blog");
     let c = open(dir.path()).await.unwrap();
@@ -373,6 +373,12 @@ async fn mirror_follows_a_schema_change() {
         .upsert(row(json!({"id": "a", "title": "t"})))
         .unwrap();
     c.destroy().await.unwrap();
+    (dir, db)
+}
+
+#[tokio::test]
+async fn mirror_follows_a_schema_change() {
+    let (dir, db) = stored_one_row().await;
     let v2 = WorkspaceDefinition::builder("blog")
         .table(
             "posts",
@@ -423,14 +429,7 @@ async fn a_damaged_file_is_an_error_not_an_empty_doc() {
 
 #[tokio::test]
 async fn a_damaged_update_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = SqliteStorage::new(dir.path()).path_for("blog");
-    let c = open(dir.path()).await.unwrap();
-    c.table("posts")
-        .unwrap()
-        .upsert(row(json!({"id": "a", "title": "t"})))
-        .unwrap();
-    c.destroy().await.unwrap();
+    let (dir, db) = stored_one_row().await;
     let conn = Connection::open(&db).unwrap();
     conn.execute(
         "UPDATE _epicenter_log SET data = zeroblob(length(data)) WHERE seq = (SELECT max(seq) FROM _epicenter_log)",

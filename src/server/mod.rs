@@ -29,7 +29,6 @@ pub use options::{ScalarAssets, ServerOptions, DEFAULT_PORT};
 pub use state::ServerState;
 
 use crate::workspace::{WorkspaceClient, WorkspaceDefinition};
-use state::StateInner;
 
 /// Why a server could not be created or started.
 #[derive(Debug, thiserror::Error)]
@@ -127,17 +126,9 @@ pub fn create_server(
             description: None,
         },
     );
-    let openapi_json = serde_json::to_vec(&document).unwrap_or_default();
     let scalar_html = docs::scalar_page(&options.title, &options.scalar);
     Ok(Server {
-        state: ServerState {
-            inner: Arc::new(StateInner {
-                clients: map,
-                openapi: document,
-                openapi_json: openapi_json.into(),
-                scalar_html: scalar_html.into(),
-            }),
-        },
+        state: ServerState::new(map, document, scalar_html.into()),
         options,
         custom: Router::new(),
         lifecycle: Arc::default(),
@@ -173,15 +164,11 @@ impl Server {
     pub fn describe(&mut self, doc: utoipa::openapi::OpenApi) -> &mut Self {
         let mut document = self.state.inner.openapi.clone();
         document.merge(doc);
-        let openapi_json = serde_json::to_vec(&document).unwrap_or_default();
-        self.state = ServerState {
-            inner: Arc::new(StateInner {
-                clients: self.state.inner.clients.clone(),
-                openapi: document,
-                openapi_json: openapi_json.into(),
-                scalar_html: self.state.inner.scalar_html.clone(),
-            }),
-        };
+        self.state = ServerState::new(
+            self.state.inner.clients.clone(),
+            document,
+            self.state.inner.scalar_html.clone(),
+        );
         self
     }
 

@@ -22,6 +22,24 @@ pub(crate) struct StateInner {
 }
 
 impl ServerState {
+    /// The state for these clients and documents; the OpenAPI document is serialized here,
+    /// once.
+    pub(crate) fn new(
+        clients: BTreeMap<String, WorkspaceClient>,
+        openapi: utoipa::openapi::OpenApi,
+        scalar_html: axum::body::Bytes,
+    ) -> Self {
+        let openapi_json = serde_json::to_vec(&openapi).unwrap_or_default().into();
+        ServerState {
+            inner: Arc::new(StateInner {
+                clients,
+                openapi,
+                openapi_json,
+                scalar_html,
+            }),
+        }
+    }
+
     /// The client of workspace `id`.
     pub fn client(&self, id: &str) -> Option<&WorkspaceClient> {
         self.inner.clients.get(id)

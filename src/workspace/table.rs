@@ -170,11 +170,11 @@ impl TableHandle {
     /// Returns the merged row. The id field of `partial`, if present, must match `id`.
     pub fn update(&self, id: &str, partial: impl IntoRow) -> Result<Row, WorkspaceError> {
         let partial = partial.into_row()?;
-        let def = self.table().def.clone();
         let index = self.index;
         let mut merged_out = Row::new();
         self.core.write(|core| {
             let table = &core.tables[index];
+            let def = &table.def;
             let current = {
                 let state = lock(&table.state);
                 table.read(id, state.rows.get(id))
@@ -201,7 +201,7 @@ impl TableHandle {
             for (k, v) in &partial {
                 merged.insert(k.clone(), v.clone());
             }
-            let issues = validate_row(&def, &merged);
+            let issues = validate_row(def, &merged);
             if !issues.is_empty() {
                 return Err(WorkspaceError::Invalid { issues });
             }
