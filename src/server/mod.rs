@@ -332,9 +332,7 @@ async fn sync_route(
         Ok(upgrade) => state.inner.sync.upgrade(upgrade, ws),
         Err(rejection) => ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,
-            format!(
-                "this route speaks the y-websocket protocol over a WebSocket ({rejection})"
-            ),
+            format!("this route speaks the y-websocket protocol over a WebSocket ({rejection})"),
         )
         .into_response(),
     }

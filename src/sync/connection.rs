@@ -58,8 +58,14 @@ async fn serve(socket: WebSocket, hub: &Arc<SyncHub>, id: String, conn: u64) {
     tracing::debug!("connected");
     let alive = Arc::new(AtomicBool::new(true));
     let writer = tokio::spawn(
-        write(sink, rx, control.clone(), hub.config.ping_interval, alive.clone())
-            .in_current_span(),
+        write(
+            sink,
+            rx,
+            control.clone(),
+            hub.config.ping_interval,
+            alive.clone(),
+        )
+        .in_current_span(),
     );
     read(&mut stream, hub, &room, conn, &out, &alive).await;
     control.cancel.cancel();

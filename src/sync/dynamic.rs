@@ -21,8 +21,7 @@ impl DynamicDoc {
     /// Opens the storage of `id` and loads the doc (on a blocking thread).
     pub async fn open(provider: Arc<dyn StorageProvider>, id: String) -> Result<Self, String> {
         let task = tokio::task::spawn_blocking(move || Self::open_blocking(&*provider, &id));
-        task.await
-            .map_err(|e| format!("loading panicked: {e}"))?
+        task.await.map_err(|e| format!("loading panicked: {e}"))?
     }
 
     fn open_blocking(provider: &dyn StorageProvider, id: &str) -> Result<Self, String> {

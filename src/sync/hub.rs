@@ -226,8 +226,7 @@ impl SyncHub {
                 Slot::Live(room) => room.clone(),
                 Slot::Empty => {
                     let doc = if entry.dynamic {
-                        match DynamicDoc::open(self.config.storage.clone(), id.to_string()).await
-                        {
+                        match DynamicDoc::open(self.config.storage.clone(), id.to_string()).await {
                             Ok(doc) => RoomDoc::Dynamic(doc),
                             Err(e) => {
                                 tracing::error!(room = id, error = %e, "cannot load a dynamic doc");
@@ -316,7 +315,10 @@ impl SyncHub {
     pub(crate) async fn shutdown(&self, timeout: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("sync connections still open after the shutdown timeout");
         }
         let entries: Vec<Arc<Entry>> = lock(&self.rooms).values().cloned().collect();

@@ -24,6 +24,6 @@ mod hub;
 mod protocol;
 mod room;
 
-pub use hub::{RoomEvent, SyncHub, SyncStats};
 pub(crate) use hub::SyncConfig;
+pub use hub::{RoomEvent, SyncHub, SyncStats};
 pub use protocol::{close, MSG_SYNC_STATUS};

@@ -114,7 +114,15 @@ mod tests {
 
     #[test]
     fn truncated_and_malformed_frames_are_errors() {
-        for bad in [&[][..], &[0], &[0, 2], &[0, 2, 5, 1], &[0, 9, 0], &[1, 3, 1], &[102]] {
+        for bad in [
+            &[][..],
+            &[0],
+            &[0, 2],
+            &[0, 2, 5, 1],
+            &[0, 9, 0],
+            &[1, 3, 1],
+            &[102],
+        ] {
             assert!(decode(bad).is_err(), "{bad:?} decoded");
         }
     }

@@ -86,11 +86,17 @@ impl Outbox {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.control.cancel.is_cancelled() {
-                    self.stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("send queue full; closing the connection (it resyncs on reconnect)");
+                    self.stats
+                        .slow_consumer_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "send queue full; closing the connection (it resyncs on reconnect)"
+                    );
                 }
-                self.control
-                    .close(close::TRY_AGAIN_LATER, "send queue full: too slow to keep up");
+                self.control.close(
+                    close::TRY_AGAIN_LATER,
+                    "send queue full: too slow to keep up",
+                );
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -251,15 +257,17 @@ impl Room {
     pub fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
         let origin = origin_of(conn);
         match &self.doc {
-            RoomDoc::Workspace(client) => client.apply_update(update, origin).map_err(|e| match e {
-                crate::WorkspaceError::BadUpdate(m) => {
-                    (close::INVALID_PAYLOAD, format!("bad update: {m}"))
-                }
-                crate::WorkspaceError::Destroyed => {
-                    (close::GOING_AWAY, "the workspace is closing".into())
-                }
-                e => (close::INTERNAL_ERROR, e.to_string()),
-            }),
+            RoomDoc::Workspace(client) => {
+                client.apply_update(update, origin).map_err(|e| match e {
+                    crate::WorkspaceError::BadUpdate(m) => {
+                        (close::INVALID_PAYLOAD, format!("bad update: {m}"))
+                    }
+                    crate::WorkspaceError::Destroyed => {
+                        (close::GOING_AWAY, "the workspace is closing".into())
+                    }
+                    e => (close::INTERNAL_ERROR, e.to_string()),
+                })
+            }
             RoomDoc::Dynamic(doc) => doc
                 .apply(update, origin)
                 .map_err(|m| (close::INVALID_PAYLOAD, format!("bad update: {m}"))),
@@ -303,8 +311,11 @@ impl Room {
     /// Sends every awareness state to one connection (QUERY_AWARENESS).
     pub fn send_awareness(&self, out: &Outbox) {
         let awareness = lock(&self.awareness);
-        let frame = all_states(&awareness)
-            .unwrap_or_else(|| protocol::awareness(AwarenessUpdate { clients: HashMap::new() }));
+        let frame = all_states(&awareness).unwrap_or_else(|| {
+            protocol::awareness(AwarenessUpdate {
+                clients: HashMap::new(),
+            })
+        });
         out.push(Out::Frame(frame));
     }
 
