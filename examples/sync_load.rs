@@ -340,13 +340,16 @@ fn report(summary: serde_json::Value, human: String) {
 // ---------------------------------------------------------------------------------------
 // WebSocket and y-websocket protocol
 
-/// Client WebSocket settings. `lean` keeps buffers small for many idle connections; frames
-/// of any size are accepted (a step 2 can be far larger than tungstenite's default limits).
-fn ws_config(lean: bool) -> WebSocketConfig {
+/// Client WebSocket settings. Frames of any size are accepted (a step 2 can be far larger
+/// than tungstenite's default limits). `small` frames: a 4 KiB read buffer, which keeps idle
+/// connections lean and is cheaper for small messages too (tungstenite zeroes a whole
+/// read-buffer's worth of memory on every read); otherwise the default 128 KiB, for large
+/// frames.
+fn ws_config(small: bool) -> WebSocketConfig {
     let config = WebSocketConfig::default()
         .max_message_size(None)
         .max_frame_size(None);
-    if lean {
+    if small {
         config.read_buffer_size(4096).write_buffer_size(0)
     } else {
         config
@@ -466,7 +469,7 @@ async fn open_synced(url: &str, config: WebSocketConfig) -> Res<(Ws, Handshake)>
 async fn open_many(url: &str, n: usize, concurrency: usize) -> Res<Vec<(Ws, Handshake)>> {
     let results: Vec<Res<(Ws, Handshake)>> = stream::iter(0..n)
         .map(|_| async {
-            tokio::time::timeout(Duration::from_secs(60), open_synced(url, ws_config(false)))
+            tokio::time::timeout(Duration::from_secs(60), open_synced(url, ws_config(true)))
                 .await
                 .map_err(|_| Error::from("handshake timed out after 60 s"))?
         })
@@ -498,6 +501,32 @@ async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
     kept
 }
 
+/// Like [`hold`], for a connection that received a large frame: tungstenite keeps a read
+/// buffer as large as the largest frame, so this drops the WebSocket layer and holds the
+/// bare TCP stream (reading and discarding whatever comes), then sends a close frame.
+async fn hold_raw(ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = ws.into_inner();
+    let mut sink = vec![0u8; 16 * 1024];
+    let kept = loop {
+        tokio::select! {
+            r = tcp.read(&mut sink) => if !matches!(r, Ok(n) if n > 0) { break false },
+            _ = stop.changed() => break true,
+        }
+    };
+    if kept {
+        // A masked close frame without a payload (the mask is arbitrary).
+        const CLOSE: [u8; 6] = [0x88, 0x80, 0x12, 0x34, 0x56, 0x78];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            tcp.write_all(&CLOSE).await?;
+            while tcp.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    }
+    kept
+}
+
 /// Sends a close frame and waits (briefly) for the server's.
 async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -511,7 +540,8 @@ async fn close(mut ws: Ws) {
 /// whose keys start with `prefix`.
 #[derive(PartialEq, Eq, Debug)]
 struct DocSummary {
-    state_vector: Vec<u8>,
+    /// (client, clock) pairs, sorted: the encoded form's order depends on a hash map.
+    state_vector: Vec<(u64, u32)>,
     entries: usize,
     string_bytes: usize,
     digest: u32,
@@ -519,11 +549,14 @@ struct DocSummary {
 }
 
 fn summarize(updates: &[Vec<u8>], root: &str, prefix: &str) -> Res<DocSummary> {
-    let merged = yrs::merge_updates_v1(updates)?;
+    // One transaction per update, in the order received: cheap for updates that arrive in
+    // order (merging thousands of small updates first is far slower).
     let doc = Doc::new();
     let map = doc.get_or_insert_map(root);
-    doc.transact_mut()
-        .apply_update(Update::decode_v1(&merged)?)?;
+    for update in updates {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update)?)?;
+    }
     let txn = doc.transact();
     let mut entries: Vec<(String, String, usize)> = map
         .iter(&txn)
@@ -545,11 +578,45 @@ fn summarize(updates: &[Vec<u8>], root: &str, prefix: &str) -> Res<DocSummary> {
         crc.update(&[0]);
     }
     Ok(DocSummary {
-        state_vector: txn.state_vector().encode_v1(),
+        state_vector: {
+            let mut sv: Vec<(u64, u32)> = txn
+                .state_vector()
+                .iter()
+                .map(|(c, &clock)| (c.get(), clock))
+                .collect();
+            sv.sort_unstable();
+            sv
+        },
         entries: entries.len(),
         string_bytes: entries.iter().map(|e| e.2).sum(),
         digest: crc.finalize(),
         pending: txn.store().pending_update().is_some() || txn.store().pending_ds().is_some(),
+    })
+}
+
+/// [`summarize`] for many clients, on all cores.
+fn summarize_all(
+    clients: &[Vec<Vec<u8>>],
+    root: &str,
+    prefix: &str,
+) -> Vec<Result<DocSummary, String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = clients.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|u| summarize(u, root, prefix).map_err(|e| e.to_string()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("summary thread"))
+            .collect()
     })
 }
 
@@ -564,6 +631,7 @@ async fn connect(args: &Args) -> Res<bool> {
     let pid = args.pid()?;
     check_fd_limit(n + 64)?;
 
+    let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
@@ -608,13 +676,6 @@ async fn connect(args: &Args) -> Res<bool> {
             Ok(took) => handshakes.push(took.as_micros() as u64),
             Err(e) => *errors.entry(e).or_default() += 1,
         }
-        let seen = handshakes.len() + errors.values().sum::<usize>();
-        if seen % 2000 == 0 && seen < n {
-            eprintln!(
-                "connect: {seen}/{n} after {:.1} s",
-                start.elapsed().as_secs_f64()
-            );
-        }
     }
     let connect_time = start.elapsed();
     let connected = handshakes.len();
@@ -655,6 +716,7 @@ async fn connect(args: &Args) -> Res<bool> {
         "server_rss_connected_mb": held.rss_mb(),
         "server_rss_per_connection_kib": per_conn_kib,
         "server_peak_rss_mb": held.hwm_mb(),
+        "peak_since": if peak_reset { "scenario start" } else { "server start" },
         "server_rss_after_close_mb": closed.rss_mb(),
         "client_rss_mb": round(held.client_rss as f64 / 1024.0, 1),
         "close_all_s": round(close_time.as_secs_f64(), 3),
@@ -825,6 +887,7 @@ async fn fanout(args: &Args) -> Res<bool> {
         connect_start.elapsed().as_secs_f64()
     );
 
+    let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -958,25 +1021,43 @@ async fn fanout(args: &Args) -> Res<bool> {
 
     // Convergence: every client's doc, and that of a client joining now, must be the same.
     let check_start = Instant::now();
-    let (_, fresh) = open_synced(&url, ws_config(false)).await?;
-    let mut fresh_updates = vec![fresh.step2];
-    fresh_updates.extend(fresh.updates);
-    let root = shared.root.clone();
-    let prefix = shared.prefix.clone();
-    let reference = summarize(&fresh_updates, &root, &prefix)?;
-    let mut summaries = Vec::with_capacity(n);
-    for c in &mut clients {
-        let updates = std::mem::take(&mut c.updates);
-        let (root, prefix) = (root.clone(), prefix.clone());
-        summaries.push(tokio::task::spawn_blocking(move || {
-            summarize(&updates, &root, &prefix).map_err(|e| e.to_string())
-        }));
+    let fresh = async {
+        let (ws, hs) = open_synced(&url, ws_config(false)).await?;
+        close(ws).await;
+        let mut updates = vec![hs.step2];
+        updates.extend(hs.updates);
+        summarize(&updates, &shared.root, &shared.prefix)
     }
+    .await;
+    let (reference, fresh_error) = match fresh {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(format!("fresh client: {e}"))),
+    };
+    let all_updates: Vec<Vec<Vec<u8>>> = clients
+        .iter_mut()
+        .map(|c| std::mem::take(&mut c.updates))
+        .collect();
+    let (root, prefix) = (shared.root.clone(), shared.prefix.clone());
+    let summaries =
+        tokio::task::spawn_blocking(move || summarize_all(&all_updates, &root, &prefix)).await?;
     let mut diverged = 0;
-    for s in summaries {
-        match s.await? {
-            Ok(s) if s == reference => {}
-            _ => diverged += 1,
+    let mut divergence = None;
+    for (i, s) in summaries.iter().enumerate() {
+        if s.as_ref().ok() != reference.as_ref() {
+            diverged += 1;
+            divergence.get_or_insert_with(|| match (s, &reference) {
+                (Ok(s), Some(r)) => format!(
+                    "client {i}: {} entries, {} clients in its state vector, pending {} (fresh client: {}, {}, {})",
+                    s.entries,
+                    s.state_vector.len(),
+                    s.pending,
+                    r.entries,
+                    r.state_vector.len(),
+                    r.pending
+                ),
+                (Err(e), _) => format!("client {i}: {e}"),
+                (Ok(_), None) => fresh_error.clone().unwrap_or_default(),
+            });
         }
     }
     let check_time = check_start.elapsed();
@@ -997,8 +1078,11 @@ async fn fanout(args: &Args) -> Res<bool> {
     let lat = latency_ms(&mut lat);
     let sent = shared.sent.load(Ordering::Relaxed);
     let lost = expected.saturating_sub(unique);
-    let converged =
-        diverged == 0 && reference.entries as u64 == total && !reference.pending && sent == total;
+    let converged = diverged == 0
+        && reference
+            .as_ref()
+            .is_some_and(|r| r.entries as u64 == total && !r.pending)
+        && sent == total;
     let window = last_delivery_at.as_secs_f64().max(1e-9);
     let ok = lost == 0 && converged && disconnected == 0 && errors.is_empty();
     let summary = json!({
@@ -1020,12 +1104,14 @@ async fn fanout(args: &Args) -> Res<bool> {
         "latency_ms": lat,
         "converged": converged,
         "clients_diverged": diverged,
-        "entries_in_room": reference.entries,
+        "first_divergence": divergence,
+        "entries_in_room": reference.as_ref().map(|r| r.entries),
         "convergence_check_s": round(check_time.as_secs_f64(), 2),
         "clients_disconnected": disconnected,
         "errors": errors,
         "server_rss_mb": after.rss_mb(),
         "server_peak_rss_mb": after.hwm_mb(),
+        "peak_since": if peak_reset { "scenario start" } else { "server start" },
         "client_rss_mb": round(after.client_rss as f64 / 1024.0, 1),
         "cpu": cpu_used(&before, &after),
         "ok": ok,
@@ -1186,7 +1272,7 @@ async fn join(args: &Args) -> Res<bool> {
             match tokio::time::timeout(Duration::from_secs(120), joined).await {
                 Ok(Ok((ws, j))) => {
                     let _ = done.send(Ok(j));
-                    if !hold(ws, stop).await {
+                    if !hold_raw(ws, stop).await {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -1260,7 +1346,8 @@ async fn join(args: &Args) -> Res<bool> {
         "dropped_while_held": dropped,
         "server_rss_before_mb": before.rss_mb(),
         "server_peak_rss_mb": after.hwm_mb(),
-        "peak_is_join_only": peak_reset,
+        "peak_since": if peak_reset { "clients joining (after seeding)" } else { "server start" },
+
         "server_rss_after_mb": after.rss_mb(),
         "client_rss_mb": round(after.client_rss as f64 / 1024.0, 1),
         "cpu": cpu_used(&before, &after),
@@ -1312,6 +1399,7 @@ async fn awareness(args: &Args) -> Res<bool> {
     let base = Instant::now();
 
     let conns = open_many(&url, n, concurrency).await?;
+    let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     // Count what arrives until the last round had time to arrive.
@@ -1467,6 +1555,7 @@ async fn awareness(args: &Args) -> Res<bool> {
         "errors": errors,
         "server_rss_mb": after.rss_mb(),
         "server_peak_rss_mb": after.hwm_mb(),
+        "peak_since": if peak_reset { "scenario start" } else { "server start" },
         "cpu": cpu_used(&before, &after),
         "ok": ok,
     });
