@@ -9,7 +9,8 @@
 //!    KV handles, and [`workspace::WorkspaceClient`], which ties a doc to a
 //!    [`storage`] provider.
 //! 2. [`server`]: `create_server(clients, options)`: REST CRUD, discovery, OpenAPI +
-//!    Scalar, custom routes, lifecycle. WebSocket sync rooms (y-websocket) come next.
+//!    Scalar, custom routes, lifecycle, and [`sync`]: WebSocket rooms in the y-websocket
+//!    protocol.
 //! 3. client (planned, behind the `client` feature): a sync provider that connects a local
 //!    doc to a server.
 //!
@@ -38,6 +39,7 @@
 pub mod error;
 pub mod server;
 pub mod storage;
+pub mod sync;
 pub mod workspace;
 
 pub use error::{DefinitionError, StorageError, WorkspaceError};

@@ -28,6 +28,7 @@ pub use error::ApiError;
 pub use options::{ScalarAssets, ServerOptions, DEFAULT_PORT};
 pub use state::ServerState;
 
+use crate::sync::{SyncConfig, SyncHub};
 use crate::workspace::{WorkspaceClient, WorkspaceDefinition};
 
 /// Why a server could not be created or started.
@@ -127,8 +128,12 @@ pub fn create_server(
         },
     );
     let scalar_html = docs::scalar_page(&options.title, &options.scalar);
+    let sync = Arc::new(SyncHub::new(
+        SyncConfig::new(&options, !map.is_empty()),
+        map.clone(),
+    ));
     Ok(Server {
-        state: ServerState::new(map, document, scalar_html.into()),
+        state: ServerState::new(map, document, scalar_html.into(), sync),
         options,
         custom: Router::new(),
         lifecycle: Arc::default(),
@@ -144,6 +149,11 @@ impl Server {
     /// The client of workspace `id`.
     pub fn client(&self, id: &str) -> Option<&WorkspaceClient> {
         self.state.client(id)
+    }
+
+    /// The sync side: loaded rooms, room events, counters.
+    pub fn sync(&self) -> &SyncHub {
+        self.state.sync()
     }
 
     /// The options the server was created with.
@@ -168,6 +178,7 @@ impl Server {
             self.state.inner.clients.clone(),
             document,
             self.state.inner.scalar_html.clone(),
+            self.state.inner.sync.clone(),
         );
         self
     }
@@ -187,6 +198,7 @@ impl Server {
             .route("/openapi", get(docs::scalar))
             .route("/openapi/json", get(docs::openapi_json))
             .merge(rest::routes())
+            .route("/workspaces/{ws}/sync", get(sync_route))
             .merge(self.custom.clone());
         if let ScalarAssets::File(path) = &self.options.scalar {
             app = app.route_service(
@@ -254,7 +266,8 @@ impl Server {
     }
 
     /// Stops the server: stops accepting, lets in-flight requests finish (up to the
-    /// shutdown timeout), then flushes and destroys every client. Calling it again does
+    /// shutdown timeout), closes every sync connection with 1001 and waits for it,
+    /// releases the rooms (flushing dynamic docs), then flushes and destroys every client. Calling it again does
     /// nothing. Errors from clients are reported after all were destroyed.
     pub async fn destroy(&self) -> Result<(), ServerError> {
         let mut life = self.lifecycle.lock().await;
@@ -274,6 +287,11 @@ impl Server {
                 let _ = task.await;
             }
         }
+        self.state
+            .inner
+            .sync
+            .shutdown(self.options.shutdown_timeout)
+            .await;
         let mut first_error = None;
         for client in self.state.clients() {
             if let Err(source) = client.destroy().await {
@@ -297,6 +315,26 @@ impl Server {
         shutdown_signal().await;
         tracing::info!("shutdown signal received");
         self.destroy().await
+    }
+}
+
+/// `GET /workspaces/{ws}/sync`: upgrades to a y-websocket connection of room `ws`.
+async fn sync_route(
+    axum::extract::State(state): axum::extract::State<ServerState>,
+    axum::extract::Path(ws): axum::extract::Path<String>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match upgrade {
+        Ok(upgrade) => state.inner.sync.upgrade(upgrade, ws),
+        Err(rejection) => ApiError::new(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            format!("this route speaks the y-websocket protocol over a WebSocket ({rejection})"),
+        )
+        .into_response(),
     }
 }
 

@@ -4,7 +4,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tower_http::cors::CorsLayer;
+
+use crate::storage::{MemoryStorage, StorageProvider};
 
 /// The default port, as in Epicenter.
 pub const DEFAULT_PORT: u16 = 3913;
@@ -33,7 +37,7 @@ impl Default for ScalarAssets {
 /// let options = ServerOptions::default().port(0).body_limit(64 * 1024);
 /// assert_eq!(options.port, Some(0));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// The port; `None` means `PORT` from the environment, else 3913. `Some(0)` picks a free
     /// port (see the address [`Server::start`](super::Server::start) returns).
@@ -50,6 +54,45 @@ pub struct ServerOptions {
     pub title: String,
     /// How long `destroy()` lets in-flight requests finish before closing connections.
     pub shutdown_timeout: Duration,
+    /// Whether a sync connection to an unknown workspace id creates a doc on demand (a
+    /// *dynamic doc*, stored by [`ServerOptions::storage`]). `None` (the default) turns
+    /// them on exactly when the server has no workspaces. When off, unknown ids are closed
+    /// with 4404 `Room not found: <id>`.
+    pub dynamic_docs: Option<bool>,
+    /// Where dynamic docs are stored (each under its room id). Default: in memory, for
+    /// as long as the server lives. Use `SqliteStorage::new(dir)` to keep them.
+    pub storage: Arc<dyn StorageProvider>,
+    /// Interval of WebSocket pings; a connection that has not answered (or sent anything)
+    /// by the next ping is closed. Default 30 s.
+    pub ping_interval: Duration,
+    /// How long a room stays loaded after its last connection leaves. Default 60 s.
+    pub room_idle_timeout: Duration,
+    /// Largest inbound WebSocket message, in bytes; a larger one closes that connection
+    /// with 1009. Default 64 MiB.
+    pub max_message_size: usize,
+    /// How many outgoing frames may wait for one connection; a connection that falls this
+    /// far behind is closed with 1013 (try again later) and resyncs when it reconnects.
+    /// Default 4096.
+    pub send_queue: usize,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("body_limit", &self.body_limit)
+            .field("cors", &self.cors)
+            .field("scalar", &self.scalar)
+            .field("title", &self.title)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("dynamic_docs", &self.dynamic_docs)
+            .field("ping_interval", &self.ping_interval)
+            .field("room_idle_timeout", &self.room_idle_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("send_queue", &self.send_queue)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServerOptions {
@@ -62,6 +105,12 @@ impl Default for ServerOptions {
             scalar: ScalarAssets::default(),
             title: "Epicenter API".into(),
             shutdown_timeout: Duration::from_secs(10),
+            dynamic_docs: None,
+            storage: Arc::new(MemoryStorage::new()),
+            ping_interval: Duration::from_secs(30),
+            room_idle_timeout: Duration::from_secs(60),
+            max_message_size: 64 << 20,
+            send_queue: 4096,
         }
     }
 }
@@ -100,6 +149,42 @@ impl ServerOptions {
     /// Sets the API title.
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = title.into();
+        self
+    }
+
+    /// Turns dynamic docs on or off (default: on exactly when there are no workspaces).
+    pub fn dynamic_docs(mut self, on: bool) -> Self {
+        self.dynamic_docs = Some(on);
+        self
+    }
+
+    /// Stores dynamic docs with this provider (default: memory).
+    pub fn storage(mut self, storage: impl StorageProvider) -> Self {
+        self.storage = Arc::new(storage);
+        self
+    }
+
+    /// Sets the WebSocket ping interval.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Sets how long an empty room stays loaded.
+    pub fn room_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.room_idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest inbound WebSocket message, in bytes.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets how many outgoing frames may wait for one connection.
+    pub fn send_queue(mut self, frames: usize) -> Self {
+        self.send_queue = frames.max(1);
         self
     }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::sync::SyncHub;
 use crate::workspace::WorkspaceClient;
 
 /// Shared state of a server: its workspace clients and its generated documents. Cheap to
@@ -19,6 +20,8 @@ pub(crate) struct StateInner {
     pub openapi_json: axum::body::Bytes,
     /// The Scalar page.
     pub scalar_html: axum::body::Bytes,
+    /// Sync rooms and connections.
+    pub sync: Arc<SyncHub>,
 }
 
 impl ServerState {
@@ -28,6 +31,7 @@ impl ServerState {
         clients: BTreeMap<String, WorkspaceClient>,
         openapi: utoipa::openapi::OpenApi,
         scalar_html: axum::body::Bytes,
+        sync: Arc<SyncHub>,
     ) -> Self {
         let openapi_json = serde_json::to_vec(&openapi).unwrap_or_default().into();
         ServerState {
@@ -36,6 +40,7 @@ impl ServerState {
                 openapi,
                 openapi_json,
                 scalar_html,
+                sync,
             }),
         }
     }
@@ -43,6 +48,11 @@ impl ServerState {
     /// The client of workspace `id`.
     pub fn client(&self, id: &str) -> Option<&WorkspaceClient> {
         self.inner.clients.get(id)
+    }
+
+    /// The sync side: rooms, events, counters.
+    pub fn sync(&self) -> &SyncHub {
+        &self.inner.sync
     }
 
     /// Every client, ordered by workspace id.

@@ -207,7 +207,11 @@ impl WorkspaceClient {
 
     /// Applies a Yjs (v1) update from elsewhere, with `origin`, then deletes any LWW
     /// losers it revealed (in a second, local transaction).
-    pub fn apply_update(&self, update: &[u8], origin: &str) -> Result<(), WorkspaceError> {
+    pub fn apply_update(
+        &self,
+        update: &[u8],
+        origin: impl Into<yrs::Origin>,
+    ) -> Result<(), WorkspaceError> {
         self.inner.core.check_alive()?;
         let update =
             Update::decode_v1(update).map_err(|e| WorkspaceError::BadUpdate(e.to_string()))?;
@@ -230,6 +234,12 @@ impl WorkspaceClient {
     /// Resolves once every change made so far is durable in storage.
     pub async fn flush(&self) -> Result<(), WorkspaceError> {
         Ok(self.inner.storage.flush().await?)
+    }
+
+    /// A future that resolves once every change made before this call is durable (unlike
+    /// the `async fn`, the point it waits for is fixed now, not when first polled).
+    pub(crate) fn flushed(&self) -> crate::storage::BoxFuture<Result<(), StorageError>> {
+        self.inner.storage.flush()
     }
 
     /// Folds the storage's update log into a snapshot now (it also happens on its own).

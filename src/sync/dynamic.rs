@@ -1,0 +1,80 @@
+//! Dynamic docs: plain Yjs docs created on demand for sync rooms that are not workspaces,
+//! loaded from and stored by the server's storage provider.
+
+use std::sync::Arc;
+
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, Options, Origin, Transact, Update};
+
+use crate::error::StorageError;
+use crate::storage::{BoxFuture, DocStorage, StorageProvider};
+
+const STORAGE_OBSERVER: &str = "epicenter-storage";
+
+/// A loaded dynamic doc and its storage.
+pub(crate) struct DynamicDoc {
+    doc: Doc,
+    storage: Arc<dyn DocStorage>,
+}
+
+impl DynamicDoc {
+    /// Opens the storage of `id` and loads the doc (on a blocking thread).
+    pub async fn open(provider: Arc<dyn StorageProvider>, id: String) -> Result<Self, String> {
+        let task = tokio::task::spawn_blocking(move || Self::open_blocking(&*provider, &id));
+        task.await.map_err(|e| format!("loading panicked: {e}"))?
+    }
+
+    fn open_blocking(provider: &dyn StorageProvider, id: &str) -> Result<Self, String> {
+        let storage: Arc<dyn DocStorage> = Arc::from(
+            provider
+                .open(id, None)
+                .map_err(|e| format!("cannot open the doc's storage: {e}"))?,
+        );
+        let updates = storage
+            .load()
+            .map_err(|e| format!("cannot load the doc: {e}"))?;
+        let doc = Doc::with_options(Options {
+            guid: id.into(),
+            ..Options::default()
+        });
+        // One transaction per stored update (one big transaction is quadratic in yrs).
+        for (n, bytes) in updates.iter().enumerate() {
+            let update = Update::decode_v1(bytes)
+                .map_err(|e| format!("stored update #{n} is damaged: {e}"))?;
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| format!("stored update #{n} cannot be applied: {e}"))?;
+        }
+        let s = storage.clone();
+        doc.observe_update_v1(STORAGE_OBSERVER, move |_, event| {
+            s.append(event.update.clone(), Vec::new());
+        })
+        .map_err(|e| format!("cannot observe the doc: {e}"))?;
+        Ok(DynamicDoc { doc, storage })
+    }
+
+    /// The doc.
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// Applies a v1 update with `origin`.
+    pub fn apply(&self, update: &[u8], origin: Origin) -> Result<(), String> {
+        let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+        self.doc
+            .transact_mut_with(origin)
+            .apply_update(update)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Resolves once everything applied so far is durable.
+    pub fn flushed(&self) -> BoxFuture<Result<(), StorageError>> {
+        self.storage.flush()
+    }
+
+    /// Flushes and closes the storage; the doc can be opened again afterwards.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let _ = self.doc.unobserve_update_v1(STORAGE_OBSERVER);
+        self.storage.close().await
+    }
+}

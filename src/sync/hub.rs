@@ -1,0 +1,333 @@
+//! The room registry: one room per doc id, created on the first connection, evicted a
+//! while after the last one leaves; and the server's sync connections, tracked so
+//! shutdown can close and wait for them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::Response;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dynamic::DynamicDoc;
+use super::protocol::close;
+use super::room::{Outbox, Room, RoomDoc};
+use crate::server::ServerOptions;
+use crate::storage::StorageProvider;
+use crate::workspace::core::lock;
+use crate::workspace::WorkspaceClient;
+
+/// Something that happened to a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A room was loaded for its first connection.
+    Opened(String),
+    /// An idle room was released (a dynamic doc flushed and closed first).
+    Evicted(String),
+}
+
+/// Counters of the sync side.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub connections_opened: AtomicU64,
+    pub connections_open: AtomicUsize,
+    pub slow_consumer_closes: AtomicU64,
+}
+
+/// A snapshot of the sync counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncStats {
+    /// Connections accepted since the server started.
+    pub connections_opened: u64,
+    /// Connections open now.
+    pub connections_open: usize,
+    /// Connections closed because their send queue overflowed.
+    pub slow_consumer_closes: u64,
+    /// Rooms loaded now.
+    pub rooms_open: usize,
+}
+
+/// Settings the sync side takes from [`ServerOptions`].
+#[derive(Clone)]
+pub(crate) struct SyncConfig {
+    pub dynamic_docs: bool,
+    pub storage: Arc<dyn StorageProvider>,
+    pub ping_interval: Duration,
+    pub room_idle_timeout: Duration,
+    pub max_message_size: usize,
+    pub send_queue: usize,
+}
+
+impl SyncConfig {
+    pub fn new(options: &ServerOptions, has_workspaces: bool) -> Self {
+        SyncConfig {
+            dynamic_docs: options.dynamic_docs.unwrap_or(!has_workspaces),
+            storage: options.storage.clone(),
+            ping_interval: options.ping_interval,
+            room_idle_timeout: options.room_idle_timeout,
+            max_message_size: options.max_message_size,
+            send_queue: options.send_queue.max(1),
+        }
+    }
+}
+
+enum Slot {
+    /// Not loaded (a workspace room between connections).
+    Empty,
+    Live(Arc<Room>),
+    /// Evicted and removed from the registry: look the id up again.
+    Gone,
+}
+
+pub(crate) struct Entry {
+    dynamic: bool,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+/// Why a connection could not join a room.
+pub(crate) enum JoinError {
+    NotFound,
+    ShuttingDown,
+    LoadFailed,
+}
+
+impl JoinError {
+    pub fn close_frame(&self, id: &str) -> (u16, String) {
+        match self {
+            JoinError::NotFound => (close::ROOM_NOT_FOUND, format!("Room not found: {id}")),
+            JoinError::ShuttingDown => (close::GOING_AWAY, "server shutting down".into()),
+            JoinError::LoadFailed => (close::INTERNAL_ERROR, "cannot load the doc".into()),
+        }
+    }
+}
+
+/// The server's sync rooms and connections. Reach it with
+/// [`Server::sync`](crate::server::Server::sync).
+pub struct SyncHub {
+    pub(crate) config: SyncConfig,
+    clients: BTreeMap<String, WorkspaceClient>,
+    rooms: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Ids of the loaded rooms.
+    live: Mutex<BTreeSet<String>>,
+    next_conn: AtomicU64,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    events: broadcast::Sender<RoomEvent>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for SyncHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHub")
+            .field("rooms", &self.rooms())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncHub {
+    pub(crate) fn new(config: SyncConfig, clients: BTreeMap<String, WorkspaceClient>) -> Self {
+        SyncHub {
+            config,
+            clients,
+            rooms: Mutex::default(),
+            live: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            events: broadcast::channel(256).0,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Ids of the rooms loaded now, sorted.
+    pub fn rooms(&self) -> Vec<String> {
+        lock(&self.live).iter().cloned().collect()
+    }
+
+    /// Whether dynamic docs are on.
+    pub fn dynamic_docs(&self) -> bool {
+        self.config.dynamic_docs
+    }
+
+    /// Room events (opened, evicted) from now on.
+    pub fn events(&self) -> broadcast::Receiver<RoomEvent> {
+        self.events.subscribe()
+    }
+
+    /// The sync counters.
+    pub fn stats(&self) -> SyncStats {
+        SyncStats {
+            connections_opened: self.stats.connections_opened.load(Ordering::Relaxed),
+            connections_open: self.stats.connections_open.load(Ordering::Relaxed),
+            slow_consumer_closes: self.stats.slow_consumer_closes.load(Ordering::Relaxed),
+            rooms_open: lock(&self.live).len(),
+        }
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Upgrades a request to a sync connection of room `id`.
+    pub(crate) fn upgrade(self: &Arc<Self>, upgrade: WebSocketUpgrade, id: String) -> Response {
+        let hub = self.clone();
+        upgrade
+            // A small read buffer keeps idle connections cheap; it grows for big frames.
+            .read_buffer_size(4096)
+            .max_message_size(self.config.max_message_size)
+            .max_frame_size(self.config.max_message_size)
+            .on_upgrade(move |socket| {
+                let tracker = hub.tracker.clone();
+                tracker.track_future(super::connection::run(socket, hub, id))
+            })
+    }
+
+    /// Joins connection `conn` to room `id`, loading the room if needed (once, however
+    /// many connections arrive together).
+    pub(crate) async fn join(
+        &self,
+        id: &str,
+        conn: u64,
+        out: Outbox,
+    ) -> Result<(Arc<Entry>, Arc<Room>), JoinError> {
+        loop {
+            let entry = {
+                let mut rooms = lock(&self.rooms);
+                if self.shutdown.is_cancelled() {
+                    return Err(JoinError::ShuttingDown);
+                }
+                match rooms.get(id) {
+                    Some(entry) => entry.clone(),
+                    None => {
+                        let dynamic = if self.clients.contains_key(id) {
+                            false
+                        } else if self.config.dynamic_docs {
+                            true
+                        } else {
+                            return Err(JoinError::NotFound);
+                        };
+                        let entry = Arc::new(Entry {
+                            dynamic,
+                            slot: tokio::sync::Mutex::new(Slot::Empty),
+                        });
+                        rooms.insert(id.to_string(), entry.clone());
+                        entry
+                    }
+                }
+            };
+            let mut slot = entry.slot.lock().await;
+            let room = match &*slot {
+                Slot::Gone => continue,
+                Slot::Live(room) => room.clone(),
+                Slot::Empty => {
+                    let doc = if entry.dynamic {
+                        match DynamicDoc::open(self.config.storage.clone(), id.to_string()).await {
+                            Ok(doc) => RoomDoc::Dynamic(doc),
+                            Err(e) => {
+                                tracing::error!(room = id, error = %e, "cannot load a dynamic doc");
+                                *slot = Slot::Gone;
+                                self.forget(id, &entry);
+                                return Err(JoinError::LoadFailed);
+                            }
+                        }
+                    } else {
+                        match self.clients.get(id) {
+                            Some(client) => RoomDoc::Workspace(client.clone()),
+                            None => return Err(JoinError::NotFound),
+                        }
+                    };
+                    let room = Room::new(id, doc).map_err(|e| {
+                        tracing::error!(room = id, error = %e, "cannot open a room");
+                        JoinError::LoadFailed
+                    })?;
+                    *slot = Slot::Live(room.clone());
+                    lock(&self.live).insert(id.to_string());
+                    tracing::debug!(room = id, dynamic = entry.dynamic, "room opened");
+                    let _ = self.events.send(RoomEvent::Opened(id.to_string()));
+                    room
+                }
+            };
+            if self.shutdown.is_cancelled() {
+                return Err(JoinError::ShuttingDown);
+            }
+            room.add(conn, out);
+            return Ok((entry.clone(), room));
+        }
+    }
+
+    /// Removes a connection from its room; the last one out starts the eviction timer.
+    pub(crate) fn leave(self: &Arc<Self>, entry: Arc<Entry>, room: Arc<Room>, conn: u64) {
+        if room.remove(conn) > 0 || self.shutdown.is_cancelled() {
+            return;
+        }
+        let epoch = room.epoch();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(hub.config.room_idle_timeout) => {}
+                // Shutdown evicts every room itself.
+                _ = hub.shutdown.cancelled() => return,
+            }
+            hub.evict(&entry, &room, Some(epoch)).await;
+        });
+    }
+
+    /// Releases `room` if it is still the entry's live room and (unless `epoch` is `None`)
+    /// nobody joined since `epoch`.
+    async fn evict(&self, entry: &Arc<Entry>, room: &Arc<Room>, epoch: Option<u64>) {
+        let mut slot = entry.slot.lock().await;
+        match &*slot {
+            Slot::Live(live) if Arc::ptr_eq(live, room) => {}
+            _ => return,
+        }
+        if let Some(epoch) = epoch {
+            if room.len() > 0 || room.epoch() != epoch {
+                return;
+            }
+        }
+        room.release().await;
+        lock(&self.live).remove(&room.id);
+        if entry.dynamic {
+            *slot = Slot::Gone;
+            self.forget(&room.id, entry);
+        } else {
+            *slot = Slot::Empty;
+        }
+        tracing::debug!(room = %room.id, "room evicted");
+        let _ = self.events.send(RoomEvent::Evicted(room.id.clone()));
+    }
+
+    /// Drops `entry` from the registry (if it is still the one registered under `id`).
+    fn forget(&self, id: &str, entry: &Arc<Entry>) {
+        let mut rooms = lock(&self.rooms);
+        if rooms.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            rooms.remove(id);
+        }
+    }
+
+    /// Closes every connection with 1001, waits for them (up to `timeout`), then releases
+    /// every room (dynamic docs are flushed and closed).
+    pub(crate) async fn shutdown(&self, timeout: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sync connections still open after the shutdown timeout");
+        }
+        let entries: Vec<Arc<Entry>> = lock(&self.rooms).values().cloned().collect();
+        for entry in entries {
+            let room = match &*entry.slot.lock().await {
+                Slot::Live(room) => room.clone(),
+                _ => continue,
+            };
+            self.evict(&entry, &room, None).await;
+        }
+    }
+}

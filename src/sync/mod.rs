@@ -1,0 +1,29 @@
+//! WebSocket sync in the y-websocket protocol: one room per doc (a workspace's, or a
+//! dynamic doc created on demand), shared by all its connections.
+//!
+//! Served by the server at `GET /workspaces/{id}/sync`, so a stock y-websocket
+//! `WebsocketProvider` with server URL `ws://host:port/workspaces/{id}` and room `sync`
+//! connects unchanged. What a connection gets:
+//! - on connect, the server's step1 and every awareness state; its step1 is answered with
+//!   step2;
+//! - every doc update made elsewhere (other connections, REST, Rust code), encoded once per
+//!   update and shared, in commit order; never its own updates back;
+//! - every awareness update, its own included; when it leaves, its awareness states are
+//!   removed and the removal is sent to the others;
+//! - SYNC_STATUS (102) echoed byte for byte once everything it sent before is applied
+//!   and durable;
+//! - a ping every `ping_interval`; no answer by the next one drops it.
+//!
+//! Bad input (text frames, malformed messages, oversized messages) closes only that
+//! connection, with 1003, 1007 or 1009. A connection whose send queue overflows is closed
+//! with 1013 and resyncs when it reconnects. See [`close`] for every code.
+
+mod connection;
+mod dynamic;
+mod hub;
+mod protocol;
+mod room;
+
+pub(crate) use hub::SyncConfig;
+pub use hub::{RoomEvent, SyncHub, SyncStats};
+pub use protocol::{close, MSG_SYNC_STATUS};

@@ -1,0 +1,129 @@
+//! The y-websocket wire format: decoding inbound frames and encoding outbound ones, on top
+//! of `yrs::sync`. One message per binary frame, as y-websocket sends them.
+
+use bytes::Bytes;
+use yrs::encoding::write::Write;
+use yrs::sync::protocol::{MSG_SYNC, MSG_SYNC_STEP_2, MSG_SYNC_UPDATE};
+use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+use yrs::StateVector;
+
+/// Message type of SYNC_STATUS: its payload (the client's local version) is echoed back
+/// unchanged once everything the connection sent before it is applied and durable.
+pub const MSG_SYNC_STATUS: u8 = 102;
+
+/// Close codes the server sends on sync connections.
+pub mod close {
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A text frame arrived; the protocol is binary.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A message could not be decoded, or its update could not be applied.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message was larger than the server's `max_message_size`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server failed (storage could not load or save the doc).
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The connection fell too far behind (its send queue overflowed). Retryable: the
+    /// client resyncs when it reconnects.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// No workspace has this id and dynamic docs are off. Final for y-websocket clients
+    /// (4400–4499 stop their reconnect loop).
+    pub const ROOM_NOT_FOUND: u16 = 4404;
+}
+
+/// An inbound message, decoded.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// Sync step 1: the peer's state vector; answered with step 2.
+    Step1(StateVector),
+    /// Sync step 2 or an update: to apply.
+    Update(Vec<u8>),
+    /// An awareness update.
+    Awareness(AwarenessUpdate),
+    /// A request for every awareness state.
+    QueryAwareness,
+    /// SYNC_STATUS: echoed unchanged once durable.
+    SyncStatus,
+    /// AUTH or a type this server does not use: ignored.
+    Ignored(u8),
+}
+
+/// Decodes one frame. Truncated or malformed input is an error (never a panic).
+pub(crate) fn decode(frame: &[u8]) -> Result<Inbound, String> {
+    let mut decoder = DecoderV1::from(frame);
+    let message = Message::decode(&mut decoder).map_err(|e| e.to_string())?;
+    Ok(match message {
+        Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::Step1(sv),
+        Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
+            Inbound::Update(update)
+        }
+        Message::Awareness(update) => Inbound::Awareness(update),
+        Message::AwarenessQuery => Inbound::QueryAwareness,
+        Message::Custom(MSG_SYNC_STATUS, _) => Inbound::SyncStatus,
+        Message::Custom(tag, _) => Inbound::Ignored(tag),
+        Message::Auth(_) => Inbound::Ignored(yrs::sync::protocol::MSG_AUTH),
+    })
+}
+
+/// `SYNC step1` with this state vector.
+pub(crate) fn step1(sv: &StateVector) -> Bytes {
+    Message::Sync(SyncMessage::SyncStep1(sv.clone()))
+        .encode_v1()
+        .into()
+}
+
+/// `SYNC step2` carrying `update`, without copying it twice.
+pub(crate) fn step2(update: &[u8]) -> Bytes {
+    sync_frame(MSG_SYNC_STEP_2, update)
+}
+
+/// `SYNC update` carrying `update`.
+pub(crate) fn update(update: &[u8]) -> Bytes {
+    sync_frame(MSG_SYNC_UPDATE, update)
+}
+
+fn sync_frame(sub: u8, payload: &[u8]) -> Bytes {
+    let mut encoder = EncoderV1::new();
+    encoder.write_var(MSG_SYNC);
+    encoder.write_var(sub);
+    encoder.write_buf(payload);
+    encoder.to_vec().into()
+}
+
+/// An AWARENESS frame.
+pub(crate) fn awareness(update: AwarenessUpdate) -> Bytes {
+    Message::Awareness(update).encode_v1().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_yrs() {
+        let sv = StateVector::default();
+        assert!(matches!(decode(&step1(&sv)), Ok(Inbound::Step1(s)) if s == sv));
+        assert!(matches!(decode(&step2(&[1, 2, 3])), Ok(Inbound::Update(u)) if u == [1, 2, 3]));
+        assert!(matches!(decode(&update(&[4])), Ok(Inbound::Update(u)) if u == [4]));
+        assert!(matches!(decode(&[3]), Ok(Inbound::QueryAwareness)));
+        assert!(matches!(decode(&[102, 1, 7]), Ok(Inbound::SyncStatus)));
+        assert!(matches!(decode(&[2, 1]), Ok(Inbound::Ignored(2))));
+    }
+
+    #[test]
+    fn truncated_and_malformed_frames_are_errors() {
+        for bad in [
+            &[][..],
+            &[0],
+            &[0, 2],
+            &[0, 2, 5, 1],
+            &[0, 9, 0],
+            &[1, 3, 1],
+            &[102],
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?} decoded");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! A room: the live sync state of one doc (a workspace's, or a dynamic one): its
+//! connections, its awareness, and the fan-out of every doc update.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact};
+
+use super::dynamic::DynamicDoc;
+use super::hub::Stats;
+use super::protocol::{self, close};
+use crate::error::StorageError;
+use crate::storage::BoxFuture;
+use crate::workspace::core::lock;
+use crate::workspace::WorkspaceClient;
+
+/// Key of the room's update observer on its doc.
+const ROOM_OBSERVER: &str = "epicenter-sync";
+
+/// Prefix of the transaction origin of updates applied for a connection; the connection
+/// id follows (big endian), so the fan-out can skip the connection an update came from.
+const ORIGIN_PREFIX: &[u8; 3] = b"\xECws";
+
+fn origin_of(conn: u64) -> Origin {
+    let mut bytes = [0u8; 11];
+    bytes[..3].copy_from_slice(ORIGIN_PREFIX);
+    bytes[3..].copy_from_slice(&conn.to_be_bytes());
+    Origin::from(&bytes[..])
+}
+
+fn conn_of(origin: &Origin) -> Option<u64> {
+    let bytes = origin.as_ref();
+    if bytes.len() == 11 && bytes[..3] == ORIGIN_PREFIX[..] {
+        Some(u64::from_be_bytes(bytes[3..].try_into().ok()?))
+    } else {
+        None
+    }
+}
+
+/// One item of a connection's send queue.
+pub(crate) enum Out {
+    /// A frame to send as is.
+    Frame(Bytes),
+    /// A SYNC_STATUS echo, sent once the storage future resolves.
+    Ack(BoxFuture<Result<(), StorageError>>, Bytes),
+}
+
+/// How a connection is told to stop, and why.
+#[derive(Default)]
+pub(crate) struct Control {
+    pub cancel: CancellationToken,
+    reason: OnceLock<(u16, String)>,
+}
+
+impl Control {
+    /// Stops the connection, sending this close frame (the first reason given wins).
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        let _ = self.reason.set((code, reason.into()));
+        self.cancel.cancel();
+    }
+
+    /// The close frame to send, if the server is the one closing.
+    pub fn reason(&self) -> Option<&(u16, String)> {
+        self.reason.get()
+    }
+}
+
+/// The sending side of a connection: its bounded queue and its control.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    pub tx: mpsc::Sender<Out>,
+    pub control: Arc<Control>,
+    pub stats: Arc<Stats>,
+}
+
+impl Outbox {
+    /// Queues an item without waiting. A full queue closes the connection with 1013
+    /// (never a silent skip: the client resyncs when it reconnects).
+    pub fn push(&self, item: Out) {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.control.cancel.is_cancelled() {
+                    self.stats
+                        .slow_consumer_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "send queue full; closing the connection (it resyncs on reconnect)"
+                    );
+                }
+                self.control.close(
+                    close::TRY_AGAIN_LATER,
+                    "send queue full: too slow to keep up",
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// The doc a room serves.
+pub(crate) enum RoomDoc {
+    /// A workspace's doc (its client settles LWW cells and stores updates).
+    Workspace(WorkspaceClient),
+    /// A dynamic doc, created on demand.
+    Dynamic(DynamicDoc),
+}
+
+impl RoomDoc {
+    fn doc(&self) -> &Doc {
+        match self {
+            RoomDoc::Workspace(client) => client.doc(),
+            RoomDoc::Dynamic(doc) => doc.doc(),
+        }
+    }
+}
+
+struct Member {
+    out: Outbox,
+    /// Awareness client ids this connection has announced (removed when it leaves).
+    awareness: HashSet<ClientID>,
+}
+
+/// The live sync state of one doc.
+pub(crate) struct Room {
+    pub id: String,
+    doc: RoomDoc,
+    members: Mutex<HashMap<u64, Member>>,
+    awareness: Mutex<Awareness>,
+    /// Bumped on every doc update; tells whether the cached full state is current.
+    version: AtomicU64,
+    /// The full state as a step2 frame, for joiners with an empty state vector.
+    full_state: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    /// Bumped by every join; an eviction timer only fires if no one joined since.
+    epoch: AtomicU64,
+}
+
+impl Room {
+    /// Opens a room over `doc` and starts fanning out its updates.
+    pub fn new(id: &str, doc: RoomDoc) -> Result<Arc<Room>, String> {
+        let room = Arc::new(Room {
+            id: id.to_string(),
+            awareness: Mutex::new(Awareness::new(doc.doc().clone())),
+            doc,
+            members: Mutex::default(),
+            version: AtomicU64::new(0),
+            full_state: tokio::sync::Mutex::new(None),
+            epoch: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&room);
+        room.doc
+            .doc()
+            .observe_update_v1(ROOM_OBSERVER, move |txn, event| {
+                if let Some(room) = weak.upgrade() {
+                    room.fan_out(txn.origin(), &event.update);
+                }
+            })
+            .map_err(|e| format!("cannot observe the doc: {e}"))?;
+        Ok(room)
+    }
+
+    /// Runs inside the doc's commit, so every connection gets updates in commit order.
+    fn fan_out(&self, origin: Option<&Origin>, update: &[u8]) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        let except = origin.and_then(conn_of);
+        let members = lock(&self.members);
+        if members.keys().all(|id| Some(*id) == except) {
+            return;
+        }
+        // Encoded once, shared by every connection.
+        let frame = protocol::update(update);
+        for (id, member) in members.iter() {
+            if Some(*id) != except {
+                member.out.push(Out::Frame(frame.clone()));
+            }
+        }
+    }
+
+    /// Adds a connection: sends it step1 and the awareness states.
+    pub fn add(&self, conn: u64, out: Outbox) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let sv = self.doc.doc().transact().state_vector();
+        out.push(Out::Frame(protocol::step1(&sv)));
+        let awareness = lock(&self.awareness);
+        if let Some(frame) = all_states(&awareness) {
+            out.push(Out::Frame(frame));
+        }
+        lock(&self.members).insert(
+            conn,
+            Member {
+                out,
+                awareness: HashSet::new(),
+            },
+        );
+    }
+
+    /// Removes a connection, removes its awareness states and tells everyone. Returns how
+    /// many connections remain.
+    pub fn remove(&self, conn: u64) -> usize {
+        let member = lock(&self.members).remove(&conn);
+        if let Some(member) = member.filter(|m| !m.awareness.is_empty()) {
+            let mut awareness = lock(&self.awareness);
+            for id in &member.awareness {
+                awareness.remove_state(*id);
+            }
+            if let Ok(update) = awareness.update_with_clients(member.awareness.iter().copied()) {
+                let frame = protocol::awareness(update);
+                for other in lock(&self.members).values() {
+                    other.out.push(Out::Frame(frame.clone()));
+                }
+            }
+        }
+        lock(&self.members).len()
+    }
+
+    /// How many connections the room has.
+    pub fn len(&self) -> usize {
+        lock(&self.members).len()
+    }
+
+    /// The join counter (see `epoch`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Answers step1: the updates the peer lacks, queued while no update can commit, so
+    /// later updates reach the peer after it. Joiners with an empty state vector share one
+    /// encoding of the full state.
+    pub async fn step2(&self, sv: StateVector, out: &Outbox) {
+        if sv == StateVector::default() {
+            let mut cache = self.full_state.lock().await;
+            let txn = self.doc.doc().transact();
+            let version = self.version.load(Ordering::Acquire);
+            let frame = match &*cache {
+                Some((v, frame)) if *v == version => frame.clone(),
+                _ => {
+                    let frame = protocol::step2(&txn.encode_state_as_update_v1(&sv));
+                    *cache = Some((version, frame.clone()));
+                    frame
+                }
+            };
+            out.push(Out::Frame(frame));
+        } else {
+            let txn = self.doc.doc().transact();
+            out.push(Out::Frame(protocol::step2(
+                &txn.encode_state_as_update_v1(&sv),
+            )));
+        }
+    }
+
+    /// Applies an update from connection `conn`; the fan-out skips that connection.
+    pub fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
+        let origin = origin_of(conn);
+        match &self.doc {
+            RoomDoc::Workspace(client) => {
+                client.apply_update(update, origin).map_err(|e| match e {
+                    crate::WorkspaceError::BadUpdate(m) => {
+                        (close::INVALID_PAYLOAD, format!("bad update: {m}"))
+                    }
+                    crate::WorkspaceError::Destroyed => {
+                        (close::GOING_AWAY, "the workspace is closing".into())
+                    }
+                    e => (close::INTERNAL_ERROR, e.to_string()),
+                })
+            }
+            RoomDoc::Dynamic(doc) => doc
+                .apply(update, origin)
+                .map_err(|m| (close::INVALID_PAYLOAD, format!("bad update: {m}"))),
+        }
+    }
+
+    /// Applies an awareness update from `conn` and sends it to every connection, the
+    /// sender included (its own renewals coming back keep an idle y-websocket client
+    /// from timing out).
+    pub fn apply_awareness(
+        &self,
+        conn: u64,
+        update: AwarenessUpdate,
+        frame: Bytes,
+    ) -> Result<(), (u16, String)> {
+        let announced: Vec<(ClientID, bool)> = update
+            .clients
+            .iter()
+            .map(|(id, entry)| (*id, &*entry.json != "null"))
+            .collect();
+        let mut awareness = lock(&self.awareness);
+        awareness
+            .apply_update(update)
+            .map_err(|e| (close::INVALID_PAYLOAD, format!("bad awareness update: {e}")))?;
+        let mut members = lock(&self.members);
+        if let Some(member) = members.get_mut(&conn) {
+            for (id, present) in announced {
+                if present {
+                    member.awareness.insert(id);
+                } else {
+                    member.awareness.remove(&id);
+                }
+            }
+        }
+        for member in members.values() {
+            member.out.push(Out::Frame(frame.clone()));
+        }
+        Ok(())
+    }
+
+    /// Sends every awareness state to one connection (QUERY_AWARENESS).
+    pub fn send_awareness(&self, out: &Outbox) {
+        let awareness = lock(&self.awareness);
+        let frame = all_states(&awareness).unwrap_or_else(|| {
+            protocol::awareness(AwarenessUpdate {
+                clients: HashMap::new(),
+            })
+        });
+        out.push(Out::Frame(frame));
+    }
+
+    /// Resolves once everything applied so far is durable.
+    pub fn flushed(&self) -> BoxFuture<Result<(), StorageError>> {
+        match &self.doc {
+            RoomDoc::Workspace(client) => client.flushed(),
+            RoomDoc::Dynamic(doc) => doc.flushed(),
+        }
+    }
+
+    /// Stops the fan-out and releases the room's state; a dynamic doc is flushed and its
+    /// storage closed.
+    pub async fn release(&self) {
+        let _ = self.doc.doc().unobserve_update_v1(ROOM_OBSERVER);
+        *lock(&self.awareness) = Awareness::new(Doc::new());
+        *self.full_state.lock().await = None;
+        if let RoomDoc::Dynamic(doc) = &self.doc {
+            if let Err(e) = doc.close().await {
+                tracing::error!(room = %self.id, error = %e, "closing a dynamic doc failed");
+            }
+        }
+    }
+}
+
+/// Every present awareness state as one frame, or `None` when there are none.
+fn all_states(awareness: &Awareness) -> Option<Bytes> {
+    let update = awareness.update().ok()?;
+    (!update.clients.is_empty()).then(|| protocol::awareness(update))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_origins_round_trip_and_others_do_not_match() {
+        assert_eq!(conn_of(&origin_of(42)), Some(42));
+        assert_eq!(conn_of(&origin_of(u64::MAX)), Some(u64::MAX));
+        assert_eq!(conn_of(&Origin::from("epicenter-local")), None);
+        assert_eq!(conn_of(&Origin::from(42u64)), None);
+    }
+}
