@@ -848,7 +848,7 @@ async fn fanout(args: &Args) -> Res<bool> {
     if writers == 0 || writers > n || n < 2 {
         return Err("need 2 or more clients and 1..=clients writers".into());
     }
-    if !(rate > 0.0) {
+    if rate.is_nan() || rate <= 0.0 {
         return Err("--rate must be positive".into());
     }
     check_fd_limit(n + 64)?;
@@ -993,8 +993,7 @@ async fn fanout(args: &Args) -> Res<bool> {
             next_note += Duration::from_secs(5);
         }
         let all_sent = sent == total;
-        if (all_sent && delivered >= expected)
-            || (all_sent && now - last_progress > drain)
+        if (all_sent && (delivered >= expected || now - last_progress > drain))
             || finished.load(Ordering::Relaxed) == n
             || now > hard_stop
         {
@@ -1142,6 +1141,9 @@ fn entry_value(i: usize, len: usize) -> String {
     v
 }
 
+/// One frame of each distinct step 2 received, by (payload length, CRC-32).
+type StepVariants = HashMap<(usize, u32), Vec<u8>>;
+
 /// One joining client's view of its step 2.
 struct Joined {
     at: Duration,
@@ -1226,7 +1228,7 @@ async fn join(args: &Args) -> Res<bool> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
-    let samples: Arc<Mutex<HashMap<(usize, u32), Vec<u8>>>> = Arc::default();
+    let samples: Arc<Mutex<StepVariants>> = Arc::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Joined, String>>();
     let dropped = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
