@@ -15,22 +15,30 @@
 //!
 //! - `connect --clients N`: opens N connections (at most `--concurrency` handshakes at a
 //!   time, default 200), each completing the sync handshake (server step 1 and step 2
-//!   received); reports the time to connect all and the server's memory per connection,
-//!   holds them for `--hold` seconds (default 2), then closes them.
+//!   received); reports the time to connect all and the server's RSS before and after
+//!   (per connection), holds them for `--hold` seconds (default 2), then closes them.
 //! - `fanout --clients N --writers W --rate R --duration S`: N clients in one room; W of
-//!   them insert one entry each into the Y.Map named by `--root` (default `load`), together
-//!   R updates/s for S seconds. Every client must receive every update it did not write:
-//!   expected deliveries = updates × (N − 1). Reports deliveries/s, latency (send to
-//!   receive, one clock), lost and duplicate deliveries, and whether all clients and a
-//!   fresh client end with the same state vector and content.
+//!   them insert entries `<run>/w<writer>-<seq>` (value: send time, µs since the Unix epoch)
+//!   into the Y.Map `--root` (default `load`), one per update, together R updates/s for S
+//!   seconds. Each writer's doc has its own client id, so update `seq` is the item at clock
+//!   `seq`: receivers decode every update and look up, for each item inserted, when its
+//!   writer sent it (recorded just before sending; same process, same monotonic clock).
+//!   Every client must receive every update it did not write: expected deliveries =
+//!   updates × (N − 1); lost = expected − distinct deliveries. The run waits for all of
+//!   them, or until `--drain` seconds (default 5) pass without one. Deliveries/s counts from
+//!   the first send to the last delivery. At the end every client's doc is rebuilt from all
+//!   it received (and its own writes) and must equal, in state vector and entries, the doc
+//!   a newly connected client receives, which must hold every update.
 //! - `join --clients N --doc-mb M`: a seeder writes ~M MB into the Y.Map `--root` (entries of
-//!   `--entry-bytes`, sent as updates of about `--chunk-kb`), waits until a second
-//!   connection receives all of it, then N empty clients connect at once; reports the time
-//!   until every one has received its step 2 and the server's peak RSS meanwhile. Every
-//!   step 2 is checked to hold the full content.
+//!   `--entry-bytes`, default 1024, sent as updates of about `--chunk-kb`, default 1024)
+//!   and stays connected; once a second connection receives all of it, N empty clients
+//!   connect at once. Reports the time until every one has received its step 2, and the
+//!   server's peak RSS (VmHWM, reset as they start joining). Every distinct step 2 (by
+//!   length and CRC-32) is decoded and checked to hold every entry.
 //! - `awareness --clients N --duration S`: every client sets its awareness state every
-//!   `--interval-ms` (default 1000), phases spread evenly; reports awareness messages
-//!   received/s and latency.
+//!   `--interval-ms` (default 1000), phases spread evenly; the state carries its send time.
+//!   The server sends each state to every client, the sender included: expected = states
+//!   sent × N. Reports awareness messages received/s and latency.
 //!
 //! Common flags: `--url` (required), `--server-pid P` (report the server's RSS, peak RSS
 //! and CPU time from `/proc/P`), `--threads` (runtime worker threads, default 1: the other
@@ -42,7 +50,8 @@
 //!
 //! Many connections need many file descriptors: raise the soft limit first
 //! (`ulimit -n $(ulimit -Hn)`); the generator checks it. Exit status 1 means a correctness
-//! check failed (failed connections, lost deliveries, no convergence, wrong content).
+//! check failed (failed connections, lost deliveries, no convergence, wrong content), 2 a
+//! usage or setup error.
 
 use std::collections::HashMap;
 use std::str::FromStr;
