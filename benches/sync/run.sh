@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# WebSocket sync load: runs the `sync_load` example (examples/sync_load.rs) against our
+# server (the release `blog` example, workspace `blog`) or the reference y-websocket server
+# (@y/websocket-server from tests/js/node_modules: `npm ci --prefix tests/js` first).
+#
+#   bash benches/sync/run.sh ours                  # every scenario against our server
+#   bash benches/sync/run.sh reference             # the same against the reference server
+#   bash benches/sync/run.sh ours fanout join      # only some scenarios
+#   FANOUT_RATE=300 JOIN_MB=5 bash benches/sync/run.sh reference fanout join
+#
+# Scenarios and their defaults (environment variables):
+#   connect    CONNECT_CLIENTS=10000 connections to one room, at most CONCURRENCY=200
+#              handshakes at a time; server RSS per connection
+#   fanout     FANOUT_CLIENTS=100 clients, FANOUT_WRITERS=10 of them writing FANOUT_RATE=1000
+#              updates/s in all for FANOUT_DURATION=20 s; deliveries/s, latency, lost, convergence
+#   join       JOIN_CLIENTS=150 empty clients join a room holding JOIN_MB=20 MB at once;
+#              time until all have it, server peak RSS (targets: < 3 s, < 500 MB)
+#   awareness  AWARENESS_CLIENTS=200 clients set awareness every second for
+#              AWARENESS_DURATION=10 s; messages/s, latency
+# Other settings: PORT=39140, THREADS=1 (generator worker threads; the other core is the
+# server's), EXTRA_ARGS (passed to every scenario).
+#
+# Each scenario gets a freshly started server (so its memory figures are its own) and prints
+# a one-line JSON summary and a human line; all JSON lines are also collected in
+# $OUT (default: a temporary file, named at the end). The exit status is non-zero if a
+# scenario failed its checks. The file descriptor limit is raised to the hard limit (10,000
+# connections need as many on each side).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+target=${1:-}
+case "$target" in
+ours | reference) shift ;;
+*)
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+  exit 2
+  ;;
+esac
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(connect fanout join awareness)
+
+PORT=${PORT:-39140}
+THREADS=${THREADS:-1}
+CONCURRENCY=${CONCURRENCY:-200}
+CONNECT_CLIENTS=${CONNECT_CLIENTS:-10000}
+FANOUT_CLIENTS=${FANOUT_CLIENTS:-100}
+FANOUT_WRITERS=${FANOUT_WRITERS:-10}
+FANOUT_RATE=${FANOUT_RATE:-1000}
+FANOUT_DURATION=${FANOUT_DURATION:-20}
+JOIN_CLIENTS=${JOIN_CLIENTS:-150}
+JOIN_MB=${JOIN_MB:-20}
+AWARENESS_CLIENTS=${AWARENESS_CLIENTS:-200}
+AWARENESS_DURATION=${AWARENESS_DURATION:-10}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+OUT=${OUT:-$(mktemp -t sync-load.XXXXXX.jsonl)}
+
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt $((CONNECT_CLIENTS + 100)) ]; then
+  echo "warning: open-file limit $(ulimit -n) is below what $CONNECT_CLIENTS connections need" >&2
+fi
+
+reference_server=tests/js/node_modules/@y/websocket-server/src/server.js
+if [ "$target" = reference ] && [ ! -f "$reference_server" ]; then
+  echo "the reference server is missing: run 'npm ci --prefix tests/js'" >&2
+  exit 1
+fi
+
+echo "building (release)..." >&2
+cargo build --release --example sync_load --example blog >&2
+bin=${CARGO_TARGET_DIR:-target}/release/examples
+
+server=
+data=
+stop_server() {
+  if [ -n "$server" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=
+  fi
+  if [ -n "$data" ]; then
+    rm -rf "$data"
+    data=
+  fi
+}
+trap stop_server EXIT
+
+# Starts a fresh server; sets $server (its pid) and $url (the room for scenario $1).
+start_server() {
+  stop_server
+  if [ "$target" = ours ]; then
+    data=$(mktemp -d)
+    EPICENTER_DATA_DIR="$data" PORT="$PORT" RUST_LOG=warn "$bin/blog" >/dev/null &
+    server=$!
+    url="ws://127.0.0.1:$PORT/workspaces/blog/sync"
+  else
+    HOST=127.0.0.1 PORT="$PORT" node "$reference_server" >/dev/null &
+    server=$!
+    url="ws://127.0.0.1:$PORT/bench-$1"
+  fi
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+      sleep 0.2
+      return 0
+    fi
+    kill -0 "$server" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the $target server did not start on port $PORT" >&2
+  exit 1
+}
+
+status=0
+for scenario in "${scenarios[@]}"; do
+  case "$scenario" in
+  connect) flags=(--clients "$CONNECT_CLIENTS" --concurrency "$CONCURRENCY") ;;
+  fanout) flags=(--clients "$FANOUT_CLIENTS" --writers "$FANOUT_WRITERS" --rate "$FANOUT_RATE"
+    --duration "$FANOUT_DURATION" --concurrency "$CONCURRENCY") ;;
+  join) flags=(--clients "$JOIN_CLIENTS" --doc-mb "$JOIN_MB") ;;
+  awareness) flags=(--clients "$AWARENESS_CLIENTS" --duration "$AWARENESS_DURATION"
+    --concurrency "$CONCURRENCY") ;;
+  *)
+    echo "unknown scenario: $scenario (connect, fanout, join, awareness)" >&2
+    exit 2
+    ;;
+  esac
+  start_server "$scenario"
+  echo "== $scenario against $target ($url)" >&2
+  # shellcheck disable=SC2086 # EXTRA_ARGS is split into flags on purpose
+  if ! "$bin/sync_load" "$scenario" --url "$url" --server-pid "$server" --threads "$THREADS" \
+    "${flags[@]}" $EXTRA_ARGS | tee -a "$OUT"; then
+    status=1
+  fi
+  stop_server
+done
+# tee copies the human lines too; keep only the JSON ones in $OUT.
+sed -i -n '/^{/p' "$OUT"
+echo "JSON summaries: $OUT" >&2
+exit "$status"

@@ -1,0 +1,1583 @@
+//! Load generator for y-websocket sync servers: this crate's sync route or the reference
+//! Node server (`@y/websocket-server`). It takes a full room URL, so the same run can target
+//! either one:
+//!
+//! ```sh
+//! # our server (the `blog` example serves workspace `blog`)
+//! cargo run --release --example sync_load -- fanout --url ws://127.0.0.1:3913/workspaces/blog/sync
+//! # the reference server: the room is the URL path
+//! cargo run --release --example sync_load -- fanout --url ws://127.0.0.1:1234/bench
+//! ```
+//!
+//! `benches/sync/run.sh` starts either server and runs every scenario with the default sizes.
+//!
+//! Scenarios (the first argument), each printing a one-line JSON summary and a human line:
+//!
+//! - `connect --clients N`: opens N connections (at most `--concurrency` handshakes at a
+//!   time, default 200), each completing the sync handshake (server step 1 and step 2
+//!   received); reports the time to connect all and the server's RSS before and after
+//!   (per connection), holds them for `--hold` seconds (default 2), then closes them.
+//! - `fanout --clients N --writers W --rate R --duration S`: N clients in one room; W of
+//!   them insert entries `<run>/w<writer>-<seq>` (value: send time, µs since the Unix epoch)
+//!   into the Y.Map `--root` (default `load`), one per update, together R updates/s for S
+//!   seconds. Each writer's doc has its own client id, so update `seq` is the item at clock
+//!   `seq`: receivers decode every update and look up, for each item inserted, when its
+//!   writer sent it (recorded just before sending; same process, same monotonic clock).
+//!   Every client must receive every update it did not write: expected deliveries =
+//!   updates × (N − 1); lost = expected − distinct deliveries. The run waits for all of
+//!   them, or until `--drain` seconds (default 5) pass without one. Deliveries/s counts from
+//!   the first send to the last delivery. At the end every client's doc is rebuilt from all
+//!   it received (and its own writes) and must equal, in state vector and entries, the doc
+//!   a newly connected client receives, which must hold every update.
+//! - `join --clients N --doc-mb M`: a seeder writes ~M MB into the Y.Map `--root` (entries of
+//!   `--entry-bytes`, default 1024, sent as updates of about `--chunk-kb`, default 1024)
+//!   and stays connected; once a second connection receives all of it, N empty clients
+//!   connect at once. Reports the time until every one has received its step 2, and the
+//!   server's peak RSS (VmHWM, reset as they start joining). Every distinct step 2 (by
+//!   length and CRC-32) is decoded and checked to hold every entry.
+//! - `awareness --clients N --duration S`: every client sets its awareness state every
+//!   `--interval-ms` (default 1000), phases spread evenly; the state carries its send time.
+//!   The server sends each state to every client, the sender included: expected = states
+//!   sent × N. Reports awareness messages received/s and latency.
+//!
+//! Common flags: `--url` (required), `--server-pid P` (report the server's RSS, peak RSS
+//! and CPU time from `/proc/P`), `--threads` (runtime worker threads, default 1: the other
+//! core is the server's), `--concurrency` (parallel handshakes, default 200).
+//!
+//! Rooms on our server hold a workspace: the generator writes only into its own root type
+//! (`--root`, default `load`), never into `table:*` or `kv`, and prefixes its keys with a
+//! random run id, so runs can repeat against the same room.
+//!
+//! Many connections need many file descriptors: raise the soft limit first
+//! (`ulimit -n $(ulimit -Hn)`); the generator checks it. Exit status 1 means a correctness
+//! check failed (failed connections, lost deliveries, no convergence, wrong content), 2 a
+//! usage or setup error.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{stream, SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::sync::awareness::AwarenessUpdateEntry;
+use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{Any, ClientID, Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, Error>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("sync_load: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let threads = match args.num("threads", 1usize) {
+        Ok(t) => t.max(1),
+        Err(e) => {
+            eprintln!("sync_load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        match args.scenario.as_str() {
+            "connect" => connect(&args).await,
+            "fanout" => fanout(&args).await,
+            "join" => join(&args).await,
+            "awareness" => awareness(&args).await,
+            other => Err(format!("unknown scenario `{other}`\n\n{USAGE}").into()),
+        }
+    });
+    // Connections still open in detached tasks must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("sync_load {}: {e}", args.scenario);
+            std::process::exit(2);
+        }
+    }
+}
+
+const USAGE: &str =
+    "usage: sync_load <connect|fanout|join|awareness> --url ws://HOST:PORT/ROOM [flags]
+  connect   --clients 1000 [--concurrency 200] [--hold 2]
+  fanout    --clients 100 --writers 10 --rate 1000 --duration 20 [--drain 5]
+  join      --clients 150 --doc-mb 20 [--entry-bytes 1024] [--chunk-kb 1024]
+  awareness --clients 200 --duration 10 [--interval-ms 1000]
+  common    [--server-pid P] [--threads 1] [--concurrency 200] [--root load]";
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+
+struct Args {
+    scenario: String,
+    flags: HashMap<String, String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut it = std::env::args().skip(1);
+        let scenario = it.next().ok_or("missing scenario")?;
+        if scenario == "-h" || scenario == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let mut flags = HashMap::new();
+        while let Some(key) = it.next() {
+            let name = key
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected a --flag, got `{key}`"))?;
+            let value = it.next().ok_or_else(|| format!("{key} needs a value"))?;
+            flags.insert(name.to_string(), value);
+        }
+        const KNOWN: &[&str] = &[
+            "url",
+            "clients",
+            "server-pid",
+            "threads",
+            "concurrency",
+            "root",
+            "hold",
+            "writers",
+            "rate",
+            "duration",
+            "drain",
+            "doc-mb",
+            "entry-bytes",
+            "chunk-kb",
+            "interval-ms",
+        ];
+        if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(format!("unknown flag --{unknown}"));
+        }
+        Ok(Args { scenario, flags })
+    }
+
+    fn num<T: FromStr>(&self, key: &str, default: T) -> Res<T> {
+        match self.flags.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{key}: cannot parse `{v}`").into()),
+        }
+    }
+
+    fn url(&self) -> Res<String> {
+        let url = self.flags.get("url").ok_or("--url is required")?;
+        if !url.starts_with("ws://") {
+            return Err(format!("--url must be a ws:// room URL, got `{url}`").into());
+        }
+        Ok(url.clone())
+    }
+
+    fn pid(&self) -> Res<Option<u32>> {
+        match self.flags.get("server-pid") {
+            None => Ok(None),
+            Some(v) => Ok(Some(v.parse().map_err(|_| "--server-pid: not a pid")?)),
+        }
+    }
+
+    fn root(&self) -> String {
+        self.flags
+            .get("root")
+            .cloned()
+            .unwrap_or_else(|| "load".into())
+    }
+
+    fn secs(&self, key: &str, default: f64) -> Res<Duration> {
+        let s: f64 = self.num(key, default)?;
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(format!("--{key} must be a non-negative number of seconds").into());
+        }
+        Ok(Duration::from_secs_f64(s))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Process figures from /proc
+
+/// Resident and peak resident memory of a process, in KiB.
+fn mem_kib(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// User + system CPU seconds used by a process (assumes the usual 100 ticks per second).
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Resets a process's peak RSS (VmHWM) to its current RSS; needs to own it or be root.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The server and this process, sampled at one moment.
+#[derive(Clone, Copy)]
+struct Sample {
+    server: Option<(u64, u64)>,
+    server_cpu: Option<f64>,
+    client_rss: u64,
+    client_cpu: f64,
+}
+
+impl Sample {
+    fn take(pid: Option<u32>) -> Sample {
+        let server = pid.and_then(|p| mem_kib(&p.to_string()));
+        let server_cpu = pid.and_then(|p| cpu_secs(&p.to_string()));
+        Sample {
+            server,
+            server_cpu,
+            client_rss: mem_kib("self").map_or(0, |m| m.0),
+            client_cpu: cpu_secs("self").unwrap_or(0.0),
+        }
+    }
+
+    fn rss_mb(&self) -> Option<f64> {
+        self.server.map(|m| round(m.0 as f64 / 1024.0, 1))
+    }
+
+    fn hwm_mb(&self) -> Option<f64> {
+        self.server.map(|m| round(m.1 as f64 / 1024.0, 1))
+    }
+}
+
+/// CPU seconds used between two samples, by the server and by this process.
+fn cpu_used(a: &Sample, b: &Sample) -> serde_json::Value {
+    json!({
+        "server_cpu_s": a.server_cpu.zip(b.server_cpu).map(|(x, y)| round(y - x, 2)),
+        "client_cpu_s": round(b.client_cpu - a.client_cpu, 2),
+    })
+}
+
+fn check_fd_limit(needed: usize) -> Res<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    match soft {
+        Some(soft) if soft < needed => Err(format!(
+            "{needed} file descriptors needed, the soft limit is {soft}: run `ulimit -n $(ulimit -Hn)` first"
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Percentiles (in ms) of latencies given in microseconds; sorts `us` in place.
+fn latency_ms(us: &mut [u64]) -> serde_json::Value {
+    us.sort_unstable();
+    let at = |p: f64| {
+        if us.is_empty() {
+            return None;
+        }
+        let i = ((us.len() - 1) as f64 * p).round() as usize;
+        Some(round(us[i] as f64 / 1000.0, 2))
+    };
+    json!({"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0), "n": us.len()})
+}
+
+fn fmt_ms(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x} ms"))
+}
+
+fn fmt_mb(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x} MB"))
+}
+
+fn random_id() -> u64 {
+    ClientID::random().get()
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn report(summary: serde_json::Value, human: String) {
+    println!("{summary}");
+    println!("{human}");
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket and y-websocket protocol
+
+/// Client WebSocket settings. Frames of any size are accepted (a step 2 can be far larger
+/// than tungstenite's default limits). `small` frames: a 4 KiB read buffer, which keeps idle
+/// connections lean and is cheaper for small messages too (tungstenite zeroes a whole
+/// read-buffer's worth of memory on every read); otherwise the default 128 KiB, for large
+/// frames.
+fn ws_config(small: bool) -> WebSocketConfig {
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    if small {
+        config.read_buffer_size(4096).write_buffer_size(0)
+    } else {
+        config
+    }
+}
+
+async fn open(url: &str, config: WebSocketConfig) -> Res<Ws> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    Ok(ws)
+}
+
+fn binary(msg: &Message) -> WsMessage {
+    WsMessage::Binary(msg.encode_v1().into())
+}
+
+fn decode(frame: &[u8]) -> Res<Message> {
+    Ok(Message::decode(&mut DecoderV1::from(frame))?)
+}
+
+/// Step 1 of a client that has nothing yet.
+fn empty_step1() -> WsMessage {
+    binary(&Message::Sync(SyncMessage::SyncStep1(
+        StateVector::default(),
+    )))
+}
+
+/// The answer to the server's step 1 from a client that has nothing yet.
+fn empty_step2() -> WsMessage {
+    binary(&Message::Sync(SyncMessage::SyncStep2(
+        Update::new().encode_v1(),
+    )))
+}
+
+fn read_varuint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A sync frame's sub-type and payload, without copying the payload: for large step 2
+/// frames. `None` if the frame is not a sync message; an error if its length prefix does
+/// not match the frame exactly.
+fn sync_payload(frame: &[u8]) -> Res<Option<(u64, &[u8])>> {
+    let mut pos = 0;
+    if read_varuint(frame, &mut pos) != Some(0) {
+        return Ok(None);
+    }
+    let sub = read_varuint(frame, &mut pos).ok_or("truncated sync frame")?;
+    let len = read_varuint(frame, &mut pos).ok_or("truncated sync frame")? as usize;
+    if frame.len() - pos != len {
+        return Err(format!(
+            "sync frame says {len} payload bytes but carries {}",
+            frame.len() - pos
+        )
+        .into());
+    }
+    Ok(Some((sub, &frame[pos..])))
+}
+
+/// What a client received while completing the handshake.
+struct Handshake {
+    /// The server's step 2: everything the room held.
+    step2: Vec<u8>,
+    /// Updates that arrived during the handshake.
+    updates: Vec<Vec<u8>>,
+    took: Duration,
+}
+
+/// Completes the client side of the sync handshake with an empty doc: sends step 1, answers
+/// the server's step 1 with an (empty) step 2, and returns once both the server's step 1
+/// and its step 2 have arrived.
+async fn handshake(ws: &mut Ws) -> Res<Handshake> {
+    let start = Instant::now();
+    ws.send(empty_step1()).await?;
+    let (mut got_step1, mut step2, mut updates) = (false, None, Vec::new());
+    while !(got_step1 && step2.is_some()) {
+        let frame = match ws.next().await {
+            Some(Ok(WsMessage::Binary(b))) => b,
+            Some(Ok(WsMessage::Close(c))) => return Err(format!("closed by server: {c:?}").into()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("connection ended during the handshake".into()),
+        };
+        match decode(&frame)? {
+            Message::Sync(SyncMessage::SyncStep1(_)) => {
+                got_step1 = true;
+                ws.send(empty_step2()).await?;
+            }
+            Message::Sync(SyncMessage::SyncStep2(u)) => step2 = Some(u),
+            Message::Sync(SyncMessage::Update(u)) => updates.push(u),
+            _ => {}
+        }
+    }
+    Ok(Handshake {
+        step2: step2.unwrap_or_default(),
+        updates,
+        took: start.elapsed(),
+    })
+}
+
+async fn open_synced(url: &str, config: WebSocketConfig) -> Res<(Ws, Handshake)> {
+    let start = Instant::now();
+    let mut ws = open(url, config).await?;
+    let mut hs = handshake(&mut ws).await?;
+    hs.took = start.elapsed();
+    Ok((ws, hs))
+}
+
+/// Opens `n` synced connections, at most `concurrency` handshakes at a time; all must succeed.
+async fn open_many(url: &str, n: usize, concurrency: usize) -> Res<Vec<(Ws, Handshake)>> {
+    let results: Vec<Res<(Ws, Handshake)>> = stream::iter(0..n)
+        .map(|_| async {
+            tokio::time::timeout(Duration::from_secs(60), open_synced(url, ws_config(true)))
+                .await
+                .map_err(|_| Error::from("handshake timed out after 60 s"))?
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return Err(format!("{failed} of {n} connections failed; first: {e}").into());
+    }
+    Ok(results.into_iter().map(|r| r.unwrap()).collect())
+}
+
+/// Keeps reading a connection (so pings are answered) until `stop`, then closes it.
+/// Returns false if the server ended the connection first.
+async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
+    let kept = loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break false,
+                Some(Ok(_)) => {}
+            },
+            _ = stop.changed() => break true,
+        }
+    };
+    if kept {
+        close(ws).await;
+    }
+    kept
+}
+
+/// Like [`hold`], for a connection that received a large frame: tungstenite keeps a read
+/// buffer as large as the largest frame, so this drops the WebSocket layer and holds the
+/// bare TCP stream (reading and discarding whatever comes), then sends a close frame.
+async fn hold_raw(ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = ws.into_inner();
+    let mut sink = vec![0u8; 16 * 1024];
+    let kept = loop {
+        tokio::select! {
+            r = tcp.read(&mut sink) => if !matches!(r, Ok(n) if n > 0) { break false },
+            _ = stop.changed() => break true,
+        }
+    };
+    if kept {
+        // A masked close frame without a payload (the mask is arbitrary).
+        const CLOSE: [u8; 6] = [0x88, 0x80, 0x12, 0x34, 0x56, 0x78];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            tcp.write_all(&CLOSE).await?;
+            while tcp.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    }
+    kept
+}
+
+/// Sends a close frame and waits (briefly) for the server's.
+async fn close(mut ws: Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// What a doc made of some updates holds: its state vector, and the entries of one root map
+/// whose keys start with `prefix`.
+#[derive(PartialEq, Eq, Debug)]
+struct DocSummary {
+    /// (client, clock) pairs, sorted: the encoded form's order depends on a hash map.
+    state_vector: Vec<(u64, u32)>,
+    entries: usize,
+    string_bytes: usize,
+    digest: u32,
+    pending: bool,
+}
+
+fn summarize(updates: &[Vec<u8>], root: &str, prefix: &str) -> Res<DocSummary> {
+    // One transaction per update, in the order received: cheap for updates that arrive in
+    // order (merging thousands of small updates first is far slower).
+    let doc = Doc::new();
+    let map = doc.get_or_insert_map(root);
+    for update in updates {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update)?)?;
+    }
+    let txn = doc.transact();
+    let mut entries: Vec<(String, String, usize)> = map
+        .iter(&txn)
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| {
+            let len = match &v {
+                Out::Any(Any::String(s)) => s.len(),
+                _ => 0,
+            };
+            (k.to_string(), format!("{v:?}"), len)
+        })
+        .collect();
+    entries.sort_unstable();
+    let mut crc = crc32fast::Hasher::new();
+    for (k, v, _) in &entries {
+        crc.update(k.as_bytes());
+        crc.update(&[0]);
+        crc.update(v.as_bytes());
+        crc.update(&[0]);
+    }
+    Ok(DocSummary {
+        state_vector: {
+            let mut sv: Vec<(u64, u32)> = txn
+                .state_vector()
+                .iter()
+                .map(|(c, &clock)| (c.get(), clock))
+                .collect();
+            sv.sort_unstable();
+            sv
+        },
+        entries: entries.len(),
+        string_bytes: entries.iter().map(|e| e.2).sum(),
+        digest: crc.finalize(),
+        pending: txn.store().pending_update().is_some() || txn.store().pending_ds().is_some(),
+    })
+}
+
+/// [`summarize`] for many clients, on all cores.
+fn summarize_all(
+    clients: &[Vec<Vec<u8>>],
+    root: &str,
+    prefix: &str,
+) -> Vec<Result<DocSummary, String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = clients.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|u| summarize(u, root, prefix).map_err(|e| e.to_string()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("summary thread"))
+            .collect()
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// connect
+
+async fn connect(args: &Args) -> Res<bool> {
+    let url = args.url()?;
+    let n: usize = args.num("clients", 1000)?;
+    let concurrency: usize = args.num("concurrency", 200)?;
+    let hold_for = args.secs("hold", 2.0)?;
+    let pid = args.pid()?;
+    check_fd_limit(n + 64)?;
+
+    let peak_reset = pid.is_some_and(reset_peak);
+    let before = Sample::take(pid);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let permit = permits.clone().acquire_owned().await?;
+        let (url, done, stop, dropped) = (
+            url.clone(),
+            done_tx.clone(),
+            stop_rx.clone(),
+            dropped.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let synced = tokio::time::timeout(Duration::from_secs(60), async {
+                let mut ws = open(&url, ws_config(true)).await?;
+                let hs = handshake(&mut ws).await?;
+                Ok::<_, Error>((ws, hs.took))
+            })
+            .await;
+            drop(permit);
+            match synced {
+                Ok(Ok((ws, took))) => {
+                    let _ = done.send(Ok(took));
+                    if !hold(ws, stop).await {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Err(e)) => drop(done.send(Err(e.to_string()))),
+                Err(_) => drop(done.send(Err("timed out after 60 s".into()))),
+            }
+        }));
+    }
+    drop(done_tx);
+    let mut handshakes = Vec::with_capacity(n);
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let Some(r) = done_rx.recv().await else { break };
+        match r {
+            Ok(took) => handshakes.push(took.as_micros() as u64),
+            Err(e) => *errors.entry(e).or_default() += 1,
+        }
+    }
+    let connect_time = start.elapsed();
+    let connected = handshakes.len();
+    let failed = n - connected;
+    let after_connect = Sample::take(pid);
+    tokio::time::sleep(hold_for).await;
+    let held = Sample::take(pid);
+    let close_start = Instant::now();
+    stop_tx.send_replace(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let close_time = close_start.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let closed = Sample::take(pid);
+
+    let per_conn_kib = before
+        .server
+        .zip(held.server)
+        .filter(|_| connected > 0)
+        .map(|(b, h)| round((h.0 as f64 - b.0 as f64) / connected as f64, 1));
+    let lat = latency_ms(&mut handshakes);
+    let dropped = dropped.load(Ordering::Relaxed);
+    let ok = failed == 0 && dropped == 0;
+    let summary = json!({
+        "scenario": "connect",
+        "url": url,
+        "clients": n,
+        "concurrency": concurrency,
+        "connected": connected,
+        "failed": failed,
+        "errors": errors,
+        "dropped_while_held": dropped,
+        "connect_all_s": round(connect_time.as_secs_f64(), 3),
+        "connections_per_s": round(connected as f64 / connect_time.as_secs_f64(), 0),
+        "handshake_ms": lat,
+        "server_rss_before_mb": before.rss_mb(),
+        "server_rss_connected_mb": held.rss_mb(),
+        "server_rss_per_connection_kib": per_conn_kib,
+        "server_peak_rss_mb": held.hwm_mb(),
+        "peak_since": if peak_reset { "scenario start" } else { "server start" },
+        "server_rss_after_close_mb": closed.rss_mb(),
+        "client_rss_mb": round(held.client_rss as f64 / 1024.0, 1),
+        "close_all_s": round(close_time.as_secs_f64(), 3),
+        "cpu": cpu_used(&before, &after_connect),
+        "ok": ok,
+    });
+    let human = format!(
+        "connect: {connected}/{n} connected in {:.2} s ({:.0}/s, handshake p50 {} p99 {}); server RSS {} -> {} ({} KiB/connection, peak {}), {} after close; client RSS {:.0} MB; {failed} failed, {dropped} dropped",
+        connect_time.as_secs_f64(),
+        connected as f64 / connect_time.as_secs_f64(),
+        fmt_ms(&lat["p50"]),
+        fmt_ms(&lat["p99"]),
+        fmt_mb(before.rss_mb()),
+        fmt_mb(held.rss_mb()),
+        per_conn_kib.map_or("-".into(), |k| k.to_string()),
+        fmt_mb(held.hwm_mb()),
+        fmt_mb(closed.rss_mb()),
+        held.client_rss as f64 / 1024.0,
+    );
+    report(summary, human);
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------------------------------
+// fanout
+
+/// State shared by all clients of a fanout run.
+struct Fanout {
+    base: Instant,
+    root: String,
+    /// Every key this run writes starts with it.
+    prefix: String,
+    writers: usize,
+    rate: f64,
+    /// Client id of each writer's doc, and the reverse.
+    writer_ids: Vec<u64>,
+    writer_of: HashMap<u64, usize>,
+    /// When each writer sent each of its updates (µs since `base`, plus one; 0 = not yet).
+    sent_at: Vec<Box<[AtomicU64]>>,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+}
+
+impl Fanout {
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// Number of updates writer `w` sends when `total` are sent in all.
+    fn count_for(&self, w: usize, total: u64) -> u64 {
+        let w = w as u64;
+        let k = self.writers as u64;
+        if total > w {
+            (total - w).div_ceil(k)
+        } else {
+            0
+        }
+    }
+}
+
+/// What one fanout client saw.
+#[derive(Default)]
+struct Received {
+    /// Per writer, a bit per sequence number already received.
+    seen: Vec<Vec<u64>>,
+    latencies_us: Vec<u64>,
+    unique: u64,
+    duplicates: u64,
+    echoes: u64,
+    frames: u64,
+    errors: Vec<String>,
+    disconnected: bool,
+    /// Everything received (the handshake's step 2 first), to rebuild the doc at the end.
+    updates: Vec<Vec<u8>>,
+}
+
+impl Received {
+    fn on_update(&mut self, update: Vec<u8>, me: Option<usize>, shared: &Fanout) {
+        let now = shared.now_us();
+        match Update::decode_v1(&update) {
+            Ok(u) => {
+                for (client, ranges) in u.insertions(true).iter() {
+                    let Some(&w) = shared.writer_of.get(&client.get()) else {
+                        continue;
+                    };
+                    for range in ranges.iter() {
+                        for seq in range.clone() {
+                            if Some(w) == me {
+                                self.echoes += 1;
+                                continue;
+                            }
+                            let (word, bit) = (seq as usize / 64, 1u64 << (seq % 64));
+                            let bits = &mut self.seen[w];
+                            if bits.len() <= word {
+                                bits.resize(word + 1, 0);
+                            }
+                            if bits[word] & bit != 0 {
+                                self.duplicates += 1;
+                                continue;
+                            }
+                            bits[word] |= bit;
+                            self.unique += 1;
+                            shared.delivered.fetch_add(1, Ordering::Relaxed);
+                            let sent = shared.sent_at[w]
+                                .get(seq as usize)
+                                .map_or(0, |t| t.load(Ordering::Acquire));
+                            if sent > 0 {
+                                self.latencies_us.push(now.saturating_sub(sent - 1));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => self.errors.push(format!("undecodable update: {e}")),
+        }
+        self.updates.push(update);
+    }
+}
+
+async fn fanout(args: &Args) -> Res<bool> {
+    let url = args.url()?;
+    let n: usize = args.num("clients", 100)?;
+    let writers: usize = args.num("writers", 10)?;
+    let rate: f64 = args.num("rate", 1000.0)?;
+    let duration = args.secs("duration", 20.0)?;
+    let drain = args.secs("drain", 5.0)?;
+    let concurrency: usize = args.num("concurrency", 200)?;
+    let pid = args.pid()?;
+    if writers == 0 || writers > n || n < 2 {
+        return Err("need 2 or more clients and 1..=clients writers".into());
+    }
+    if rate.is_nan() || rate <= 0.0 {
+        return Err("--rate must be positive".into());
+    }
+    check_fd_limit(n + 64)?;
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let run = format!("{:x}", random_id());
+    let writer_ids: Vec<u64> = (0..writers).map(|_| random_id()).collect();
+    let mut shared = Fanout {
+        base: Instant::now(),
+        root: args.root(),
+        prefix: format!("{run}/"),
+        writers,
+        rate,
+        writer_of: writer_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i))
+            .collect(),
+        writer_ids,
+        sent_at: Vec::new(),
+        sent: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+    };
+    shared.sent_at = (0..writers)
+        .map(|w| {
+            (0..shared.count_for(w, total))
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        })
+        .collect();
+    let shared = Arc::new(shared);
+
+    let connect_start = Instant::now();
+    let conns = open_many(&url, n, concurrency).await?;
+    eprintln!(
+        "fanout: {n} clients connected in {:.2} s; {total} updates from {writers} writers at {rate}/s",
+        connect_start.elapsed().as_secs_f64()
+    );
+
+    let peak_reset = pid.is_some_and(reset_peak);
+    let before = Sample::take(pid);
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (ws, hs)) in conns.into_iter().enumerate() {
+        let me = (i < writers).then_some(i);
+        let (shared, mut stop, finished) = (shared.clone(), stop_rx.clone(), finished.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Received {
+                seen: vec![Vec::new(); shared.writers],
+                ..Default::default()
+            };
+            got.updates.push(hs.step2);
+            for u in hs.updates {
+                got.on_update(u, me, &shared);
+            }
+            let (mut sink, mut source) = ws.split();
+            let write = async {
+                let Some(w) = me else { return Ok(None) };
+                let doc = Doc::with_client_id(shared.writer_ids[w]);
+                let map = doc.get_or_insert_map(shared.root.as_str());
+                for seq in 0..shared.count_for(w, total) {
+                    let g = seq * shared.writers as u64 + w as u64;
+                    tokio::time::sleep_until(t0 + Duration::from_secs_f64(g as f64 / shared.rate))
+                        .await;
+                    let update = {
+                        let mut txn = doc.transact_mut();
+                        let key = format!("{}w{w}-{seq}", shared.prefix);
+                        map.insert(&mut txn, key, unix_micros() as f64);
+                        txn.encode_update_v1()
+                    };
+                    let frame = binary(&Message::Sync(SyncMessage::Update(update)));
+                    shared.sent_at[w][seq as usize].store(shared.now_us() + 1, Ordering::Release);
+                    sink.send(frame).await?;
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                let own = doc
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default());
+                Ok::<_, Error>(Some(own))
+            };
+            let read = async {
+                loop {
+                    tokio::select! {
+                        m = source.next() => match m {
+                            Some(Ok(WsMessage::Binary(b))) => {
+                                got.frames += 1;
+                                match decode(&b) {
+                                    Ok(Message::Sync(SyncMessage::Update(u)))
+                                    | Ok(Message::Sync(SyncMessage::SyncStep2(u))) => got.on_update(u, me, &shared),
+                                    Ok(_) => {}
+                                    Err(e) => got.errors.push(format!("undecodable frame: {e}")),
+                                }
+                            }
+                            Some(Ok(WsMessage::Close(_))) | None => { got.disconnected = true; break }
+                            Some(Err(e)) => { got.errors.push(e.to_string()); got.disconnected = true; break }
+                            Some(Ok(_)) => {}
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+            };
+            let (own, ()) = tokio::join!(write, read);
+            match own {
+                Ok(Some(own)) => got.updates.push(own),
+                Ok(None) => {}
+                Err(e) => got.errors.push(format!("send failed: {e}")),
+            }
+            finished.fetch_add(1, Ordering::Relaxed);
+            if let Ok(ws) = sink.reunite(source) {
+                if !got.disconnected {
+                    close(ws).await;
+                }
+            }
+            got
+        }));
+    }
+
+    // Wait for every update to be sent and delivered, or for deliveries to stall.
+    let expected = total * (n as u64 - 1);
+    let (mut last_delivered, mut last_progress) = (0, tokio::time::Instant::now());
+    let mut next_note = t0 + Duration::from_secs(5);
+    let hard_stop = t0 + duration + drain + Duration::from_secs(60);
+    let mut last_delivery_at = Duration::ZERO;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = tokio::time::Instant::now();
+        let (sent, delivered) = (
+            shared.sent.load(Ordering::Relaxed),
+            shared.delivered.load(Ordering::Relaxed),
+        );
+        if delivered != last_delivered {
+            last_delivered = delivered;
+            last_progress = now;
+            last_delivery_at = now.saturating_duration_since(t0);
+        }
+        if now >= next_note {
+            eprintln!(
+                "fanout: t={:.0} s sent {sent}/{total}, delivered {delivered}/{expected}",
+                now.saturating_duration_since(t0).as_secs_f64()
+            );
+            next_note += Duration::from_secs(5);
+        }
+        let all_sent = sent == total;
+        if (all_sent && (delivered >= expected || now - last_progress > drain))
+            || finished.load(Ordering::Relaxed) == n
+            || now > hard_stop
+        {
+            break;
+        }
+    }
+    let after = Sample::take(pid);
+    let send_time = {
+        let last = shared
+            .sent_at
+            .iter()
+            .flat_map(|ts| ts.iter())
+            .map(|t| t.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        let first = t0.into_std().saturating_duration_since(shared.base);
+        Duration::from_micros(last.saturating_sub(1)).saturating_sub(first)
+    };
+    stop_tx.send_replace(true);
+    let mut clients = Vec::with_capacity(n);
+    for t in tasks {
+        clients.push(t.await?);
+    }
+
+    // Convergence: every client's doc, and that of a client joining now, must be the same.
+    let check_start = Instant::now();
+    let fresh = async {
+        let (ws, hs) = open_synced(&url, ws_config(false)).await?;
+        close(ws).await;
+        let mut updates = vec![hs.step2];
+        updates.extend(hs.updates);
+        summarize(&updates, &shared.root, &shared.prefix)
+    }
+    .await;
+    let (reference, fresh_error) = match fresh {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(format!("fresh client: {e}"))),
+    };
+    let all_updates: Vec<Vec<Vec<u8>>> = clients
+        .iter_mut()
+        .map(|c| std::mem::take(&mut c.updates))
+        .collect();
+    let (root, prefix) = (shared.root.clone(), shared.prefix.clone());
+    let summaries =
+        tokio::task::spawn_blocking(move || summarize_all(&all_updates, &root, &prefix)).await?;
+    let mut diverged = 0;
+    let mut divergence = None;
+    for (i, s) in summaries.iter().enumerate() {
+        if s.as_ref().ok() != reference.as_ref() {
+            diverged += 1;
+            divergence.get_or_insert_with(|| match (s, &reference) {
+                (Ok(s), Some(r)) => format!(
+                    "client {i}: {} entries, {} clients in its state vector, pending {} (fresh client: {}, {}, {})",
+                    s.entries,
+                    s.state_vector.len(),
+                    s.pending,
+                    r.entries,
+                    r.state_vector.len(),
+                    r.pending
+                ),
+                (Err(e), _) => format!("client {i}: {e}"),
+                (Ok(_), None) => fresh_error.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let check_time = check_start.elapsed();
+
+    let unique: u64 = clients.iter().map(|c| c.unique).sum();
+    let duplicates: u64 = clients.iter().map(|c| c.duplicates).sum();
+    let echoes: u64 = clients.iter().map(|c| c.echoes).sum();
+    let disconnected = clients.iter().filter(|c| c.disconnected).count();
+    let errors: Vec<&String> = clients
+        .iter()
+        .flat_map(|c| c.errors.iter())
+        .take(5)
+        .collect();
+    let mut lat: Vec<u64> = clients
+        .iter()
+        .flat_map(|c| c.latencies_us.iter().copied())
+        .collect();
+    let lat = latency_ms(&mut lat);
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let lost = expected.saturating_sub(unique);
+    let converged = diverged == 0
+        && reference
+            .as_ref()
+            .is_some_and(|r| r.entries as u64 == total && !r.pending)
+        && sent == total;
+    let window = last_delivery_at.as_secs_f64().max(1e-9);
+    let ok = lost == 0 && converged && disconnected == 0 && errors.is_empty();
+    let summary = json!({
+        "scenario": "fanout",
+        "url": url,
+        "clients": n,
+        "writers": writers,
+        "rate": rate,
+        "duration_s": duration.as_secs_f64(),
+        "updates": total,
+        "sent": sent,
+        "send_rate_per_s": round(sent as f64 / send_time.as_secs_f64().max(1e-9), 1),
+        "expected_deliveries": expected,
+        "delivered": unique,
+        "lost": lost,
+        "duplicates": duplicates,
+        "echoes_to_writer": echoes,
+        "deliveries_per_s": round(unique as f64 / window, 0),
+        "latency_ms": lat,
+        "converged": converged,
+        "clients_diverged": diverged,
+        "first_divergence": divergence,
+        "entries_in_room": reference.as_ref().map(|r| r.entries),
+        "convergence_check_s": round(check_time.as_secs_f64(), 2),
+        "clients_disconnected": disconnected,
+        "errors": errors,
+        "server_rss_mb": after.rss_mb(),
+        "server_peak_rss_mb": after.hwm_mb(),
+        "peak_since": if peak_reset { "scenario start" } else { "server start" },
+        "client_rss_mb": round(after.client_rss as f64 / 1024.0, 1),
+        "cpu": cpu_used(&before, &after),
+        "ok": ok,
+    });
+    let human = format!(
+        "fanout: {n} clients, {writers} writers, {sent}/{total} updates at {:.0}/s -> {unique}/{expected} deliveries ({:.0}/s), latency p50 {} p99 {} max {}; lost {lost}, duplicates {duplicates}, converged {converged}; server RSS {}",
+        sent as f64 / send_time.as_secs_f64().max(1e-9),
+        unique as f64 / window,
+        fmt_ms(&lat["p50"]),
+        fmt_ms(&lat["p99"]),
+        fmt_ms(&lat["max"]),
+        fmt_mb(after.rss_mb()),
+    );
+    report(summary, human);
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------------------------------
+// join
+
+/// A value of exactly `len` ASCII bytes, different for each entry.
+fn entry_value(i: usize, len: usize) -> String {
+    let mut v = format!("{i}:");
+    while v.len() < len {
+        v.push((b'a' + ((v.len() + i) % 26) as u8) as char);
+    }
+    v.truncate(len);
+    v
+}
+
+/// One frame of each distinct step 2 received, by (payload length, CRC-32).
+type StepVariants = HashMap<(usize, u32), Vec<u8>>;
+
+/// One joining client's view of its step 2.
+struct Joined {
+    at: Duration,
+    len: usize,
+    crc: u32,
+}
+
+async fn join(args: &Args) -> Res<bool> {
+    let url = args.url()?;
+    let n: usize = args.num("clients", 150)?;
+    let doc_mb: f64 = args.num("doc-mb", 20.0)?;
+    let entry_bytes: usize = args.num("entry-bytes", 1024)?;
+    let chunk_kb: usize = args.num("chunk-kb", 1024)?;
+    let pid = args.pid()?;
+    let root = args.root();
+    check_fd_limit(n + 64)?;
+    if entry_bytes == 0 {
+        return Err("--entry-bytes must be positive".into());
+    }
+    let entries = ((doc_mb * MIB) / entry_bytes as f64).ceil() as usize;
+    let per_update = (chunk_kb * 1024 / entry_bytes).max(1);
+    let prefix = format!("{:x}/", random_id());
+
+    // Seed the room, and keep the seeder connected (draining what the server sends it).
+    let seed_start = Instant::now();
+    let (mut seeder, _) = open_synced(&url, ws_config(false)).await?;
+    let doc = Doc::new();
+    let map = doc.get_or_insert_map(root.as_str());
+    let mut seed_bytes = 0;
+    let mut first = 0;
+    while first < entries {
+        let last = (first + per_update).min(entries);
+        let update = {
+            let mut txn = doc.transact_mut();
+            for i in first..last {
+                map.insert(
+                    &mut txn,
+                    format!("{prefix}j{i:07}"),
+                    entry_value(i, entry_bytes),
+                );
+            }
+            txn.encode_update_v1()
+        };
+        seed_bytes += update.len();
+        seeder
+            .send(binary(&Message::Sync(SyncMessage::Update(update))))
+            .await?;
+        first = last;
+    }
+    drop(doc);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let seeder_task = tokio::spawn(hold(seeder, stop_rx.clone()));
+
+    // Wait until a new connection receives all of it.
+    let mut probes = 0;
+    let seeded = loop {
+        probes += 1;
+        let (ws, hs) = open_synced(&url, ws_config(false)).await?;
+        close(ws).await;
+        let mut updates = vec![hs.step2];
+        updates.extend(hs.updates);
+        let s = summarize(&updates, &root, &prefix)?;
+        if s.entries == entries {
+            break s;
+        }
+        if seed_start.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "the server holds {} of {entries} seeded entries after 120 s",
+                s.entries
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seed_time = seed_start.elapsed();
+    eprintln!(
+        "join: seeded {entries} entries ({:.1} MB in updates) in {:.2} s ({probes} probe(s)); {n} clients joining",
+        seed_bytes as f64 / MIB,
+        seed_time.as_secs_f64()
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak_reset = pid.is_some_and(reset_peak);
+    let before = Sample::take(pid);
+    let samples: Arc<Mutex<StepVariants>> = Arc::default();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Joined, String>>();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (url, done, stop, samples, dropped) = (
+            url.clone(),
+            done_tx.clone(),
+            stop_rx.clone(),
+            samples.clone(),
+            dropped.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let joined = async {
+                let mut ws = open(&url, ws_config(false)).await?;
+                ws.send(empty_step1()).await?;
+                loop {
+                    let frame = match ws.next().await {
+                        Some(Ok(WsMessage::Binary(b))) => b,
+                        Some(Ok(WsMessage::Close(c))) => {
+                            return Err(format!("closed by server: {c:?}").into())
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(Error::from(e)),
+                        None => return Err("connection ended before step 2".into()),
+                    };
+                    match sync_payload(&frame)? {
+                        Some((0, _)) => ws.send(empty_step2()).await?,
+                        Some((1, payload)) => {
+                            let at = start.elapsed();
+                            let (len, crc) = (payload.len(), crc32fast::hash(payload));
+                            samples
+                                .lock()
+                                .unwrap()
+                                .entry((len, crc))
+                                .or_insert_with(|| frame.to_vec());
+                            return Ok((ws, Joined { at, len, crc }));
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(120), joined).await {
+                Ok(Ok((ws, j))) => {
+                    let _ = done.send(Ok(j));
+                    if !hold_raw(ws, stop).await {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Err(e)) => drop(done.send(Err(e.to_string()))),
+                Err(_) => drop(done.send(Err("no step 2 within 120 s".into()))),
+            }
+        }));
+    }
+    drop(done_tx);
+    let mut joined = Vec::with_capacity(n);
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let Some(r) = done_rx.recv().await else { break };
+        match r {
+            Ok(j) => joined.push(j),
+            Err(e) => *errors.entry(e).or_default() += 1,
+        }
+    }
+    let all_time = start.elapsed();
+    let after = Sample::take(pid);
+    stop_tx.send_replace(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = seeder_task.await;
+
+    // Every distinct step 2 must hold the full content.
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    let complete: HashMap<(usize, u32), bool> = samples
+        .iter()
+        .map(|(variant, frame)| {
+            let good = match decode(frame) {
+                Ok(Message::Sync(SyncMessage::SyncStep2(u))) => summarize(&[u], &root, &prefix)
+                    .is_ok_and(|s| {
+                        s.entries == entries
+                            && s.string_bytes == entries * entry_bytes
+                            && s.digest == seeded.digest
+                    }),
+                _ => false,
+            };
+            (*variant, good)
+        })
+        .collect();
+    let bad_clients = joined
+        .iter()
+        .filter(|j| complete.get(&(j.len, j.crc)) != Some(&true))
+        .count();
+    let mut at_us: Vec<u64> = joined.iter().map(|j| j.at.as_micros() as u64).collect();
+    let lat = latency_ms(&mut at_us);
+    let step2_mb = joined.first().map_or(0.0, |j| round(j.len as f64 / MIB, 2));
+    let failed = n - joined.len();
+    let dropped = dropped.load(Ordering::Relaxed);
+    let ok = failed == 0 && bad_clients == 0;
+    let summary = json!({
+        "scenario": "join",
+        "url": url,
+        "clients": n,
+        "doc_mb": doc_mb,
+        "entries": entries,
+        "entry_bytes": entry_bytes,
+        "seed_update_mb": round(seed_bytes as f64 / MIB, 2),
+        "seed_s": round(seed_time.as_secs_f64(), 2),
+        "step2_mb": step2_mb,
+        "step2_variants": samples.len(),
+        "all_received_s": round(all_time.as_secs_f64(), 3),
+        "received_ms": lat,
+        "received": joined.len(),
+        "failed": failed,
+        "errors": errors,
+        "incomplete": bad_clients,
+        "dropped_while_held": dropped,
+        "server_rss_before_mb": before.rss_mb(),
+        "server_peak_rss_mb": after.hwm_mb(),
+        "peak_since": if peak_reset { "clients joining (after seeding)" } else { "server start" },
+
+        "server_rss_after_mb": after.rss_mb(),
+        "client_rss_mb": round(after.client_rss as f64 / 1024.0, 1),
+        "cpu": cpu_used(&before, &after),
+        "ok": ok,
+    });
+    let human = format!(
+        "join: {}/{n} clients received the {step2_mb} MB doc ({entries} entries) in {:.2} s (p50 {}), server peak RSS {}{} (RSS {} before); {} incomplete, {failed} failed",
+        joined.len(),
+        all_time.as_secs_f64(),
+        fmt_ms(&lat["p50"]),
+        fmt_mb(after.hwm_mb()),
+        if peak_reset { " during the join" } else { " since start" },
+        fmt_mb(before.rss_mb()),
+        bad_clients,
+    );
+    report(summary, human);
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------------------------------
+// awareness
+
+#[derive(Default)]
+struct AwarenessSeen {
+    /// Last clock seen from each client of the run.
+    last: Vec<u32>,
+    latencies_us: Vec<u64>,
+    frames: u64,
+    entries: u64,
+    echoes: u64,
+    skipped: u64,
+    stale: u64,
+    errors: Vec<String>,
+    disconnected: bool,
+}
+
+async fn awareness(args: &Args) -> Res<bool> {
+    let url = args.url()?;
+    let n: usize = args.num("clients", 200)?;
+    let duration = args.secs("duration", 10.0)?;
+    let interval = Duration::from_millis(args.num("interval-ms", 1000u64)?.max(1));
+    let concurrency: usize = args.num("concurrency", 200)?;
+    let pid = args.pid()?;
+    check_fd_limit(n + 64)?;
+    let rounds = (duration.as_secs_f64() / interval.as_secs_f64()).round() as u32;
+    let ids: Arc<Vec<u64>> = Arc::new((0..n).map(|_| random_id()).collect());
+    let index: Arc<HashMap<u64, usize>> =
+        Arc::new(ids.iter().enumerate().map(|(i, &id)| (id, i)).collect());
+    let base = Instant::now();
+
+    let conns = open_many(&url, n, concurrency).await?;
+    let peak_reset = pid.is_some_and(reset_peak);
+    let before = Sample::take(pid);
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    // Count what arrives until the last round had time to arrive.
+    let end = t0 + interval * rounds + Duration::from_secs(2);
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (ws, _)) in conns.into_iter().enumerate() {
+        let (ids, index, sent) = (ids.clone(), index.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = AwarenessSeen {
+                last: vec![0; ids.len()],
+                ..Default::default()
+            };
+            let (mut sink, mut source) = ws.split();
+            let phase = interval.mul_f64(i as f64 / ids.len() as f64);
+            let write = async {
+                for k in 0..rounds {
+                    tokio::time::sleep_until(t0 + phase + interval * k).await;
+                    let state = format!(
+                        r#"{{"user":{{"name":"load-{i}"}},"t":{},"k":{k}}}"#,
+                        base.elapsed().as_micros()
+                    );
+                    let update = AwarenessUpdate {
+                        clients: HashMap::from([(
+                            ClientID::new(ids[i]),
+                            AwarenessUpdateEntry {
+                                clock: k + 1,
+                                json: state.into(),
+                            },
+                        )]),
+                    };
+                    sink.send(binary(&Message::Awareness(update))).await?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, Error>(())
+            };
+            let read = async {
+                loop {
+                    let m = tokio::select! {
+                        m = source.next() => m,
+                        _ = tokio::time::sleep_until(end) => break,
+                    };
+                    let frame = match m {
+                        Some(Ok(WsMessage::Binary(b))) => b,
+                        Some(Ok(WsMessage::Close(_))) | None => {
+                            seen.disconnected = true;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            seen.errors.push(e.to_string());
+                            seen.disconnected = true;
+                            break;
+                        }
+                        Some(Ok(_)) => continue,
+                    };
+                    let now = base.elapsed().as_micros() as u64;
+                    let update = match decode(&frame) {
+                        Ok(Message::Awareness(u)) => u,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            seen.errors.push(format!("undecodable frame: {e}"));
+                            continue;
+                        }
+                    };
+                    seen.frames += 1;
+                    for (client, entry) in update.clients {
+                        let Some(&from) = index.get(&client.get()) else {
+                            continue;
+                        };
+                        if &*entry.json == "null" {
+                            continue;
+                        }
+                        let last = seen.last[from];
+                        if entry.clock <= last {
+                            seen.stale += 1;
+                            continue;
+                        }
+                        seen.skipped += u64::from(entry.clock - last - 1);
+                        seen.last[from] = entry.clock;
+                        seen.entries += 1;
+                        if from == i {
+                            seen.echoes += 1;
+                        }
+                        let t = serde_json::from_str::<serde_json::Value>(&entry.json)
+                            .ok()
+                            .and_then(|v| v["t"].as_u64());
+                        match t {
+                            Some(t) => seen.latencies_us.push(now.saturating_sub(t)),
+                            None => seen
+                                .errors
+                                .push(format!("state without time: {}", entry.json)),
+                        }
+                    }
+                }
+            };
+            let (written, ()) = tokio::join!(write, read);
+            if let Err(e) = written {
+                seen.errors.push(format!("send failed: {e}"));
+            }
+            if let Ok(ws) = sink.reunite(source) {
+                if !seen.disconnected {
+                    close(ws).await;
+                }
+            }
+            seen
+        }));
+    }
+    let mut clients = Vec::with_capacity(n);
+    for t in tasks {
+        clients.push(t.await?);
+    }
+    let after = Sample::take(pid);
+
+    let sent = sent.load(Ordering::Relaxed);
+    let expected = sent * n as u64;
+    let entries: u64 = clients.iter().map(|c| c.entries).sum();
+    let frames: u64 = clients.iter().map(|c| c.frames).sum();
+    let echoes: u64 = clients.iter().map(|c| c.echoes).sum();
+    let skipped: u64 = clients.iter().map(|c| c.skipped).sum();
+    let stale: u64 = clients.iter().map(|c| c.stale).sum();
+    let disconnected = clients.iter().filter(|c| c.disconnected).count();
+    let errors: Vec<&String> = clients
+        .iter()
+        .flat_map(|c| c.errors.iter())
+        .take(5)
+        .collect();
+    let mut lat: Vec<u64> = clients
+        .iter()
+        .flat_map(|c| c.latencies_us.iter().copied())
+        .collect();
+    let lat = latency_ms(&mut lat);
+    let window = (interval * rounds).as_secs_f64().max(1e-9);
+    let missing = expected.saturating_sub(entries);
+    let ok = disconnected == 0 && errors.is_empty() && sent == u64::from(rounds) * n as u64;
+    let summary = json!({
+        "scenario": "awareness",
+        "url": url,
+        "clients": n,
+        "interval_ms": interval.as_millis() as u64,
+        "duration_s": round(window, 2),
+        "sent": sent,
+        "expected_states": expected,
+        "received_states": entries,
+        "missing_states": missing,
+        "skipped_clocks": skipped,
+        "stale_states": stale,
+        "echoes": echoes,
+        "messages_received": frames,
+        "messages_received_per_s": round(frames as f64 / window, 0),
+        "states_received_per_s": round(entries as f64 / window, 0),
+        "latency_ms": lat,
+        "clients_disconnected": disconnected,
+        "errors": errors,
+        "server_rss_mb": after.rss_mb(),
+        "server_peak_rss_mb": after.hwm_mb(),
+        "peak_since": if peak_reset { "scenario start" } else { "server start" },
+        "cpu": cpu_used(&before, &after),
+        "ok": ok,
+    });
+    let human = format!(
+        "awareness: {n} clients, {sent} states sent -> {frames} messages received ({:.0}/s), {entries}/{expected} states (missing {missing}), latency p50 {} p99 {} max {}; server RSS {}",
+        frames as f64 / window,
+        fmt_ms(&lat["p50"]),
+        fmt_ms(&lat["p99"]),
+        fmt_ms(&lat["max"]),
+        fmt_mb(after.rss_mb()),
+    );
+    report(summary, human);
+    Ok(ok)
+}
