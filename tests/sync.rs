@@ -552,7 +552,7 @@ async fn pings_are_sent_and_a_silent_peer_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_while_the_others_keep_receiving() {
-    let options = ServerOptions::default().send_queue(8);
+    let options = ServerOptions::default().send_queue(32);
     let (server, addr) = dynamic_server(options).await;
     let mut writer = Peer::join(addr, "r").await;
     let mut fast = Peer::join(addr, "r").await;

@@ -108,6 +108,9 @@ async fn read(
                     control.close(code, reason);
                     return;
                 }
+                // The writer shares the socket's lock: give it a turn between frames, or a
+                // peer that floods us would starve its own replies.
+                tokio::task::yield_now().await;
             }
             Some(Ok(Message::Text(_))) => {
                 tracing::warn!("text frame received; closing");
