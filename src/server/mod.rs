@@ -28,7 +28,7 @@ pub use error::ApiError;
 pub use options::{ScalarAssets, ServerOptions, DEFAULT_PORT};
 pub use state::ServerState;
 
-use crate::sync::{SyncConfig, SyncHub};
+use crate::sync::SyncHub;
 use crate::workspace::{WorkspaceClient, WorkspaceDefinition};
 
 /// Why a server could not be created or started.
@@ -128,10 +128,7 @@ pub fn create_server(
         },
     );
     let scalar_html = docs::scalar_page(&options.title, &options.scalar);
-    let sync = Arc::new(SyncHub::new(
-        SyncConfig::new(&options, !map.is_empty()),
-        map.clone(),
-    ));
+    let sync = Arc::new(SyncHub::new(options.clone(), map.clone()));
     Ok(Server {
         state: ServerState::new(map, document, scalar_html.into(), sync),
         options,

@@ -16,13 +16,9 @@ const MERGE_MIN_BYTES: usize = 64 << 10;
 /// Folds updates into one by replaying them through a doc (which also drops deleted
 /// content). `None` if one does not decode or apply.
 fn fold<'a>(updates: impl Iterator<Item = &'a Vec<u8>>) -> Option<Vec<u8>> {
-    use yrs::updates::decoder::Decode;
     use yrs::{ReadTxn, Transact};
     let doc = yrs::Doc::new();
-    for bytes in updates {
-        let update = yrs::Update::decode_v1(bytes).ok()?;
-        doc.transact_mut().apply_update(update).ok()?;
-    }
+    super::replay(&doc, updates).ok()?;
     let folded = doc
         .transact()
         .encode_state_as_update_v1(&yrs::StateVector::default());

@@ -21,6 +21,24 @@ pub use memory::MemoryStorage;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStorage};
 
+/// Applies stored v1 updates to `doc` in order, one transaction each (many updates in one
+/// transaction is quadratic in yrs). On failure, says which update and why.
+pub(crate) fn replay<'a>(
+    doc: &yrs::Doc,
+    updates: impl IntoIterator<Item = &'a Vec<u8>>,
+) -> Result<(), String> {
+    use yrs::updates::decoder::Decode;
+    use yrs::Transact;
+    for (n, bytes) in updates.into_iter().enumerate() {
+        let update = yrs::Update::decode_v1(bytes)
+            .map_err(|e| format!("update #{n} does not decode: {e}"))?;
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(|e| format!("update #{n} does not apply: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A boxed future, as the object-safe storage traits return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -34,7 +34,7 @@ pub(crate) async fn run(socket: WebSocket, hub: Arc<SyncHub>, id: String) {
 
 async fn serve(socket: WebSocket, hub: &Arc<SyncHub>, id: String, conn: u64) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(hub.config.send_queue);
+    let (tx, rx) = mpsc::channel(hub.options.send_queue.max(1));
     let control = Arc::new(Control::default());
     let out = Outbox {
         tx,
@@ -62,7 +62,7 @@ async fn serve(socket: WebSocket, hub: &Arc<SyncHub>, id: String, conn: u64) {
             sink,
             rx,
             control.clone(),
-            hub.config.ping_interval,
+            hub.options.ping_interval,
             alive.clone(),
         )
         .in_current_span(),
@@ -194,14 +194,21 @@ async fn write(
         let sent = tokio::select! {
             biased;
             _ = control.cancel.cancelled() => break,
-            Some(done) = acks.next(), if !acks.is_empty() => match done {
-                Ok(frame) => send(&mut sink, &control, vec![Message::Binary(frame)]).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "storage failed; cannot acknowledge");
-                    control.close(close::INTERNAL_ERROR, "storage failed");
-                    break;
+            Some(first) = acks.next(), if !acks.is_empty() => {
+                // One commit usually makes many echoes durable at once: send them together.
+                let mut done = vec![first];
+                while let Some(Some(next)) = acks.next().now_or_never() {
+                    done.push(next);
                 }
-            },
+                match done.into_iter().map(|d| d.map(Message::Binary)).collect() {
+                    Ok(frames) => send(&mut sink, &control, frames).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "storage failed; cannot acknowledge");
+                        control.close(close::INTERNAL_ERROR, "storage failed");
+                        break;
+                    }
+                }
+            }
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     break;

@@ -37,14 +37,7 @@ impl DynamicDoc {
             guid: id.into(),
             ..Options::default()
         });
-        // One transaction per stored update (one big transaction is quadratic in yrs).
-        for (n, bytes) in updates.iter().enumerate() {
-            let update = Update::decode_v1(bytes)
-                .map_err(|e| format!("stored update #{n} is damaged: {e}"))?;
-            doc.transact_mut()
-                .apply_update(update)
-                .map_err(|e| format!("stored update #{n} cannot be applied: {e}"))?;
-        }
+        crate::storage::replay(&doc, &updates).map_err(|e| format!("stored {e}"))?;
         let s = storage.clone();
         doc.observe_update_v1(STORAGE_OBSERVER, move |_, event| {
             s.append(event.update.clone(), Vec::new());

@@ -17,7 +17,6 @@ use super::dynamic::DynamicDoc;
 use super::protocol::close;
 use super::room::{Outbox, Room, RoomDoc};
 use crate::server::ServerOptions;
-use crate::storage::StorageProvider;
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
@@ -50,30 +49,6 @@ pub struct SyncStats {
     pub slow_consumer_closes: u64,
     /// Rooms loaded now.
     pub rooms_open: usize,
-}
-
-/// Settings the sync side takes from [`ServerOptions`].
-#[derive(Clone)]
-pub(crate) struct SyncConfig {
-    pub dynamic_docs: bool,
-    pub storage: Arc<dyn StorageProvider>,
-    pub ping_interval: Duration,
-    pub room_idle_timeout: Duration,
-    pub max_message_size: usize,
-    pub send_queue: usize,
-}
-
-impl SyncConfig {
-    pub fn new(options: &ServerOptions, has_workspaces: bool) -> Self {
-        SyncConfig {
-            dynamic_docs: options.dynamic_docs.unwrap_or(!has_workspaces),
-            storage: options.storage.clone(),
-            ping_interval: options.ping_interval,
-            room_idle_timeout: options.room_idle_timeout,
-            max_message_size: options.max_message_size,
-            send_queue: options.send_queue.max(1),
-        }
-    }
 }
 
 enum Slot {
@@ -109,7 +84,10 @@ impl JoinError {
 /// The server's sync rooms and connections. Reach it with
 /// [`Server::sync`](crate::server::Server::sync).
 pub struct SyncHub {
-    pub(crate) config: SyncConfig,
+    /// The server's options (ping interval, idle timeout, sizes, dynamic-doc storage).
+    pub(crate) options: ServerOptions,
+    /// Whether unknown ids get a dynamic doc (the option, else: no workspaces).
+    dynamic_docs: bool,
     clients: BTreeMap<String, WorkspaceClient>,
     rooms: Mutex<HashMap<String, Arc<Entry>>>,
     /// Ids of the loaded rooms.
@@ -130,9 +108,10 @@ impl std::fmt::Debug for SyncHub {
 }
 
 impl SyncHub {
-    pub(crate) fn new(config: SyncConfig, clients: BTreeMap<String, WorkspaceClient>) -> Self {
+    pub(crate) fn new(options: ServerOptions, clients: BTreeMap<String, WorkspaceClient>) -> Self {
         SyncHub {
-            config,
+            dynamic_docs: options.dynamic_docs.unwrap_or(clients.is_empty()),
+            options,
             clients,
             rooms: Mutex::default(),
             live: Mutex::default(),
@@ -151,7 +130,7 @@ impl SyncHub {
 
     /// Whether dynamic docs are on.
     pub fn dynamic_docs(&self) -> bool {
-        self.config.dynamic_docs
+        self.dynamic_docs
     }
 
     /// Room events (opened, evicted) from now on.
@@ -179,8 +158,8 @@ impl SyncHub {
         upgrade
             // A small read buffer keeps idle connections cheap; it grows for big frames.
             .read_buffer_size(4096)
-            .max_message_size(self.config.max_message_size)
-            .max_frame_size(self.config.max_message_size)
+            .max_message_size(self.options.max_message_size)
+            .max_frame_size(self.options.max_message_size)
             .on_upgrade(move |socket| {
                 let tracker = hub.tracker.clone();
                 tracker.track_future(super::connection::run(socket, hub, id))
@@ -206,7 +185,7 @@ impl SyncHub {
                     None => {
                         let dynamic = if self.clients.contains_key(id) {
                             false
-                        } else if self.config.dynamic_docs {
+                        } else if self.dynamic_docs {
                             true
                         } else {
                             return Err(JoinError::NotFound);
@@ -226,7 +205,7 @@ impl SyncHub {
                 Slot::Live(room) => room.clone(),
                 Slot::Empty => {
                     let doc = if entry.dynamic {
-                        match DynamicDoc::open(self.config.storage.clone(), id.to_string()).await {
+                        match DynamicDoc::open(self.options.storage.clone(), id.to_string()).await {
                             Ok(doc) => RoomDoc::Dynamic(doc),
                             Err(e) => {
                                 tracing::error!(room = id, error = %e, "cannot load a dynamic doc");
@@ -269,7 +248,7 @@ impl SyncHub {
         let hub = self.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(hub.config.room_idle_timeout) => {}
+                _ = tokio::time::sleep(hub.options.room_idle_timeout) => {}
                 // Shutdown evicts every room itself.
                 _ = hub.shutdown.cancelled() => return,
             }

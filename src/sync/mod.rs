@@ -24,6 +24,5 @@ mod hub;
 mod protocol;
 mod room;
 
-pub(crate) use hub::SyncConfig;
 pub use hub::{RoomEvent, SyncHub, SyncStats};
 pub use protocol::{close, MSG_SYNC_STATUS};

@@ -327,12 +327,10 @@ impl Room {
         }
     }
 
-    /// Stops the fan-out and releases the room's state; a dynamic doc is flushed and its
-    /// storage closed.
+    /// Stops the fan-out; a dynamic doc is flushed and its storage closed. The rest of
+    /// the room's state goes when the registry drops it.
     pub async fn release(&self) {
         let _ = self.doc.doc().unobserve_update_v1(ROOM_OBSERVER);
-        *lock(&self.awareness) = Awareness::new(Doc::new());
-        *self.full_state.lock().await = None;
         if let RoomDoc::Dynamic(doc) = &self.doc {
             if let Err(e) = doc.close().await {
                 tracing::error!(room = %self.id, error = %e, "closing a dynamic doc failed");

@@ -72,16 +72,8 @@ fn open_and_load(
         ..Options::default()
     });
     let core = Core::new(definition, doc);
-    // One transaction per stored update: yrs makes applying many updates inside a single
-    // transaction quadratic, while separate small transactions stay linear.
-    for (n, bytes) in updates.iter().enumerate() {
-        let update = Update::decode_v1(bytes)
-            .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
-        core.doc
-            .transact_mut()
-            .apply_update(update)
-            .map_err(|e| WorkspaceError::BadUpdate(format!("stored update #{n}: {e}")))?;
-    }
+    crate::storage::replay(&core.doc, &updates)
+        .map_err(|e| WorkspaceError::BadUpdate(format!("stored {e}")))?;
     if core.doc.transact().store().pending_update().is_some() {
         tracing::warn!(
             workspace = %core.definition.id,

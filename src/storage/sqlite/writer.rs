@@ -12,7 +12,6 @@ use std::sync::{mpsc, Arc};
 
 use rusqlite::{params, Connection};
 use tokio::sync::{oneshot, watch};
-use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, Transact};
 
 use super::mirror::Mirror;
@@ -174,20 +173,12 @@ impl Writer {
         let tx = self.conn.transaction().map_err(&err)?;
         let (updates, last) = read_all(&tx, &self.path)?;
         let doc = yrs::Doc::new();
-        // One transaction per update: many updates in one transaction is quadratic in yrs.
-        for (n, bytes) in updates.iter().enumerate() {
-            let update =
-                yrs::Update::decode_v1(bytes).map_err(|e| crate::error::StorageError::Damaged {
-                    path: self.path.display().to_string(),
-                    detail: format!("update #{n} does not decode: {e}"),
-                })?;
-            doc.transact_mut().apply_update(update).map_err(|e| {
-                crate::error::StorageError::Damaged {
-                    path: self.path.display().to_string(),
-                    detail: format!("update #{n} does not apply: {e}"),
-                }
-            })?;
-        }
+        super::super::replay(&doc, &updates).map_err(|detail| {
+            crate::error::StorageError::Damaged {
+                path: self.path.display().to_string(),
+                detail,
+            }
+        })?;
         let snapshot = doc
             .transact()
             .encode_state_as_update_v1(&yrs::StateVector::default());
