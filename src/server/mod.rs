@@ -315,24 +315,14 @@ impl Server {
     }
 }
 
-/// `GET /workspaces/{ws}/sync`: upgrades to a y-websocket connection of room `ws`.
+/// `GET /workspaces/{ws}/sync`: upgrades to a y-websocket connection of room `ws` (a
+/// request that is not a WebSocket upgrade gets 426).
 async fn sync_route(
     axum::extract::State(state): axum::extract::State<ServerState>,
     axum::extract::Path(ws): axum::extract::Path<String>,
-    upgrade: Result<
-        axum::extract::ws::WebSocketUpgrade,
-        axum::extract::ws::rejection::WebSocketUpgradeRejection,
-    >,
+    upgrade: crate::sync::SyncUpgrade,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match upgrade {
-        Ok(upgrade) => state.inner.sync.upgrade(upgrade, ws),
-        Err(rejection) => ApiError::new(
-            axum::http::StatusCode::UPGRADE_REQUIRED,
-            format!("this route speaks the y-websocket protocol over a WebSocket ({rejection})"),
-        )
-        .into_response(),
-    }
+    state.inner.sync.upgrade(upgrade, ws)
 }
 
 /// Resolves on SIGINT or (on Unix) SIGTERM.

@@ -1,29 +1,55 @@
-//! One sync connection: a reader (this task) that handles inbound messages in order, and
-//! a writer task fed by a bounded queue that sends frames, SYNC_STATUS echoes once durable,
-//! and pings.
+//! One sync connection, served by one task that owns its socket: it handles inbound
+//! messages in order, and between them sends what the room queued for it (many frames
+//! per flush), SYNC_STATUS echoes once durable, and pings.
+//!
+//! Big messages (a large doc's step2) go out in fragments, so a connection never copies a
+//! whole message into its write buffer: 150 joiners of a 20 MB doc share one encoding.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Interval, MissedTickBehavior};
 use tracing::Instrument;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
 use super::hub::SyncHub;
 use super::protocol::{self, close, Inbound};
-use super::room::{Control, Out, Outbox, Room};
+use super::room::{Out, Outbox, Room};
+use super::upgrade::Socket;
 use crate::storage::BoxFuture;
+use crate::StorageError;
 
-/// How long a close frame may take to send, and the peer's answer to arrive.
+/// How long a close frame may take to send and the peer's answer to arrive.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Most frames written before one flush.
-const BATCH: usize = 64;
+/// Messages longer than this are sent as fragments of this size.
+const FRAGMENT: usize = 16 * 1024;
+/// Bytes the socket reads at a time; small, so idle connections stay cheap (a big frame
+/// still gets a buffer of its size).
+const READ_BUFFER: usize = 1024;
+/// Bytes of frames gathered before a write; a flush writes the rest.
+const WRITE_BUFFER: usize = 16 * 1024;
 
-pub(crate) async fn run(socket: WebSocket, hub: Arc<SyncHub>, id: String) {
+/// The WebSocket settings of sync connections.
+pub(crate) fn config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+}
+
+pub(crate) async fn run(socket: Socket, hub: Arc<SyncHub>, id: String) {
     let conn = hub.next_conn_id();
     let span = tracing::info_span!("sync", room = %id, conn);
     hub.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -32,120 +58,59 @@ pub(crate) async fn run(socket: WebSocket, hub: Arc<SyncHub>, id: String) {
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve(socket: WebSocket, hub: &Arc<SyncHub>, id: String, conn: u64) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(hub.options.send_queue.max(1));
-    let control = Arc::new(Control::default());
-    let out = Outbox {
-        tx,
-        control: control.clone(),
-        stats: hub.stats.clone(),
-    };
+async fn serve(mut socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
+    let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
     let (entry, room) = match hub.join(&id, conn, out.clone()).await {
         Ok(joined) => joined,
         Err(e) => {
             let (code, reason) = e.close_frame(&id);
             tracing::info!(code, %reason, "connection refused");
-            let frame = Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }));
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(frame)).await;
-            drain(&mut stream).await;
+            close_socket(&mut socket, code, &reason).await;
             return;
         }
     };
     tracing::debug!("connected");
-    let alive = Arc::new(AtomicBool::new(true));
-    let writer = tokio::spawn(
-        write(
-            sink,
-            rx,
-            control.clone(),
-            hub.options.ping_interval,
-            alive.clone(),
-        )
-        .in_current_span(),
-    );
-    read(&mut stream, hub, &room, conn, &out, &alive).await;
-    control.cancel.cancel();
-    let _ = writer.await;
-    if let Some((code, reason)) = control.reason() {
-        tracing::info!(code, %reason, "closed by the server");
-        drain(&mut stream).await;
-    } else {
-        tracing::debug!("disconnected");
-    }
-    drop(out);
-    hub.leave(entry, room, conn);
-}
-
-/// Handles inbound frames in order until the peer leaves or the connection is closed.
-async fn read(
-    stream: &mut SplitStream<WebSocket>,
-    hub: &SyncHub,
-    room: &Room,
-    conn: u64,
-    out: &Outbox,
-    alive: &AtomicBool,
-) {
-    let control = &out.control;
+    let mut io = Io::new(socket, hub.options.ping_interval);
+    let mut shutdown = pin!(hub.shutdown.cancelled());
     loop {
-        let message = tokio::select! {
-            _ = control.cancel.cancelled() => return,
-            _ = hub.shutdown.cancelled() => {
-                control.close(close::GOING_AWAY, "server shutting down");
-                return;
+        let event = poll_fn(|cx| {
+            if shutdown.as_mut().poll(cx).is_ready() {
+                out.close(close::GOING_AWAY, "server shutting down");
             }
-            message = stream.next() => message,
-        };
-        alive.store(true, Ordering::Relaxed);
-        match message {
-            None => return,
-            Some(Ok(Message::Binary(frame))) => {
-                if let Err((code, reason)) = handle(room, conn, out, frame).await {
+            io.poll_event(cx, &out)
+        })
+        .await;
+        match event {
+            Event::Frame(frame) => {
+                if let Err((code, reason)) = handle(&room, conn, &out, frame).await {
                     tracing::warn!(code, %reason, "closing the connection after bad input");
-                    control.close(code, reason);
-                    return;
+                    out.close(code, reason);
                 }
-                // The writer shares the socket's lock: give it a turn between frames, or a
-                // peer that floods us would starve its own replies.
-                tokio::task::yield_now().await;
             }
-            Some(Ok(Message::Text(_))) => {
+            Event::Text => {
                 tracing::warn!("text frame received; closing");
-                control.close(
+                out.close(
                     close::UNSUPPORTED_DATA,
                     "text frames are not supported: send binary y-websocket messages",
                 );
-                return;
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            // The peer is closing: keep reading so the close handshake completes.
-            Some(Ok(Message::Close(_))) => {}
-            Some(Err(e)) => {
-                if too_big(&e) {
-                    tracing::warn!(error = %e, "message too big; closing");
-                    control.close(close::MESSAGE_TOO_BIG, "message too big");
-                } else {
-                    tracing::debug!(error = %e, "read failed");
-                }
-                return;
+            Event::TooBig => {
+                tracing::warn!("message too big; closing");
+                out.close(close::MESSAGE_TOO_BIG, "message too big");
+            }
+            Event::Close(code, reason) => {
+                tracing::info!(code, %reason, "closed by the server");
+                close_socket(&mut io.socket, code, &reason).await;
+                break;
+            }
+            Event::Gone(why) => {
+                tracing::debug!(%why, "disconnected");
+                break;
             }
         }
     }
-}
-
-/// Whether a read failed because a frame or message exceeded the size limit.
-fn too_big(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    drop(io);
+    hub.leave(entry, room, conn);
 }
 
 /// Handles one inbound frame.
@@ -174,107 +139,233 @@ async fn handle(room: &Room, conn: u64, out: &Outbox, frame: Bytes) -> Result<()
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+/// What the connection's task must act on next.
+enum Event {
+    /// A binary message arrived.
+    Frame(Bytes),
+    /// A text message arrived.
+    Text,
+    /// An inbound message was over the size limit.
+    TooBig,
+    /// The server is closing the connection: send this close frame.
+    Close(u16, String),
+    /// The connection is over (the peer left, a write failed, no answer to a ping).
+    Gone(String),
+}
 
-/// Sends queued frames (many per flush), SYNC_STATUS echoes in order once durable, and
-/// pings; then the close frame, if the server is closing.
-async fn write(
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<Out>,
-    control: Arc<Control>,
-    ping_interval: Duration,
-    alive: Arc<AtomicBool>,
-) {
-    let mut acks: FuturesOrdered<BoxFuture<Result<Bytes, crate::StorageError>>> =
-        FuturesOrdered::new();
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let mut batch = Vec::new();
-    loop {
-        let sent = tokio::select! {
-            biased;
-            _ = control.cancel.cancelled() => break,
-            Some(first) = acks.next(), if !acks.is_empty() => {
-                // One commit usually makes many echoes durable at once: send them together.
-                let mut done = vec![first];
-                while let Some(Some(next)) = acks.next().now_or_never() {
-                    done.push(next);
-                }
-                match done.into_iter().map(|d| d.map(Message::Binary)).collect() {
-                    Ok(frames) => send(&mut sink, &control, frames).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "storage failed; cannot acknowledge");
-                        control.close(close::INTERNAL_ERROR, "storage failed");
-                        break;
-                    }
+/// The socket and everything waiting to go out on it.
+struct Io {
+    socket: Socket,
+    /// Items just taken from the queue (swapped with it, so both buffers are reused).
+    taken: VecDeque<Out>,
+    /// Frames to send, in order.
+    frames: VecDeque<Bytes>,
+    /// The message being sent in fragments, and how much of it is sent.
+    partial: Option<(Bytes, usize)>,
+    /// SYNC_STATUS echoes waiting for durability, in order.
+    acks: FuturesOrdered<BoxFuture<Result<Bytes, StorageError>>>,
+    /// SYNC_STATUS echoes ready to send.
+    echoes: VecDeque<Bytes>,
+    ping: Interval,
+    ping_due: bool,
+    /// Whether anything arrived since the last ping.
+    alive: bool,
+    /// Whether frames were written since the last flush.
+    unflushed: bool,
+}
+
+impl Io {
+    fn new(socket: Socket, ping_interval: Duration) -> Io {
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Io {
+            socket,
+            taken: VecDeque::new(),
+            frames: VecDeque::new(),
+            partial: None,
+            acks: FuturesOrdered::new(),
+            echoes: VecDeque::new(),
+            ping,
+            ping_due: false,
+            alive: true,
+            unflushed: false,
+        }
+    }
+
+    /// Takes what is queued, sends what the socket accepts, and returns the next inbound
+    /// message or the reason to stop.
+    fn poll_event(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Poll<Event> {
+        // Frames are taken from the queue only once the previous batch is sent, so a
+        // peer that stops reading fills its queue (and is closed) instead of this buffer.
+        if self.frames.is_empty() {
+            if let Some((code, reason)) = out.poll_take(cx, Some(&mut self.taken)) {
+                return Poll::Ready(Event::Close(code, reason));
+            }
+            for item in self.taken.drain(..) {
+                match item {
+                    Out::Frame(frame) => self.frames.push_back(frame),
+                    Out::Ack(durable, frame) => self
+                        .acks
+                        .push_back(Box::pin(async move { durable.await.map(|()| frame) })),
                 }
             }
-            n = rx.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    break;
+            shrink(&mut self.taken);
+        } else if let Some((code, reason)) = out.poll_take(cx, None) {
+            return Poll::Ready(Event::Close(code, reason));
+        }
+        while let Poll::Ready(Some(done)) = self.acks.poll_next_unpin(cx) {
+            match done {
+                Ok(frame) => self.echoes.push_back(frame),
+                Err(e) => {
+                    tracing::error!(error = %e, "storage failed; cannot acknowledge");
+                    out.close(close::INTERNAL_ERROR, "storage failed");
+                    return Poll::Ready(Event::Close(
+                        close::INTERNAL_ERROR,
+                        "storage failed".into(),
+                    ));
                 }
-                let mut frames = Vec::with_capacity(n);
-                for item in batch.drain(..) {
-                    match item {
-                        Out::Frame(frame) => frames.push(Message::Binary(frame)),
-                        Out::Ack(durable, frame) => {
-                            acks.push_back(Box::pin(async move { durable.await.map(|()| frame) }));
-                        }
-                    }
-                }
-                send(&mut sink, &control, frames).await
             }
-            _ = ping.tick() => {
-                if !alive.swap(false, Ordering::Relaxed) {
-                    tracing::info!("no answer to the last ping; dropping the connection");
-                    break;
-                }
-                send(&mut sink, &control, vec![Message::Ping(Bytes::new())]).await
+        }
+        if self.ping.poll_tick(cx).is_ready() {
+            if !std::mem::replace(&mut self.alive, false) {
+                return Poll::Ready(Event::Gone("no answer to the last ping".into()));
             }
+            self.ping_due = true;
+        }
+        if let Err(e) = self.poll_write(cx) {
+            return Poll::Ready(Event::Gone(format!("write failed: {e}")));
+        }
+        loop {
+            let message = match self.socket.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Event::Gone("the peer left".into())),
+                Poll::Ready(Some(Err(tungstenite::Error::Capacity(_)))) => {
+                    return Poll::Ready(Event::TooBig)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Event::Gone(format!("read failed: {e}")))
+                }
+                Poll::Ready(Some(Ok(message))) => message,
+            };
+            self.alive = true;
+            match message {
+                Message::Binary(frame) => return Poll::Ready(Event::Frame(frame)),
+                Message::Text(_) => return Poll::Ready(Event::Text),
+                // Pings are answered by the socket; a close is answered, then the
+                // stream ends.
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Sends what is waiting while the socket accepts it, then flushes.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
+        while self.has_output() {
+            match self.socket.poll_ready_unpin(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(result) => result?,
+            }
+            let message = self.next_message();
+            self.socket.start_send_unpin(message)?;
+            self.unflushed = true;
+        }
+        shrink(&mut self.frames);
+        if self.unflushed {
+            match self.socket.poll_flush_unpin(cx) {
+                Poll::Pending => {}
+                Poll::Ready(result) => {
+                    result?;
+                    self.unflushed = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn has_output(&self) -> bool {
+        self.partial.is_some()
+            || self.ping_due
+            || !self.echoes.is_empty()
+            || !self.frames.is_empty()
+    }
+
+    /// The next message to send: the rest of a fragmented message first, then a ping,
+    /// echoes, frames.
+    fn next_message(&mut self) -> Message {
+        if let Some((message, sent)) = self.partial.take() {
+            let end = (sent + FRAGMENT).min(message.len());
+            let last = end == message.len();
+            if !last {
+                self.partial = Some((message.clone(), end));
+            }
+            return Message::Frame(Frame::message(
+                message.slice(sent..end),
+                OpCode::Data(Data::Continue),
+                last,
+            ));
+        }
+        if std::mem::take(&mut self.ping_due) {
+            return Message::Ping(Bytes::new());
+        }
+        let frame = match self.echoes.pop_front() {
+            Some(echo) => echo,
+            None => self.frames.pop_front().unwrap_or_default(),
         };
-        if !sent {
-            break;
+        if frame.len() <= FRAGMENT {
+            return Message::Binary(frame);
         }
-    }
-    control.cancel.cancel();
-    if let Some((code, reason)) = control.reason() {
-        let frame = Message::Close(Some(CloseFrame {
-            code: *code,
-            reason: reason.as_str().into(),
-        }));
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(frame)).await;
+        self.partial = Some((frame.clone(), FRAGMENT));
+        Message::Frame(Frame::message(
+            frame.slice(..FRAGMENT),
+            OpCode::Data(Data::Binary),
+            false,
+        ))
     }
 }
 
-/// Writes `frames` and flushes once; gives up (false) if the connection is closed or
-/// the write fails.
-async fn send(sink: &mut Sink, control: &Control, frames: Vec<Message>) -> bool {
-    if frames.is_empty() {
-        return true;
+/// Gives back the memory of a buffer a burst grew, once it is empty again.
+fn shrink<T>(buffer: &mut VecDeque<T>) {
+    if buffer.is_empty() && buffer.capacity() > 64 {
+        *buffer = VecDeque::new();
     }
-    let write = async {
-        for frame in frames {
-            sink.feed(frame).await?;
-        }
-        sink.flush().await
+}
+
+/// Sends a close frame after whatever is already in the socket's buffer, then reads
+/// until the peer answers (or the grace period ends), so the close frame is not cut off
+/// by a reset.
+async fn close_socket(socket: &mut Socket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
     };
-    tokio::select! {
-        result = write => match result {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "write failed");
-                false
-            }
-        },
-        _ = control.cancel.cancelled() => false,
+    // Queued without waiting for the socket: a peer that stopped reading still gets the
+    // close frame if it reads again within the grace period.
+    if socket
+        .start_send_unpin(Message::Close(Some(frame)))
+        .is_err()
+    {
+        return;
     }
-}
-
-/// Reads until the peer closes (or a short grace period ends), so a close frame sent
-/// to it is not cut off by a reset.
-async fn drain(stream: &mut SplitStream<WebSocket>) {
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = stream.next().await {}
-    })
+    let mut flushed = false;
+    let _ = tokio::time::timeout(
+        CLOSE_GRACE,
+        poll_fn(|cx| {
+            if !flushed {
+                match socket.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => flushed = true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                }
+            }
+            loop {
+                match socket.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }),
+    )
     .await;
 }

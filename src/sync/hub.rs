@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::dynamic::DynamicDoc;
 use super::protocol::close;
 use super::room::{Outbox, Room, RoomDoc};
+use super::upgrade::SyncUpgrade;
 use crate::server::ServerOptions;
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
@@ -153,17 +153,12 @@ impl SyncHub {
     }
 
     /// Upgrades a request to a sync connection of room `id`.
-    pub(crate) fn upgrade(self: &Arc<Self>, upgrade: WebSocketUpgrade, id: String) -> Response {
+    pub(crate) fn upgrade(self: &Arc<Self>, upgrade: SyncUpgrade, id: String) -> Response {
         let hub = self.clone();
-        upgrade
-            // A small read buffer keeps idle connections cheap; it grows for big frames.
-            .read_buffer_size(4096)
-            .max_message_size(self.options.max_message_size)
-            .max_frame_size(self.options.max_message_size)
-            .on_upgrade(move |socket| {
-                let tracker = hub.tracker.clone();
-                tracker.track_future(super::connection::run(socket, hub, id))
-            })
+        let config = super::connection::config(self.options.max_message_size);
+        upgrade.accept(&self.tracker, config, move |socket| {
+            super::connection::run(socket, hub, id)
+        })
     }
 
     /// Joins connection `conn` to room `id`, loading the room if needed (once, however

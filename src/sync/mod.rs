@@ -23,6 +23,8 @@ mod dynamic;
 mod hub;
 mod protocol;
 mod room;
+mod upgrade;
 
 pub use hub::{RoomEvent, SyncHub, SyncStats};
 pub use protocol::{close, MSG_SYNC_STATUS};
+pub(crate) use upgrade::SyncUpgrade;
