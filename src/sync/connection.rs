@@ -2,12 +2,13 @@
 //! messages in order, and between them sends what the room queued for it (many frames
 //! per flush), SYNC_STATUS echoes once durable, and pings.
 //!
-//! Big messages (a large doc's step2) go out in fragments, so a connection never copies a
-//! whole message into its write buffer: 150 joiners of a 20 MB doc share one encoding.
+//! Big messages (a large doc's step2) are written from the shared bytes straight to the
+//! socket, never copied into a connection's write buffer: 150 joiners of a 20 MB doc
+//! share one encoding.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,10 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWrite;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::Instrument;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
@@ -32,8 +34,8 @@ use crate::StorageError;
 
 /// How long a close frame may take to send and the peer's answer to arrive.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Messages longer than this are sent as fragments of this size.
-const FRAGMENT: usize = 16 * 1024;
+/// Messages longer than this are written straight to the socket.
+const DIRECT: usize = 16 * 1024;
 /// Bytes the socket reads at a time; small, so idle connections stay cheap (a big frame
 /// still gets a buffer of its size).
 const READ_BUFFER: usize = 1024;
@@ -58,14 +60,19 @@ pub(crate) async fn run(socket: Socket, hub: Arc<SyncHub>, id: String) {
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve(mut socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
+async fn serve(socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
     let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
     let (entry, room) = match hub.join(&id, conn, out.clone()).await {
         Ok(joined) => joined,
         Err(e) => {
             let (code, reason) = e.close_frame(&id);
             tracing::info!(code, %reason, "connection refused");
-            close_socket(&mut socket, code, &reason).await;
+            close_socket(
+                &mut Io::new(socket, hub.options.ping_interval),
+                code,
+                &reason,
+            )
+            .await;
             return;
         }
     };
@@ -100,7 +107,7 @@ async fn serve(mut socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
             }
             Event::Close(code, reason) => {
                 tracing::info!(code, %reason, "closed by the server");
-                close_socket(&mut io.socket, code, &reason).await;
+                close_socket(&mut io, code, &reason).await;
                 break;
             }
             Event::Gone(why) => {
@@ -160,8 +167,8 @@ struct Io {
     taken: VecDeque<Out>,
     /// Frames to send, in order.
     frames: VecDeque<Bytes>,
-    /// The message being sent in fragments, and how much of it is sent.
-    partial: Option<(Bytes, usize)>,
+    /// The big message being written straight to the socket.
+    direct: Option<Direct>,
     /// SYNC_STATUS echoes waiting for durability, in order.
     acks: FuturesOrdered<BoxFuture<Result<Bytes, StorageError>>>,
     /// SYNC_STATUS echoes ready to send.
@@ -183,7 +190,7 @@ impl Io {
             socket,
             taken: VecDeque::new(),
             frames: VecDeque::new(),
-            partial: None,
+            direct: None,
             acks: FuturesOrdered::new(),
             echoes: VecDeque::new(),
             ping,
@@ -236,6 +243,11 @@ impl Io {
         if let Err(e) = self.poll_write(cx) {
             return Poll::Ready(Event::Gone(format!("write failed: {e}")));
         }
+        if self.direct.is_some() {
+            // The socket would answer a ping or a close in the middle of the frame: read
+            // once the frame is out (the write wakes this task).
+            return Poll::Pending;
+        }
         loop {
             let message = match self.socket.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -261,14 +273,32 @@ impl Io {
 
     /// Sends what is waiting while the socket accepts it, then flushes.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
-        while self.has_output() {
+        loop {
+            if self.direct.is_some() {
+                // What the socket buffered goes first.
+                if self.unflushed {
+                    match self.socket.poll_flush_unpin(cx) {
+                        Poll::Pending => return Ok(()),
+                        Poll::Ready(result) => result?,
+                    }
+                    self.unflushed = false;
+                }
+                if !self.poll_direct(cx)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.has_output() {
+                break;
+            }
             match self.socket.poll_ready_unpin(cx) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(result) => result?,
             }
-            let message = self.next_message();
-            self.socket.start_send_unpin(message)?;
-            self.unflushed = true;
+            if let Some(message) = self.next_message() {
+                self.socket.start_send_unpin(message)?;
+                self.unflushed = true;
+            }
         }
         shrink(&mut self.frames);
         if self.unflushed {
@@ -283,44 +313,95 @@ impl Io {
         Ok(())
     }
 
-    fn has_output(&self) -> bool {
-        self.partial.is_some()
-            || self.ping_due
-            || !self.echoes.is_empty()
-            || !self.frames.is_empty()
+    /// Writes the direct frame on; true once all of it is written.
+    fn poll_direct(&mut self, cx: &mut Context<'_>) -> Result<bool, tungstenite::Error> {
+        let Some(direct) = &mut self.direct else {
+            return Ok(true);
+        };
+        let stream = self.socket.get_mut();
+        while !direct.is_done() {
+            let (header, payload) = direct.rest();
+            let slices = [
+                std::io::IoSlice::new(header),
+                std::io::IoSlice::new(payload),
+            ];
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
+                Poll::Pending => return Ok(false),
+                Poll::Ready(Ok(0)) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                }
+                Poll::Ready(Ok(n)) => {
+                    direct.written += n;
+                    // The peer is taking it: as good as an answer to a ping.
+                    self.alive = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e.into()),
+            }
+        }
+        self.direct = None;
+        Ok(true)
     }
 
-    /// The next message to send: the rest of a fragmented message first, then a ping,
-    /// echoes, frames.
-    fn next_message(&mut self) -> Message {
-        if let Some((message, sent)) = self.partial.take() {
-            let end = (sent + FRAGMENT).min(message.len());
-            let last = end == message.len();
-            if !last {
-                self.partial = Some((message.clone(), end));
-            }
-            return Message::Frame(Frame::message(
-                message.slice(sent..end),
-                OpCode::Data(Data::Continue),
-                last,
-            ));
-        }
+    fn has_output(&self) -> bool {
+        self.ping_due || !self.echoes.is_empty() || !self.frames.is_empty()
+    }
+
+    /// The next message to send (a ping, echoes, frames), or `None` when it is a big
+    /// one, set up to be written directly.
+    fn next_message(&mut self) -> Option<Message> {
         if std::mem::take(&mut self.ping_due) {
-            return Message::Ping(Bytes::new());
+            return Some(Message::Ping(Bytes::new()));
         }
         let frame = match self.echoes.pop_front() {
             Some(echo) => echo,
-            None => self.frames.pop_front().unwrap_or_default(),
+            None => self.frames.pop_front()?,
         };
-        if frame.len() <= FRAGMENT {
-            return Message::Binary(frame);
+        if frame.len() <= DIRECT {
+            return Some(Message::Binary(frame));
         }
-        self.partial = Some((frame.clone(), FRAGMENT));
-        Message::Frame(Frame::message(
-            frame.slice(..FRAGMENT),
-            OpCode::Data(Data::Binary),
-            false,
-        ))
+        self.direct = Some(Direct::binary(frame));
+        None
+    }
+}
+
+/// A binary frame written from its shared payload straight to the socket.
+struct Direct {
+    header: [u8; 10],
+    header_len: usize,
+    payload: Bytes,
+    /// Bytes written so far, the header's included.
+    written: usize,
+}
+
+impl Direct {
+    fn binary(payload: Bytes) -> Direct {
+        let mut header = [0u8; 10];
+        let mut cursor = std::io::Cursor::new(&mut header[..]);
+        let format = FrameHeader {
+            is_final: true,
+            opcode: OpCode::Data(Data::Binary),
+            ..FrameHeader::default()
+        }
+        .format(payload.len() as u64, &mut cursor);
+        debug_assert!(format.is_ok(), "a server frame header fits in 10 bytes");
+        let header_len = cursor.position() as usize;
+        Direct {
+            header,
+            header_len,
+            payload,
+            written: 0,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.written == self.header_len + self.payload.len()
+    }
+
+    /// The unwritten parts of the header and the payload.
+    fn rest(&self) -> (&[u8], &[u8]) {
+        let header = &self.header[self.written.min(self.header_len)..self.header_len];
+        let payload = &self.payload[self.written.saturating_sub(self.header_len)..];
+        (header, payload)
     }
 }
 
@@ -331,35 +412,44 @@ fn shrink<T>(buffer: &mut VecDeque<T>) {
     }
 }
 
-/// Sends a close frame after whatever is already in the socket's buffer, then reads
-/// until the peer answers (or the grace period ends), so the close frame is not cut off
-/// by a reset.
-async fn close_socket(socket: &mut Socket, code: u16, reason: &str) {
+/// Finishes a direct frame, sends a close frame after whatever is already in the
+/// socket's buffer, then reads until the peer answers (or the grace period ends), so the
+/// close frame is not cut off by a reset.
+async fn close_socket(io: &mut Io, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: code.into(),
         reason: reason.into(),
     };
-    // Queued without waiting for the socket: a peer that stopped reading still gets the
-    // close frame if it reads again within the grace period.
-    if socket
-        .start_send_unpin(Message::Close(Some(frame)))
-        .is_err()
-    {
-        return;
-    }
+    let mut frame = Some(frame);
     let mut flushed = false;
     let _ = tokio::time::timeout(
         CLOSE_GRACE,
         poll_fn(|cx| {
+            match io.poll_direct(cx) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(_) => return Poll::Ready(()),
+            }
+            // Queued without waiting for the socket: a peer that stopped reading still
+            // gets the close frame if it reads again within the grace period.
+            if let Some(frame) = frame.take() {
+                if io
+                    .socket
+                    .start_send_unpin(Message::Close(Some(frame)))
+                    .is_err()
+                {
+                    return Poll::Ready(());
+                }
+            }
             if !flushed {
-                match socket.poll_flush_unpin(cx) {
+                match io.socket.poll_flush_unpin(cx) {
                     Poll::Ready(Ok(())) => flushed = true,
                     Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => {}
                 }
             }
             loop {
-                match socket.poll_next_unpin(cx) {
+                match io.socket.poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok(_))) => {}
                     Poll::Ready(_) => return Poll::Ready(()),
                     Poll::Pending => return Poll::Pending,
