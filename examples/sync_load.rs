@@ -33,8 +33,12 @@
 //!   `--entry-bytes`, default 1024, sent as updates of about `--chunk-kb`, default 1024)
 //!   and stays connected; once a second connection receives all of it, N empty clients
 //!   connect at once. Reports the time until every one has received its step 2, and the
-//!   server's peak RSS (VmHWM, reset as they start joining). Every distinct step 2 (by
-//!   length and CRC-32) is decoded and checked to hold every entry.
+//!   server's peak RSS (VmHWM, reset as they start joining). The joiners stream their step 2
+//!   (their own minimal WebSocket client over TCP, 64 KiB buffer each), keeping only its
+//!   length and CRC-32: buffering 150 copies of a 20 MB message would cost the generator
+//!   more CPU than the server spends. Afterwards one more client fetches the step 2 whole;
+//!   it must hold every entry, and every joiner's must match it (length and CRC-32). The
+//!   joiners stay connected (pings answered) until the measurement ends.
 //! - `awareness --clients N --duration S`: every client sets its awareness state every
 //!   `--interval-ms` (default 1000), phases spread evenly; the state carries its send time.
 //!   The server sends each state to every client, the sender included: expected = states
@@ -53,10 +57,10 @@
 //! check failed (failed connections, lost deliveries, no convergence, wrong content), 2 a
 //! usage or setup error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{stream, SinkExt, StreamExt};
@@ -506,32 +510,6 @@ async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
     };
     if kept {
         close(ws).await;
-    }
-    kept
-}
-
-/// Like [`hold`], for a connection that received a large frame: tungstenite keeps a read
-/// buffer as large as the largest frame, so this drops the WebSocket layer and holds the
-/// bare TCP stream (reading and discarding whatever comes), then sends a close frame.
-async fn hold_raw(ws: Ws, mut stop: watch::Receiver<bool>) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = ws.into_inner();
-    let mut sink = vec![0u8; 16 * 1024];
-    let kept = loop {
-        tokio::select! {
-            r = tcp.read(&mut sink) => if !matches!(r, Ok(n) if n > 0) { break false },
-            _ = stop.changed() => break true,
-        }
-    };
-    if kept {
-        // A masked close frame without a payload (the mask is arbitrary).
-        const CLOSE: [u8; 6] = [0x88, 0x80, 0x12, 0x34, 0x56, 0x78];
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            tcp.write_all(&CLOSE).await?;
-            while tcp.read(&mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
     }
     kept
 }
@@ -1138,6 +1116,360 @@ async fn fanout(args: &Args) -> Res<bool> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Streaming WebSocket client (the joiners of `join`)
+
+/// Read buffer of a [`RawWs`]: messages of any size pass through it in pieces.
+const RAW_BUFFER: usize = 64 * 1024;
+
+/// A minimal WebSocket client over a bare TCP stream that never holds a whole message: the
+/// joiners of `join` read a step 2 of many MB through a 64 KiB buffer and hash it as it
+/// arrives. (tungstenite collects every message in memory of its own; for 150 joiners of a
+/// 20 MB doc that is 3 GB of fresh memory, whose first touch alone costs the generator
+/// several times the server's CPU time, so the generator would dominate the measurement.)
+struct RawWs {
+    tcp: TcpStream,
+    buf: Box<[u8]>,
+    /// The bytes read but not consumed yet are `buf[pos..end]`.
+    pos: usize,
+    end: usize,
+}
+
+/// A frame header from the server (server frames are unmasked).
+struct FrameHeader {
+    fin: bool,
+    opcode: u8,
+    len: u64,
+}
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+impl RawWs {
+    /// Connects to a `ws://` URL and completes the client handshake by hand; whatever the
+    /// server sent after its response headers stays buffered.
+    async fn connect(url: &str) -> Res<RawWs> {
+        use tokio::io::AsyncWriteExt;
+        use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        let rest = url.strip_prefix("ws://").ok_or("not a ws:// URL")?;
+        let (host, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        let addr = if host.ends_with(']') || !host.contains(':') {
+            format!("{host}:80")
+        } else {
+            host.to_string()
+        };
+        let mut tcp = TcpStream::connect(addr.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        let key = generate_key();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        let mut ws = RawWs {
+            tcp,
+            buf: vec![0; RAW_BUFFER].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+        };
+        let head_len = loop {
+            if let Some(i) = ws.buf[..ws.end].windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if ws.end == ws.buf.len() {
+                return Err("handshake response headers over 64 KiB".into());
+            }
+            ws.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&ws.buf[..head_len]);
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("101") {
+            return Err(format!("handshake refused: {status}").into());
+        }
+        let accept = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-accept"))
+            .map(|(_, v)| v.trim());
+        if accept != Some(derive_accept_key(key.as_bytes()).as_str()) {
+            return Err("handshake: wrong or missing Sec-WebSocket-Accept".into());
+        }
+        ws.pos = head_len;
+        Ok(ws)
+    }
+
+    /// Reads more bytes after the buffered ones; the end of the stream is an error.
+    async fn fill(&mut self) -> Res<()> {
+        use tokio::io::AsyncReadExt;
+        if self.pos == self.end {
+            (self.pos, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.pos..self.end, 0);
+            (self.pos, self.end) = (0, self.end - self.pos);
+        }
+        if self.end == self.buf.len() {
+            return Err("read buffer full".into());
+        }
+        let n = self.tcp.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            return Err("connection ended by the server".into());
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Takes the next `N` bytes (a few: header fields).
+    async fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
+        while self.end - self.pos < N {
+            self.fill().await?;
+        }
+        let bytes = self.buf[self.pos..self.pos + N]
+            .try_into()
+            .expect("N bytes");
+        self.pos += N;
+        Ok(bytes)
+    }
+
+    async fn frame_header(&mut self) -> Res<FrameHeader> {
+        let [b0, b1] = self.take::<2>().await?;
+        if b0 & 0x70 != 0 {
+            return Err("frame with reserved bits set (no extension was negotiated)".into());
+        }
+        if b1 & 0x80 != 0 {
+            return Err("masked frame from the server".into());
+        }
+        let len = match b1 & 0x7f {
+            126 => u64::from(u16::from_be_bytes(self.take::<2>().await?)),
+            127 => u64::from_be_bytes(self.take::<8>().await?),
+            len => u64::from(len),
+        };
+        Ok(FrameHeader {
+            fin: b0 & 0x80 != 0,
+            opcode: b0 & 0x0f,
+            len,
+        })
+    }
+
+    /// Passes a frame's payload of `len` bytes to `f` in pieces, as they arrive.
+    async fn payload(&mut self, mut len: u64, mut f: impl FnMut(&[u8])) -> Res<()> {
+        while len > 0 {
+            if self.pos == self.end {
+                self.fill().await?;
+            }
+            let n = (self.end - self.pos).min(usize::try_from(len).unwrap_or(usize::MAX));
+            f(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// A control frame's payload (at most 125 bytes).
+    async fn control_payload(&mut self, len: u64) -> Res<Vec<u8>> {
+        if len > 125 {
+            return Err(format!("control frame of {len} bytes (at most 125)").into());
+        }
+        let mut payload = Vec::with_capacity(len as usize);
+        self.payload(len, |piece| payload.extend_from_slice(piece))
+            .await?;
+        Ok(payload)
+    }
+
+    /// Sends one masked frame (client frames must be masked).
+    async fn send(&mut self, opcode: u8, payload: &[u8]) -> Res<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        frame.push(0x80 | opcode);
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = (random_id() as u32).to_be_bytes();
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads the next binary message, passing its bytes to `f` as they arrive (across
+    /// fragments). Text messages and pongs are skipped, pings answered; a close frame or the
+    /// end of the stream is an error.
+    async fn read_binary(&mut self, mut f: impl FnMut(&[u8])) -> Res<()> {
+        // Inside a fragmented message: whether it is binary.
+        let mut message: Option<bool> = None;
+        loop {
+            let header = self.frame_header().await?;
+            match header.opcode {
+                OP_CLOSE => {
+                    let p = self.control_payload(header.len).await?;
+                    let code = p.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default());
+                    return Err(format!("closed by server: code {code:?} {reason:?}").into());
+                }
+                OP_PING => {
+                    let p = self.control_payload(header.len).await?;
+                    self.send(OP_PONG, &p).await?;
+                    continue;
+                }
+                OP_PONG => {
+                    self.control_payload(header.len).await?;
+                    continue;
+                }
+                OP_TEXT | OP_BINARY if message.is_none() => {
+                    message = Some(header.opcode == OP_BINARY);
+                }
+                OP_CONTINUATION if message.is_some() => {}
+                op => return Err(format!("unexpected frame (opcode {op})").into()),
+            }
+            let binary = message == Some(true);
+            self.payload(header.len, |piece| {
+                if binary {
+                    f(piece)
+                }
+            })
+            .await?;
+            if header.fin {
+                if binary {
+                    return Ok(());
+                }
+                message = None;
+            }
+        }
+    }
+
+    /// Keeps reading (answering pings, discarding messages) until `stop`, then closes the
+    /// connection. Returns false if the server ended it first.
+    async fn hold(mut self, mut stop: watch::Receiver<bool>) -> bool {
+        let kept = tokio::select! {
+            _ = async { while self.read_binary(|_| {}).await.is_ok() {} } => false,
+            _ = stop.changed() => true,
+        };
+        if kept {
+            // Our close frame, then whatever comes (a frame may have been cut short above)
+            // until the server closes the connection.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                if self.send(OP_CLOSE, &[]).await.is_ok() {
+                    while self.fill().await.is_ok() {
+                        self.pos = self.end;
+                    }
+                }
+            })
+            .await;
+        }
+        kept
+    }
+}
+
+/// Where a [`SyncStream`] is in its message.
+enum StreamState {
+    /// The first bytes, until the header (message type, sync sub-type, payload length) is
+    /// complete.
+    Head(Vec<u8>),
+    /// Not a sync message.
+    Other,
+    /// A sync message: its sub-type and the payload length its header declares.
+    Sync { sub: u64, declared: u64 },
+}
+
+/// Follows one binary message as its bytes arrive and gives, at its end, what
+/// [`sync_payload`] gives for the whole message: its sync sub-type, and the length and
+/// CRC-32 of its payload.
+struct SyncStream {
+    state: StreamState,
+    len: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl SyncStream {
+    /// The longest header: three varints of at most 10 bytes.
+    const MAX_HEAD: usize = 30;
+
+    fn new() -> SyncStream {
+        SyncStream {
+            state: StreamState::Head(Vec::with_capacity(Self::MAX_HEAD)),
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn feed(&mut self, mut piece: &[u8]) {
+        while let StreamState::Head(head) = &mut self.state {
+            // A header longer than MAX_HEAD is malformed: `finish` says so.
+            let Some((&byte, rest)) = piece.split_first().filter(|_| head.len() < Self::MAX_HEAD)
+            else {
+                return;
+            };
+            head.push(byte);
+            piece = rest;
+            let mut pos = 0;
+            self.state = match read_varuint(head, &mut pos) {
+                Some(0) => match (read_varuint(head, &mut pos), read_varuint(head, &mut pos)) {
+                    (Some(sub), Some(declared)) => StreamState::Sync { sub, declared },
+                    _ => continue,
+                },
+                Some(_) => StreamState::Other,
+                None => continue,
+            };
+        }
+        if let StreamState::Sync { .. } = self.state {
+            self.len += piece.len() as u64;
+            self.crc.update(piece);
+        }
+    }
+
+    /// The sync sub-type, payload length and payload CRC-32; `None` if the message is not a
+    /// sync message; an error if its header is malformed or its length prefix does not
+    /// match the message exactly.
+    fn finish(self) -> Res<Option<(u64, usize, u32)>> {
+        match self.state {
+            // The whole message is in `head`.
+            StreamState::Head(head) => Ok(sync_payload(&head)?
+                .map(|(sub, payload)| (sub, payload.len(), crc32fast::hash(payload)))),
+            StreamState::Other => Ok(None),
+            StreamState::Sync { sub, declared } if declared == self.len => {
+                Ok(Some((sub, self.len as usize, self.crc.finalize())))
+            }
+            StreamState::Sync { declared, .. } => Err(format!(
+                "sync frame says {declared} payload bytes but carries {}",
+                self.len
+            )
+            .into()),
+        }
+    }
+}
+
+/// A joiner: connects, sends an empty step 1, answers the server's step 1 with an empty
+/// step 2, and streams the server's step 2 through [`SyncStream`]: when it was complete
+/// (since `start`), its payload length and CRC-32.
+async fn join_streaming(url: &str, start: Instant) -> Res<(RawWs, Joined)> {
+    let mut ws = RawWs::connect(url).await?;
+    ws.send(OP_BINARY, &empty_step1().into_data()).await?;
+    loop {
+        let mut message = SyncStream::new();
+        ws.read_binary(|piece| message.feed(piece)).await?;
+        match message.finish()? {
+            Some((0, ..)) => ws.send(OP_BINARY, &empty_step2().into_data()).await?,
+            Some((1, len, crc)) => {
+                let at = start.elapsed();
+                return Ok((ws, Joined { at, len, crc }));
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // join
 
 /// A value of exactly `len` ASCII bytes, different for each entry.
@@ -1149,9 +1481,6 @@ fn entry_value(i: usize, len: usize) -> String {
     v.truncate(len);
     v
 }
-
-/// One frame of each distinct step 2 received, by (payload length, CRC-32).
-type StepVariants = HashMap<(usize, u32), Vec<u8>>;
 
 /// One joining client's view of its step 2.
 struct Joined {
@@ -1237,53 +1566,23 @@ async fn join(args: &Args) -> Res<bool> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
-    let samples: Arc<Mutex<StepVariants>> = Arc::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Joined, String>>();
     let dropped = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
-        let (url, done, stop, samples, dropped) = (
+        let (url, done, stop, dropped) = (
             url.clone(),
             done_tx.clone(),
             stop_rx.clone(),
-            samples.clone(),
             dropped.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let joined = async {
-                let mut ws = open(&url, ws_config(false)).await?;
-                ws.send(empty_step1()).await?;
-                loop {
-                    let frame = match ws.next().await {
-                        Some(Ok(WsMessage::Binary(b))) => b,
-                        Some(Ok(WsMessage::Close(c))) => {
-                            return Err(format!("closed by server: {c:?}").into())
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Err(Error::from(e)),
-                        None => return Err("connection ended before step 2".into()),
-                    };
-                    match sync_payload(&frame)? {
-                        Some((0, _)) => ws.send(empty_step2()).await?,
-                        Some((1, payload)) => {
-                            let at = start.elapsed();
-                            let (len, crc) = (payload.len(), crc32fast::hash(payload));
-                            samples
-                                .lock()
-                                .unwrap()
-                                .entry((len, crc))
-                                .or_insert_with(|| frame.to_vec());
-                            return Ok((ws, Joined { at, len, crc }));
-                        }
-                        _ => {}
-                    }
-                }
-            };
+            let joined = join_streaming(&url, start);
             match tokio::time::timeout(Duration::from_secs(120), joined).await {
                 Ok(Ok((ws, j))) => {
                     let _ = done.send(Ok(j));
-                    if !hold_raw(ws, stop).await {
+                    if !ws.hold(stop).await {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -1304,32 +1603,48 @@ async fn join(args: &Args) -> Res<bool> {
     }
     let all_time = start.elapsed();
     let after = Sample::take(pid);
+
+    // The content check: one more client fetches the step 2 the buffered way, before the
+    // others leave (the reference server drops a room's doc with its last connection). It
+    // must hold every entry, and every joiner's step 2 must be the same bytes (by length
+    // and CRC-32).
+    let check = match tokio::time::timeout(
+        Duration::from_secs(120),
+        open_synced(&url, ws_config(false)),
+    )
+    .await
+    {
+        Ok(Ok((ws, hs))) => {
+            close(ws).await;
+            let good = summarize(std::slice::from_ref(&hs.step2), &root, &prefix).is_ok_and(|s| {
+                s.entries == entries
+                    && s.string_bytes == entries * entry_bytes
+                    && s.digest == seeded.digest
+            });
+            if !good {
+                eprintln!("join: the step 2 of the checking client lacks some of the content");
+            }
+            good.then(|| (hs.step2.len(), crc32fast::hash(&hs.step2)))
+        }
+        Ok(Err(e)) => {
+            eprintln!("join: the checking client failed: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("join: the checking client got no step 2 within 120 s");
+            None
+        }
+    };
     stop_tx.send_replace(true);
     for t in tasks {
         let _ = t.await;
     }
     let _ = seeder_task.await;
 
-    // Every distinct step 2 must hold the full content.
-    let samples = std::mem::take(&mut *samples.lock().unwrap());
-    let complete: HashMap<(usize, u32), bool> = samples
-        .iter()
-        .map(|(variant, frame)| {
-            let good = match decode(frame) {
-                Ok(Message::Sync(SyncMessage::SyncStep2(u))) => summarize(&[u], &root, &prefix)
-                    .is_ok_and(|s| {
-                        s.entries == entries
-                            && s.string_bytes == entries * entry_bytes
-                            && s.digest == seeded.digest
-                    }),
-                _ => false,
-            };
-            (*variant, good)
-        })
-        .collect();
+    let variants: HashSet<(usize, u32)> = joined.iter().map(|j| (j.len, j.crc)).collect();
     let bad_clients = joined
         .iter()
-        .filter(|j| complete.get(&(j.len, j.crc)) != Some(&true))
+        .filter(|j| Some((j.len, j.crc)) != check)
         .count();
     let mut at_us: Vec<u64> = joined.iter().map(|j| j.at.as_micros() as u64).collect();
     let lat = latency_ms(&mut at_us);
@@ -1340,6 +1655,7 @@ async fn join(args: &Args) -> Res<bool> {
     let summary = json!({
         "scenario": "join",
         "url": url,
+        "joiner": "streaming",
         "clients": n,
         "doc_mb": doc_mb,
         "entries": entries,
@@ -1347,7 +1663,7 @@ async fn join(args: &Args) -> Res<bool> {
         "seed_update_mb": round(seed_bytes as f64 / MIB, 2),
         "seed_s": round(seed_time.as_secs_f64(), 2),
         "step2_mb": step2_mb,
-        "step2_variants": samples.len(),
+        "step2_variants": variants.len(),
         "all_received_s": round(all_time.as_secs_f64(), 3),
         "received_ms": lat,
         "received": joined.len(),

@@ -14,7 +14,9 @@
 #   fanout     FANOUT_CLIENTS=100 clients, FANOUT_WRITERS=10 of them writing FANOUT_RATE=1000
 #              updates/s in all for FANOUT_DURATION=20 s; deliveries/s, latency, lost, convergence
 #   join       JOIN_CLIENTS=150 empty clients join a room holding JOIN_MB=20 MB at once;
-#              time until all have it, server peak RSS (targets: < 3 s, < 500 MB)
+#              time until all have it, server peak RSS (targets: < 3 s, < 500 MB); the
+#              joiners stream the step 2 (length + CRC-32, checked against one full fetch)
+#              so the generator's own memory and CPU stay small
 #   awareness  AWARENESS_CLIENTS=200 clients set awareness every second for
 #              AWARENESS_DURATION=10 s; messages/s, latency
 # Other settings: PORT=39140, THREADS=1 (generator worker threads; the other core is the

@@ -38,7 +38,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const DIRECT: usize = 16 * 1024;
 /// Bytes the socket reads at a time; small, so idle connections stay cheap (a big frame
 /// still gets a buffer of its size).
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -51,7 +51,7 @@ pub(crate) fn config(max_message_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_size))
 }
 
-pub(crate) async fn run(socket: Socket, hub: Arc<SyncHub>, id: String) {
+pub(crate) async fn run(socket: Box<Socket>, hub: Arc<SyncHub>, id: String) {
     let conn = hub.next_conn_id();
     let span = tracing::info_span!("sync", room = %id, conn);
     hub.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -60,18 +60,19 @@ pub(crate) async fn run(socket: Socket, hub: Arc<SyncHub>, id: String) {
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve(socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
+async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64) {
     let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
-    let (entry, room) = match hub.join(&id, conn, out.clone()).await {
+    // Futures awaited once or rarely are boxed, so an idle connection's task does not
+    // carry their state.
+    let (entry, room) = match Box::pin(hub.join(&id, conn, out.clone())).await {
         Ok(joined) => joined,
         Err(e) => {
             let (code, reason) = e.close_frame(&id);
             tracing::info!(code, %reason, "connection refused");
-            close_socket(
-                &mut Io::new(socket, hub.options.ping_interval),
-                code,
-                &reason,
-            )
+            let ping_interval = hub.options.ping_interval;
+            Box::pin(async move {
+                close_socket(&mut Io::new(socket, ping_interval), code, &reason).await
+            })
             .await;
             return;
         }
@@ -89,7 +90,7 @@ async fn serve(socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
         .await;
         match event {
             Event::Frame(frame) => {
-                if let Err((code, reason)) = handle(&room, conn, &out, frame).await {
+                if let Err((code, reason)) = Box::pin(handle(&room, conn, &out, frame)).await {
                     tracing::warn!(code, %reason, "closing the connection after bad input");
                     out.close(code, reason);
                 }
@@ -107,7 +108,7 @@ async fn serve(socket: Socket, hub: &Arc<SyncHub>, id: String, conn: u64) {
             }
             Event::Close(code, reason) => {
                 tracing::info!(code, %reason, "closed by the server");
-                close_socket(&mut io, code, &reason).await;
+                Box::pin(close_socket(&mut io, code, &reason)).await;
                 break;
             }
             Event::Gone(why) => {
@@ -162,7 +163,7 @@ enum Event {
 
 /// The socket and everything waiting to go out on it.
 struct Io {
-    socket: Socket,
+    socket: Box<Socket>,
     /// Items just taken from the queue (swapped with it, so both buffers are reused).
     taken: VecDeque<Out>,
     /// Frames to send, in order.
@@ -182,7 +183,7 @@ struct Io {
 }
 
 impl Io {
-    fn new(socket: Socket, ping_interval: Duration) -> Io {
+    fn new(socket: Box<Socket>, ping_interval: Duration) -> Io {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -301,6 +302,7 @@ impl Io {
             }
         }
         shrink(&mut self.frames);
+        shrink(&mut self.echoes);
         if self.unflushed {
             match self.socket.poll_flush_unpin(cx) {
                 Poll::Pending => {}
@@ -405,9 +407,9 @@ impl Direct {
     }
 }
 
-/// Gives back the memory of a buffer a burst grew, once it is empty again.
+/// Gives back a buffer's memory once it is empty, so idle connections hold none.
 fn shrink<T>(buffer: &mut VecDeque<T>) {
-    if buffer.is_empty() && buffer.capacity() > 64 {
+    if buffer.is_empty() && buffer.capacity() > 0 {
         *buffer = VecDeque::new();
     }
 }
