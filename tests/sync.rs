@@ -284,6 +284,52 @@ async fn updates_reach_the_others_but_never_their_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_messages_arrive_whole_and_in_order_among_small_ones() {
+    let (server, addr) = dynamic_server(ServerOptions::default()).await;
+    let mut a = Peer::join(addr, "big").await;
+    let mut b = Peer::join(addr, "big").await;
+    let doc = Doc::new();
+    // Sizes around the point where the server writes a message straight from its shared
+    // bytes, and well past it.
+    let parts = [
+        "x".repeat(10),
+        "y".repeat(300 * 1024),
+        "z".repeat(5),
+        "w".repeat(16 * 1024),
+        "v".repeat(20),
+    ];
+    for part in &parts {
+        a.send(Message::Sync(SyncMessage::Update(text_update(&doc, part))))
+            .await;
+    }
+    let got = Doc::new();
+    for part in &parts {
+        let before = text_of(&got).len();
+        apply(&got, &update_of(b.message().await));
+        assert_eq!(
+            &text_of(&got)[before..],
+            part.as_str(),
+            "out of order or cut"
+        );
+    }
+    // A late joiner's step 2 (over 300 KiB) holds everything.
+    let mut late = Peer::join(addr, "big").await;
+    late.send(Message::Sync(
+        SyncMessage::SyncStep1(StateVector::default()),
+    ))
+    .await;
+    let joined = Doc::new();
+    apply(&joined, &update_of(late.message().await));
+    assert_eq!(text_of(&joined), parts.concat());
+    // The connection goes on normally after it.
+    a.send(Message::Sync(SyncMessage::Update(text_update(&doc, "!"))))
+        .await;
+    apply(&joined, &update_of(late.message().await));
+    assert!(text_of(&joined).ends_with('!'));
+    server.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_on_the_server_reach_every_connection() {
     let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut peers = [
