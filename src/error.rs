@@ -119,3 +119,25 @@ pub enum WorkspaceError {
     #[error("the workspace client was destroyed")]
     Destroyed,
 }
+
+/// Errors of the sync provider ([`crate::client::SyncProvider`]).
+#[cfg(feature = "client")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The sync URL is not a `ws://` or `wss://` URL.
+    #[error("invalid sync URL: {0}")]
+    InvalidUrl(String),
+    /// `connect()` was called outside a Tokio runtime.
+    #[error("the sync provider needs a Tokio runtime: call connect() inside one")]
+    NoRuntime,
+    /// The provider was destroyed.
+    #[error("the sync provider was destroyed")]
+    Destroyed,
+    /// The doc could not be observed.
+    #[error("cannot observe the doc: {0}")]
+    Doc(String),
+    /// The awareness state could not be set.
+    #[error("awareness: {0}")]
+    Awareness(String),
+}

@@ -11,8 +11,8 @@
 //! 2. [`server`]: `create_server(clients, options)`: REST CRUD, discovery, OpenAPI +
 //!    Scalar, custom routes, lifecycle, and [`sync`]: WebSocket rooms in the y-websocket
 //!    protocol.
-//! 3. client (planned, behind the `client` feature): a sync provider that connects a local
-//!    doc to a server.
+//! 3. [`client`] (the `client` feature, on by default): [`client::SyncProvider`] keeps a
+//!    local doc, or a local workspace, in sync with a server.
 //!
 //! ## Quick start
 //!
@@ -36,6 +36,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod error;
 pub mod server;
 pub mod storage;

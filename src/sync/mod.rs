@@ -21,7 +21,7 @@
 mod connection;
 mod dynamic;
 mod hub;
-mod protocol;
+pub(crate) mod protocol;
 mod room;
 mod upgrade;
 
