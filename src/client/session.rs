@@ -28,6 +28,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Close codes after which the provider stops trying: the server refused for good.
 const FINAL_CODES: std::ops::RangeInclusive<u16> = 4400..=4499;
+/// How long a clean close may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Failed attempts in a row after which a token callback is asked again.
 const TOKEN_REFRESH_EVERY: u32 = 3;
 
@@ -139,6 +141,13 @@ pub(crate) fn own_awareness(awareness: &Awareness) -> Option<Bytes> {
     Some(protocol::awareness(update))
 }
 
+fn close_frame(reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code: 1000.into(),
+        reason: reason.into(),
+    }
+}
+
 /// A SYNC_STATUS frame carrying `version`.
 fn sync_status(version: u64) -> Bytes {
     let mut payload = Vec::new();
@@ -184,32 +193,36 @@ impl<'a> Session<'a> {
     async fn run(mut self, stop: &tokio_util::sync::CancellationToken) -> (End, bool) {
         let end = self.serve(stop).await;
         *lock(&self.shared.outbound) = None;
-        let close = match &end {
-            End::Stopped => Some("provider stopped"),
-            End::Lost(_) => Some("connection lost"),
-            End::Closed { .. } => None,
-        };
-        if let Some(reason) = close {
-            if matches!(end, End::Stopped) && self.shared.destroying.load(Ordering::Acquire) {
-                // The local state is already cleared: tell the peers before leaving.
-                let removal = own_awareness(&lock(&self.shared.awareness));
-                if let Some(frame) = removal {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        self.socket.send(Ws::Binary(frame)),
-                    )
-                    .await;
+        match &end {
+            End::Stopped => {
+                if self.shared.destroying.load(Ordering::Acquire) {
+                    // The local state is already cleared: tell the peers before leaving.
+                    let removal = own_awareness(&lock(&self.shared.awareness));
+                    if let Some(frame) = removal {
+                        let _ =
+                            tokio::time::timeout(CLOSE_GRACE, self.socket.send(Ws::Binary(frame)))
+                                .await;
+                    }
                 }
+                // A clean close: wait (briefly) for the server's answer.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    let _ = self
+                        .socket
+                        .close(Some(close_frame("provider stopped")))
+                        .await;
+                    while let Some(Ok(_)) = self.socket.next().await {}
+                })
+                .await;
             }
-            let frame = CloseFrame {
-                code: 1000.into(),
-                reason: reason.into(),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = self.socket.close(Some(frame)).await;
-                while let Some(Ok(_)) = self.socket.next().await {}
-            })
-            .await;
+            End::Lost(_) => {
+                // The link is presumed dead: a close frame if it goes out at once, no wait.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(50),
+                    self.socket.close(Some(close_frame("connection lost"))),
+                )
+                .await;
+            }
+            End::Closed { .. } => {}
         }
         (end, self.connected)
     }
