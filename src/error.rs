@@ -125,7 +125,7 @@ pub enum WorkspaceError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The sync URL is not a `ws://` or `wss://` URL.
+    /// The sync URL is not a `ws://` URL (`wss://` needs TLS support this build lacks).
     #[error("invalid sync URL: {0}")]
     InvalidUrl(String),
     /// `connect()` was called outside a Tokio runtime.

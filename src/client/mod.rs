@@ -248,8 +248,8 @@ struct Run {
 static NEXT_PROVIDER: AtomicU64 = AtomicU64::new(1);
 
 impl SyncProvider {
-    /// A provider for `doc` and the sync URL of a room (`ws://` or `wss://`, e.g.
-    /// `ws://host:port/workspaces/{id}/sync`). It starts offline: call
+    /// A provider for `doc` and the sync URL of a room (`ws://host:port/workspaces/{id}/sync`;
+    /// `wss://` is not supported yet). It starts offline: call
     /// [`SyncProvider::connect`].
     pub fn new(
         doc: Doc,
@@ -286,9 +286,14 @@ impl SyncProvider {
         url: String,
         options: ProviderOptions,
     ) -> Result<SyncProvider, ClientError> {
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        if url.starts_with("wss://") {
             return Err(ClientError::InvalidUrl(format!(
-                "{url}: a sync URL starts with ws:// or wss://"
+                "{url}: this build has no TLS support; use ws:// (e.g. behind a TLS-terminating proxy)"
+            )));
+        }
+        if !url.starts_with("ws://") {
+            return Err(ClientError::InvalidUrl(format!(
+                "{url}: a sync URL starts with ws://"
             )));
         }
         let n = NEXT_PROVIDER.fetch_add(1, Ordering::Relaxed);

@@ -469,6 +469,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urls_must_be_plain_websocket_urls() {
+        use crate::client::{ProviderOptions, SyncProvider};
+        use crate::error::ClientError;
+        for bad in ["http://h/s", "wss://h/s", "h:1/s"] {
+            let made = SyncProvider::new(yrs::Doc::new(), bad, ProviderOptions::default());
+            assert!(matches!(made, Err(ClientError::InvalidUrl(_))), "{bad}");
+        }
+        let provider =
+            SyncProvider::new(yrs::Doc::new(), "ws://h/s", ProviderOptions::default()).unwrap();
+        assert!(matches!(provider.connect(), Err(ClientError::NoRuntime)));
+    }
+
+    #[test]
     fn tokens_are_percent_encoded_into_the_query() {
         assert_eq!(
             with_token("ws://h/s", "a b+/="),
