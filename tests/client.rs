@@ -1,5 +1,6 @@
 //! The Rust sync provider against the real server (port 0) and against small raw servers
 //! that misbehave on purpose.
+#![cfg(feature = "client")]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -418,6 +419,18 @@ async fn next_accept(rx: &mut mpsc::UnboundedReceiver<Accepted>) -> Accepted {
         .expect("server alive")
 }
 
+/// The step2 of an empty doc.
+fn empty_step2() -> Ws {
+    let empty = Doc::new()
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    Ws::Binary(
+        Message::Sync(SyncMessage::SyncStep2(empty))
+            .encode_v1()
+            .into(),
+    )
+}
+
 /// Plays the server's side of the handshake: step1, then step2 for the client's step1,
 /// echoing SYNC_STATUS; returns once `echoes` echoes were sent.
 async fn handshake(ws: &mut WebSocketStream<TcpStream>, echoes: usize) {
@@ -432,11 +445,7 @@ async fn handshake(ws: &mut WebSocketStream<TcpStream>, echoes: usize) {
         };
         match Message::decode_v1(&frame).unwrap() {
             Message::Sync(SyncMessage::SyncStep1(_)) => {
-                let empty = Doc::new()
-                    .transact()
-                    .encode_state_as_update_v1(&StateVector::default());
-                let step2 = Message::Sync(SyncMessage::SyncStep2(empty)).encode_v1();
-                ws.send(Ws::Binary(step2.into())).await.unwrap();
+                ws.send(empty_step2()).await.unwrap();
             }
             Message::Custom(102, _) => {
                 ws.send(Ws::Binary(frame)).await.unwrap();
@@ -658,4 +667,72 @@ async fn the_version_goes_out_only_after_the_offline_edits() {
     }
     clean(&p).await;
     p.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_is_never_claimed_before_its_update_is_sent() {
+    let (addr, mut accepted) = raw_server().await;
+    let doc = Doc::new();
+    let map = doc.get_or_insert_map("m");
+    let p = provider(
+        &doc,
+        format!("ws://{addr}/race"),
+        ProviderOptions::default(),
+    );
+    let mut conn = next_accept(&mut accepted).await;
+    // Echoes every SYNC_STATUS at once and checks that version V comes after V updates
+    // (the doc starts empty, so every local change travels as an update frame).
+    let server = tokio::spawn(async move {
+        let (mut updates, mut statuses, mut early) = (0u64, 0u64, Vec::new());
+        let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default()));
+        conn.ws
+            .send(Ws::Binary(step1.encode_v1().into()))
+            .await
+            .unwrap();
+        while let Some(Ok(frame)) = conn.ws.next().await {
+            let Ws::Binary(bytes) = frame else { continue };
+            match Message::decode_v1(&bytes).unwrap() {
+                Message::Sync(SyncMessage::SyncStep1(_)) => {
+                    conn.ws.send(empty_step2()).await.unwrap();
+                }
+                Message::Sync(SyncMessage::Update(_)) => updates += 1,
+                Message::Custom(102, payload) => {
+                    statuses += 1;
+                    let version: u64 = yrs::encoding::read::Read::read_var(
+                        &mut yrs::encoding::read::Cursor::new(&payload),
+                    )
+                    .unwrap();
+                    if version > updates {
+                        early.push((version, updates));
+                    }
+                    conn.ws.send(Ws::Binary(bytes)).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        (statuses, early)
+    });
+    connected(&p).await;
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let (doc, map) = (doc.clone(), map.clone());
+            std::thread::spawn(move || {
+                for i in 0..5_000u32 {
+                    yrs::Map::insert(&map, &mut doc.transact_mut(), format!("{t}-{}", i % 50), i);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    clean(&p).await;
+    p.destroy().await;
+    let (statuses, early) = tokio::time::timeout(GUARD, server).await.unwrap().unwrap();
+    assert!(statuses > 1);
+    assert!(
+        early.is_empty(),
+        "versions claimed early (version, updates so far): {:?}",
+        &early[..early.len().min(5)]
+    );
 }

@@ -3,8 +3,9 @@
 //! `tests/js/sync/` check that two providers converge, that a late joiner gets the state and
 //! the awareness states already there (and an answer to query-awareness), that the others see
 //! a leaver's awareness removed however it leaves, that 50 providers converge, that a 4 MiB
-//! update arrives intact, and that rows written as `table:posts` cells in JS show up over
-//! REST and REST writes show up in JS as cells.
+//! update arrives intact, that rows written as `table:posts` cells in JS show up over
+//! REST and REST writes show up in JS as cells, and that the Rust `SyncProvider` and a stock
+//! provider in one room converge and see each other's awareness states.
 //!
 //! Needs `node` on PATH and the JS dependencies in `tests/js/node_modules` (`npm ci` in
 //! `tests/js`). Without them the tests are skipped, unless `EPICENTER_CI` is set, where they
@@ -456,5 +457,116 @@ async fn cells_written_in_js_and_rows_written_over_rest_meet() {
     rows.sort_by_key(|r| r["id"].as_str().map(str::to_string));
     assert_eq!(rows, vec![from_js, edited]);
     assert_connections(&server, 2);
+    server.destroy().await.expect("the server stops");
+}
+
+/// Guard for each wait of the Rust provider test.
+#[cfg(feature = "client")]
+const PROVIDER_GUARD: Duration = Duration::from_secs(10);
+
+/// `future`'s output, or a panic naming `what` after [`PROVIDER_GUARD`].
+#[cfg(feature = "client")]
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PROVIDER_GUARD, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PROVIDER_GUARD:?} waiting for {what}"))
+}
+
+#[cfg(feature = "client")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_provider_and_js_provider_converge() {
+    use epicenter_server::client::{ProviderOptions, Status, SyncProvider};
+    use tokio::sync::Notify;
+    use yrs::types::ToJson;
+    use yrs::{Doc, Map, Transact};
+
+    if !js_ready("rust_provider_and_js_provider_converge") {
+        return;
+    }
+    let (server, addr) = dynamic_server().await;
+    let room = "rust-provider";
+
+    // The Rust side: a fresh doc, observed so the test can wait for remote edits.
+    let doc = Doc::new();
+    let m = doc.get_or_insert_map("m");
+    let changed = Arc::new(Notify::new());
+    let notify = changed.clone();
+    doc.observe_update_v1("sync-js-test", move |_, _| notify.notify_one())
+        .expect("observe the doc");
+    let provider = SyncProvider::new(
+        doc.clone(),
+        format!("{}/sync", server_url(addr, room)),
+        ProviderOptions::default(),
+    )
+    .expect("a provider");
+    provider.connect().expect("connect");
+    within(
+        "the Rust provider to connect",
+        provider.status().wait_for(|s| *s == Status::Connected),
+    )
+    .await
+    .expect("status channel open");
+
+    m.insert(&mut doc.transact_mut(), "from-rust", "hello from rust");
+    within(
+        "the server to hold the Rust write durably",
+        provider.has_local_changes().wait_for(|dirty| !dirty),
+    )
+    .await
+    .expect("dirty channel open");
+
+    // The JS side joins, writes, sees the Rust write and reports its client id.
+    let mut js = Script::start("rust_provider.mjs", &[&server_url(addr, room), "sync"]);
+    let ready = js.event("ready").await;
+    let js_id = ready["clientId"].as_u64().expect("clientId");
+
+    // JS's awareness state reaches the Rust provider; then the Rust state goes the other way.
+    within(
+        "the JS awareness state in peers()",
+        provider
+            .peers()
+            .wait_for(|peers| peers.get(&js_id) == Some(&json!({"user": "js"}))),
+    )
+    .await
+    .expect("peers channel open");
+    provider
+        .set_awareness(json!({"user": "rust"}))
+        .expect("set the awareness state");
+
+    let has_js = || m.contains_key(&doc.transact(), "from-js");
+    within("the JS write in the Rust doc", async {
+        while !has_js() {
+            changed.notified().await;
+        }
+    })
+    .await;
+
+    let out = js.finish().await;
+    assert_eq!(
+        out["rust"],
+        json!({"clientId": doc.client_id().get(), "state": {"user": "rust"}}),
+        "{out}"
+    );
+    let rust_map = serde_json::to_value(m.to_json(&doc.transact())).expect("map as JSON");
+    assert_eq!(
+        rust_map,
+        json!({
+            "from-rust": "hello from rust",
+            "from-js": {"lang": "js", "tags": ["a", "b"], "ok": true},
+        })
+    );
+    assert_eq!(out["map"], rust_map, "both sides hold the same map");
+
+    // The JS provider left: the server tells the Rust provider its state is gone.
+    within(
+        "the JS awareness state to leave peers()",
+        provider.peers().wait_for(|peers| peers.is_empty()),
+    )
+    .await
+    .expect("peers channel open");
+
+    assert_connections(&server, 2);
+    provider.destroy().await;
+    assert_eq!(*provider.status().borrow(), Status::Offline);
     server.destroy().await.expect("the server stops");
 }

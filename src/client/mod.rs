@@ -199,8 +199,8 @@ impl ProviderOptions {
 
 /// Something for the session to send.
 pub(crate) enum Outbound {
-    /// A local doc update (already encoded as a frame).
-    Update(bytes::Bytes),
+    /// A local doc update (already encoded as a frame) and its version.
+    Update(bytes::Bytes, u64),
     /// A local awareness update frame.
     Awareness(bytes::Bytes),
 }
@@ -429,6 +429,9 @@ impl SyncProvider {
 
 impl Drop for SyncProvider {
     fn drop(&mut self) {
+        // Stops tracking local changes even if the observer cannot be removed right now
+        // (another transaction holds the doc).
+        self.shared.destroying.store(true, Ordering::Release);
         lock(&self.shared.run).stop.cancel();
         let _ = self
             .shared
@@ -448,11 +451,17 @@ impl fmt::Debug for SyncProvider {
 
 impl Shared {
     /// A local doc update: bump the version, mark dirty, send it if a session is open.
+    ///
+    /// Runs inside the doc's commit, so versions follow commit order, and a reader holding
+    /// a read transaction sees a version that matches the doc's state.
     fn local_update(&self, update: &[u8]) {
-        self.version.fetch_add(1, Ordering::AcqRel);
+        if self.destroying.load(Ordering::Acquire) {
+            return;
+        }
+        let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
         self.dirty
             .send_if_modified(|dirty| !std::mem::replace(dirty, true));
-        self.send(Outbound::Update(protocol::update(update)));
+        self.send(Outbound::Update(protocol::update(update), version));
     }
 
     /// Queues a frame for the open session, if there is one (otherwise the next session's

@@ -166,6 +166,9 @@ struct Session<'a> {
     connected: bool,
     /// Whether the server has echoed a SYNC_STATUS in this session.
     echoed: bool,
+    /// The highest local version whose changes this session has written: what a
+    /// SYNC_STATUS may claim.
+    sent_version: u64,
     last_frame: Instant,
     probe_sent: Option<Instant>,
     next_renewal: Instant,
@@ -183,6 +186,7 @@ impl<'a> Session<'a> {
             step2_sent: false,
             connected: false,
             echoed: false,
+            sent_version: 0,
             last_frame: now,
             probe_sent: None,
             next_renewal: now + shared.options.awareness_renewal,
@@ -391,8 +395,15 @@ impl<'a> Session<'a> {
     /// Sends what the server lacks (offline edits included), then the local version: its
     /// echo means all of it is durable on the server.
     async fn answer_step1(&mut self, sv: &StateVector) -> Result<(), End> {
-        let update = self.shared.doc.transact().encode_state_as_update_v1(sv);
+        let (update, version) = {
+            // No commit can run while the read transaction is held, so the version read
+            // here counts exactly the local changes in the encoded state.
+            let txn = self.shared.doc.transact();
+            let version = self.shared.version.load(Ordering::Acquire);
+            (txn.encode_state_as_update_v1(sv), version)
+        };
         self.send(protocol::step2(&update)).await?;
+        self.sent_version = self.sent_version.max(version);
         self.step2_sent = true;
         self.send_version().await
     }
@@ -426,8 +437,9 @@ impl<'a> Session<'a> {
         let mut next = Some(first);
         while let Some(out) = next {
             let frame = match out {
-                Outbound::Update(frame) => {
+                Outbound::Update(frame, version) => {
                     updated = true;
+                    self.sent_version = self.sent_version.max(version);
                     frame
                 }
                 Outbound::Awareness(frame) => frame,
@@ -439,7 +451,7 @@ impl<'a> Session<'a> {
             next = self.outbound.try_recv().ok();
         }
         if updated && self.step2_sent {
-            let frame = sync_status(self.shared.version.load(Ordering::Acquire));
+            let frame = sync_status(self.sent_version);
             self.socket
                 .feed(Ws::Binary(frame))
                 .await
@@ -451,9 +463,10 @@ impl<'a> Session<'a> {
             .map_err(|e| End::Lost(format!("write failed: {e}")))
     }
 
+    /// Sends the version of what this session has written (never of changes still
+    /// queued: their echo would report them durable too early).
     async fn send_version(&mut self) -> Result<(), End> {
-        let version = self.shared.version.load(Ordering::Acquire);
-        self.send(sync_status(version)).await
+        self.send(sync_status(self.sent_version)).await
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), End> {
