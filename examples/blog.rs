@@ -7,8 +7,11 @@
 //!      -H 'content-type: application/json' -d '{"id":"1","title":"Hello"}'
 //! curl localhost:3913/workspaces/blog/tables/posts
 //! ```
+//!
+//! With `EPICENTER_TOKEN` set, every request needs that token (`Authorization: Bearer <token>`,
+//! or `?token=<token>` for WebSockets); the OpenAPI document and Scalar page stay open.
 
-use epicenter_server::server::{create_server, ServerOptions};
+use epicenter_server::server::{create_server, Auth, ServerOptions};
 use epicenter_server::storage::SqliteStorage;
 use epicenter_server::workspace::{id, text, WorkspaceDefinition};
 
@@ -38,9 +41,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // 3. Create and run the server until Ctrl+C / SIGTERM, then flush and stop.
-    let server = create_server([client], ServerOptions::default())?;
+    let mut options = ServerOptions::default();
+    let token = std::env::var("EPICENTER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if let Some(token) = &token {
+        options = options.auth(Auth::token(token)).public_docs(true);
+    }
+    let server = create_server([client], options)?;
     let addr = server.start().await?;
     println!("Serving blog on http://{addr} (docs at http://{addr}/openapi)");
+    if token.is_some() {
+        println!(
+            "Requests need the token from EPICENTER_TOKEN (Authorization: Bearer, or ?token=)"
+        );
+    }
     server.run_until_shutdown().await?;
     Ok(())
 }

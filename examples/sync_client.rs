@@ -7,13 +7,14 @@
 //! cargo run --example sync_client -- http://127.0.0.1:3913   # or EPICENTER_URL=...
 //! ```
 //!
+//! `EPICENTER_TOKEN`, if set, is sent as the token (as the blog example expects).
 //! The server URL is the first argument, else `EPICENTER_URL`, else
 //! `http://127.0.0.1:<PORT or 3913>` (where the blog example listens).
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use epicenter_server::client::{ProviderOptions, Status, SyncProvider};
+use epicenter_server::client::{Auth, ProviderOptions, Status, SyncProvider};
 use epicenter_server::server::DEFAULT_PORT;
 use epicenter_server::workspace::{id, text, WorkspaceClient, WorkspaceDefinition};
 use serde_json::json;
@@ -55,7 +56,15 @@ async fn run() -> Result<(), Error> {
         .table("posts", [("id", id()), ("title", text())])
         .build()?;
     let client = blog.in_memory().create().await?;
-    let provider = SyncProvider::for_workspace(&client, &server, ProviderOptions::default())?;
+    // A server started with EPICENTER_TOKEN wants the same token.
+    let mut options = ProviderOptions::default();
+    if let Some(token) = std::env::var("EPICENTER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        options = options.auth(Auth::token(token));
+    }
+    let provider = SyncProvider::for_workspace(&client, &server, options)?;
     println!("Syncing workspace `blog` with {}", provider.url());
 
     let result = sync_a_post(&client, &provider, &server).await;

@@ -6,6 +6,7 @@
 //! and destroys every client. Custom routes and nesting into an existing axum app go through
 //! plain axum `Router`s with [`ServerState`] as their state.
 
+mod auth;
 mod discovery;
 mod docs;
 mod error;
@@ -24,6 +25,7 @@ use axum::Router;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
+pub use auth::{Access, Auth, AuthRequest};
 pub use error::ApiError;
 pub use options::{ScalarAssets, ServerOptions, DEFAULT_PORT};
 pub use state::ServerState;
@@ -119,7 +121,7 @@ pub fn create_server(
         }
     }
     let definitions: Vec<&WorkspaceDefinition> = map.values().map(|c| c.definition()).collect();
-    let document = openapi::openapi_document(
+    let mut document = openapi::openapi_document(
         &definitions,
         openapi::DocInfo {
             title: options.title.clone(),
@@ -127,6 +129,9 @@ pub fn create_server(
             description: None,
         },
     );
+    if options.auth.is_on() {
+        openapi::document_auth(&mut document, options.public_docs);
+    }
     let scalar_html = docs::scalar_page(&options.title, &options.scalar);
     let sync = Arc::new(SyncHub::new(options.clone(), map.clone()));
     Ok(Server {
@@ -206,7 +211,11 @@ impl Server {
         let mut app = app
             .fallback(error::no_route)
             .method_not_allowed_fallback(error::wrong_method)
-            .layer(DefaultBodyLimit::max(self.options.body_limit));
+            .layer(DefaultBodyLimit::max(self.options.body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                auth::check,
+            ));
         if let Some(cors) = &self.options.cors {
             app = app.layer(cors.clone());
         }
@@ -320,9 +329,11 @@ impl Server {
 async fn sync_route(
     axum::extract::State(state): axum::extract::State<ServerState>,
     axum::extract::Path(ws): axum::extract::Path<String>,
+    access: Option<axum::Extension<Access>>,
     upgrade: crate::sync::SyncUpgrade,
 ) -> axum::response::Response {
-    state.inner.sync.upgrade(upgrade, ws)
+    let access = access.map_or(Access::ReadWrite, |axum::Extension(access)| access);
+    state.inner.sync.upgrade(upgrade, ws, access)
 }
 
 /// Resolves on SIGINT or (on Unix) SIGTERM.

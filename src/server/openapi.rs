@@ -674,6 +674,68 @@ fn envelope(data: impl Into<RefOr<Schema>>) -> ObjectBuilder {
         .required("data")
 }
 
+/// Documents auth: the bearer and `?token=` schemes required everywhere (but the docs
+/// routes when `public_docs`), 401 on every operation and 403 on writes (read-only
+/// access).
+pub(crate) fn document_auth(doc: &mut OpenApi, public_docs: bool) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    const BEARER: &str = "bearer";
+    const QUERY: &str = "token";
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    components.add_security_scheme(
+        QUERY,
+        SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+            QUERY,
+            "The token as a query parameter (for WebSockets, which cannot send headers).",
+        ))),
+    );
+    doc.security = Some(vec![
+        SecurityRequirement::new(BEARER, Vec::<String>::new()),
+        SecurityRequirement::new(QUERY, Vec::<String>::new()),
+    ]);
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let docs = matches!(path.as_str(), "/" | "/openapi" | "/openapi/json");
+        if path.ends_with("/sync") {
+            // Refused sockets get 101, then the close code 4401 (documented there).
+            continue;
+        }
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.head, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, write) in operations {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            if docs && public_docs {
+                // An empty requirement: no auth.
+                operation.security = Some(vec![SecurityRequirement::default()]);
+                continue;
+            }
+            operation.responses.responses.insert(
+                "401".into(),
+                error("No valid token (`Authorization: Bearer` or `?token=`).").into(),
+            );
+            if write {
+                operation
+                    .responses
+                    .responses
+                    .insert("403".into(), error("The token may only read.").into());
+            }
+        }
+    }
+}
+
 fn json_response(description: &str, schema: impl Into<RefOr<Schema>>) -> Response {
     ResponseBuilder::new()
         .description(description)

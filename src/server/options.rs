@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tower_http::cors::CorsLayer;
 
+use super::auth::Auth;
 use crate::storage::{MemoryStorage, StorageProvider};
 
 /// The default port, as in Epicenter.
@@ -74,6 +75,11 @@ pub struct ServerOptions {
     /// far behind is closed with 1013 (try again later) and resyncs when it reconnects.
     /// Default 4096.
     pub send_queue: usize,
+    /// How requests are authenticated (see [`Auth`]). Default: none.
+    pub auth: Auth,
+    /// Whether discovery, the OpenAPI document and the Scalar page stay open when auth is
+    /// on. Default false: they need a token too.
+    pub public_docs: bool,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -91,6 +97,8 @@ impl std::fmt::Debug for ServerOptions {
             .field("room_idle_timeout", &self.room_idle_timeout)
             .field("max_message_size", &self.max_message_size)
             .field("send_queue", &self.send_queue)
+            .field("auth", &self.auth)
+            .field("public_docs", &self.public_docs)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +119,8 @@ impl Default for ServerOptions {
             room_idle_timeout: Duration::from_secs(60),
             max_message_size: 64 << 20,
             send_queue: 4096,
+            auth: Auth::None,
+            public_docs: false,
         }
     }
 }
@@ -185,6 +195,18 @@ impl ServerOptions {
     /// Sets how many outgoing frames may wait for one connection.
     pub fn send_queue(mut self, frames: usize) -> Self {
         self.send_queue = frames.max(1);
+        self
+    }
+
+    /// Sets how requests are authenticated.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Keeps discovery, the OpenAPI document and the Scalar page open when auth is on.
+    pub fn public_docs(mut self, open: bool) -> Self {
+        self.public_docs = open;
         self
     }
 

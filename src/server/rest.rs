@@ -65,6 +65,9 @@ fn data(status: StatusCode, value: Value) -> Response {
 struct Page {
     limit: Option<usize>,
     offset: Option<usize>,
+    /// Read by the auth layer (`?token=`); accepted here so it is not an unknown parameter.
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 async fn list(

@@ -29,6 +29,7 @@ use super::hub::SyncHub;
 use super::protocol::{self, close, Inbound};
 use super::room::{Out, Outbox, Room};
 use super::upgrade::Socket;
+use crate::server::Access;
 use crate::storage::BoxFuture;
 use crate::StorageError;
 
@@ -51,16 +52,28 @@ pub(crate) fn config(max_message_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_size))
 }
 
-pub(crate) async fn run(socket: Box<Socket>, hub: Arc<SyncHub>, id: String) {
+pub(crate) async fn run(socket: Box<Socket>, hub: Arc<SyncHub>, id: String, access: Access) {
     let conn = hub.next_conn_id();
     let span = tracing::info_span!("sync", room = %id, conn);
     hub.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-    serve(socket, &hub, id, conn).instrument(span).await;
+    serve(socket, &hub, id, conn, access).instrument(span).await;
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64) {
+async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, access: Access) {
+    if access == Access::Denied {
+        hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("no valid token; closing with 4401");
+        let ping_interval = hub.options.ping_interval;
+        Box::pin(async move {
+            let mut io = Io::new(socket, ping_interval);
+            close_socket(&mut io, close::UNAUTHORIZED, "Unauthorized").await
+        })
+        .await;
+        return;
+    }
+    let read_only = access == Access::ReadOnly;
     let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
     // Futures awaited once or rarely are boxed, so an idle connection's task does not
     // carry their state.
@@ -90,7 +103,9 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64) {
         .await;
         match event {
             Event::Frame(frame) => {
-                if let Err((code, reason)) = Box::pin(handle(&room, conn, &out, frame)).await {
+                if let Err((code, reason)) =
+                    Box::pin(handle(&room, conn, &out, frame, read_only)).await
+                {
                     tracing::warn!(code, %reason, "closing the connection after bad input");
                     out.close(code, reason);
                 }
@@ -122,11 +137,21 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64) {
 }
 
 /// Handles one inbound frame.
-async fn handle(room: &Room, conn: u64, out: &Outbox, frame: Bytes) -> Result<(), (u16, String)> {
+async fn handle(
+    room: &Room,
+    conn: u64,
+    out: &Outbox,
+    frame: Bytes,
+    read_only: bool,
+) -> Result<(), (u16, String)> {
     match protocol::decode(&frame) {
         Err(e) => Err((close::INVALID_PAYLOAD, format!("malformed message: {e}"))),
         Ok(Inbound::Step1(sv)) => {
             room.step2(sv, out).await;
+            Ok(())
+        }
+        Ok(Inbound::Update(_)) if read_only => {
+            tracing::warn!("read-only connection sent a doc update; refused");
             Ok(())
         }
         Ok(Inbound::Update(update)) => room.apply(conn, &update),

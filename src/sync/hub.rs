@@ -16,7 +16,7 @@ use super::dynamic::DynamicDoc;
 use super::protocol::close;
 use super::room::{Outbox, Room, RoomDoc};
 use super::upgrade::SyncUpgrade;
-use crate::server::ServerOptions;
+use crate::server::{Access, ServerOptions};
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
@@ -35,6 +35,8 @@ pub(crate) struct Stats {
     pub connections_opened: AtomicU64,
     pub connections_open: AtomicUsize,
     pub slow_consumer_closes: AtomicU64,
+    /// Requests and sync connections refused for lack of a valid token.
+    pub auth_failures: AtomicU64,
 }
 
 /// A snapshot of the sync counters.
@@ -47,6 +49,8 @@ pub struct SyncStats {
     pub connections_open: usize,
     /// Connections closed because their send queue overflowed.
     pub slow_consumer_closes: u64,
+    /// Requests and sync connections refused for lack of a valid token.
+    pub auth_failures: u64,
     /// Rooms loaded now.
     pub rooms_open: usize,
 }
@@ -144,6 +148,7 @@ impl SyncHub {
             connections_opened: self.stats.connections_opened.load(Ordering::Relaxed),
             connections_open: self.stats.connections_open.load(Ordering::Relaxed),
             slow_consumer_closes: self.stats.slow_consumer_closes.load(Ordering::Relaxed),
+            auth_failures: self.stats.auth_failures.load(Ordering::Relaxed),
             rooms_open: lock(&self.live).len(),
         }
     }
@@ -153,11 +158,16 @@ impl SyncHub {
     }
 
     /// Upgrades a request to a sync connection of room `id`.
-    pub(crate) fn upgrade(self: &Arc<Self>, upgrade: SyncUpgrade, id: String) -> Response {
+    pub(crate) fn upgrade(
+        self: &Arc<Self>,
+        upgrade: SyncUpgrade,
+        id: String,
+        access: Access,
+    ) -> Response {
         let hub = self.clone();
         let config = super::connection::config(self.options.max_message_size);
         upgrade.accept(&self.tracker, config, move |socket| {
-            super::connection::run(socket, hub, id)
+            super::connection::run(socket, hub, id, access)
         })
     }
 

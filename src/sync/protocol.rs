@@ -31,6 +31,8 @@ pub mod close {
     /// No workspace has this id and dynamic docs are off. Final for y-websocket clients
     /// (4400–4499 stop their reconnect loop).
     pub const ROOM_NOT_FOUND: u16 = 4404;
+    /// `Unauthorized`: no valid token (final for y-websocket clients).
+    pub const UNAUTHORIZED: u16 = 4401;
 }
 
 /// An inbound message, decoded.

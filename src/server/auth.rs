@@ -1,0 +1,291 @@
+//! Authentication and access control: none (the default), a fixed token, or an async
+//! verify callback that grants read-write or read-only access, or denies.
+//!
+//! The token comes from `Authorization: Bearer <token>` or, for WebSockets (browsers cannot
+//! set headers on them), from `?token=<token>`. REST answers 401 without a valid token and
+//! 403 when read-only access tries to write. A sync connection without access is accepted
+//! and closed at once with 4401 `Unauthorized` (a browser sees close codes, not HTTP
+//! statuses); a read-only one receives updates and may use awareness, but its doc updates
+//! are refused (not applied, not broadcast) and logged.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, ServerState};
+use crate::storage::BoxFuture;
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write.
+    ReadWrite,
+    /// Read only: REST writes get 403; sync connections receive updates and may use
+    /// awareness, but their doc updates are refused.
+    ReadOnly,
+    /// Nothing: REST gets 401, sync connections are closed with 4401.
+    Denied,
+}
+
+/// What a verify callback sees.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AuthRequest {
+    /// The token (`Authorization: Bearer` or `?token=`), if any.
+    pub token: Option<String>,
+    /// The workspace (room) id, for `/workspaces/{id}/...` paths.
+    pub workspace: Option<String>,
+    /// The request method.
+    pub method: Method,
+    /// The request URI (as the server's router sees it).
+    pub uri: Uri,
+    /// The request headers.
+    pub headers: HeaderMap,
+}
+
+/// How requests are authenticated. See the [module docs](self).
+#[derive(Clone, Default)]
+pub enum Auth {
+    /// Everyone may read and write (the default).
+    #[default]
+    None,
+    /// Requests carrying this token may read and write; others are denied. Compared in
+    /// constant time.
+    Token(String),
+    /// An async callback decides for each request.
+    Verify(Arc<dyn Fn(AuthRequest) -> BoxFuture<Access> + Send + Sync>),
+}
+
+impl Auth {
+    /// Fixed-token auth.
+    pub fn token(token: impl Into<String>) -> Auth {
+        Auth::Token(token.into())
+    }
+
+    /// Auth by an async callback.
+    ///
+    /// ```
+    /// use epicenter_server::server::{Access, Auth, ServerOptions};
+    /// let auth = Auth::verify(|request| async move {
+    ///     match request.token.as_deref() {
+    ///         Some("writer") => Access::ReadWrite,
+    ///         Some("reader") => Access::ReadOnly,
+    ///         _ => Access::Denied,
+    ///     }
+    /// });
+    /// let options = ServerOptions::default().auth(auth);
+    /// ```
+    pub fn verify<F, Fut>(verify: F) -> Auth
+    where
+        F: Fn(AuthRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Access> + Send + 'static,
+    {
+        Auth::Verify(Arc::new(move |request| Box::pin(verify(request))))
+    }
+
+    /// Whether requests are checked at all.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Auth::None)
+    }
+
+    async fn decide(&self, request: AuthRequest) -> Access {
+        match self {
+            Auth::None => Access::ReadWrite,
+            Auth::Token(expected) => match &request.token {
+                Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => {
+                    Access::ReadWrite
+                }
+                _ => Access::Denied,
+            },
+            Auth::Verify(verify) => verify(request).await,
+        }
+    }
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Token(_) => f.write_str("Token(..)"),
+            Auth::Verify(_) => f.write_str("Verify(..)"),
+        }
+    }
+}
+
+/// The token of a request: the bearer token, else `?token=`.
+fn token_of(request: &Request) -> Option<String> {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    let query = request.uri().query()?;
+    form_urlencoded_token(query)
+}
+
+/// The `token` parameter of a query string, percent-decoded.
+fn form_urlencoded_token(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "token").then(|| {
+            let value = value.replace('+', " ");
+            percent_encoding::percent_decode_str(&value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The workspace id of `/workspaces/{id}/...`.
+fn workspace_of(uri: &Uri) -> Option<String> {
+    let rest = uri.path().strip_prefix("/workspaces/")?;
+    let id = rest.split('/').next().filter(|id| !id.is_empty())?;
+    Some(
+        percent_encoding::percent_decode_str(id)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+/// Whether the path is one of the documentation routes (discovery, OpenAPI, Scalar).
+fn is_docs(uri: &Uri) -> bool {
+    matches!(
+        uri.path(),
+        "/" | "/openapi" | "/openapi/json" | "/openapi/scalar.js"
+    )
+}
+
+/// Whether the path is a sync route.
+fn is_sync(uri: &Uri) -> bool {
+    uri.path().starts_with("/workspaces/") && uri.path().ends_with("/sync")
+}
+
+/// The middleware: decides access for every request (but open documentation routes).
+pub(crate) async fn check(
+    State(state): State<ServerState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let options = &state.inner.sync.options;
+    if !options.auth.is_on() || (options.public_docs && is_docs(request.uri())) {
+        return next.run(request).await;
+    }
+    let asked = AuthRequest {
+        token: token_of(&request),
+        workspace: workspace_of(request.uri()),
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        headers: request.headers().clone(),
+    };
+    let access = options.auth.decide(asked).await;
+    let sync = is_sync(request.uri());
+    if access != Access::ReadWrite {
+        tracing::info!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            ?access,
+            "restricted request"
+        );
+    }
+    match access {
+        // The sync route closes the socket with 4401 itself.
+        _ if sync => {
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
+        Access::Denied => {
+            state
+                .inner
+                .sync
+                .stats
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "a valid token is required")
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Access::ReadOnly
+            if !matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            ) =>
+        {
+            ApiError::new(StatusCode::FORBIDDEN, "this token may only read").into_response()
+        }
+        Access::ReadOnly | Access::ReadWrite => next.run(request).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_bearer_header_or_the_query() {
+        let request = |uri: &str, auth: Option<&str>| {
+            let mut builder = Request::builder().uri(uri);
+            if let Some(auth) = auth {
+                builder = builder.header(header::AUTHORIZATION, auth);
+            }
+            builder.body(axum::body::Body::empty()).unwrap()
+        };
+        assert_eq!(
+            token_of(&request("/x", Some("Bearer abc"))),
+            Some("abc".into())
+        );
+        assert_eq!(
+            token_of(&request("/x", Some("bearer  abc "))),
+            Some("abc".into())
+        );
+        assert_eq!(token_of(&request("/x", Some("Basic abc"))), None);
+        assert_eq!(
+            token_of(&request("/x?a=1&token=s3%2Fc+t", None)),
+            Some("s3/c t".into())
+        );
+        assert_eq!(token_of(&request("/x?tokens=1", None)), None);
+        assert_eq!(token_of(&request("/x", None)), None);
+    }
+
+    #[test]
+    fn workspace_ids_come_from_the_path() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(
+            workspace_of(&uri("/workspaces/blog/sync")),
+            Some("blog".into())
+        );
+        assert_eq!(
+            workspace_of(&uri("/workspaces/a%20b/tables/t")),
+            Some("a b".into())
+        );
+        assert_eq!(workspace_of(&uri("/workspaces/")), None);
+        assert_eq!(workspace_of(&uri("/openapi")), None);
+    }
+
+    #[tokio::test]
+    async fn fixed_tokens_must_match_exactly() {
+        let auth = Auth::token("secret");
+        let ask = |token: Option<&str>| AuthRequest {
+            token: token.map(str::to_string),
+            workspace: None,
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            headers: HeaderMap::new(),
+        };
+        assert_eq!(auth.decide(ask(Some("secret"))).await, Access::ReadWrite);
+        assert_eq!(auth.decide(ask(Some("secret2"))).await, Access::Denied);
+        assert_eq!(auth.decide(ask(Some("secre"))).await, Access::Denied);
+        assert_eq!(auth.decide(ask(None)).await, Access::Denied);
+        assert_eq!(Auth::None.decide(ask(None)).await, Access::ReadWrite);
+    }
+}
