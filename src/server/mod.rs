@@ -332,8 +332,20 @@ async fn sync_route(
     access: Option<axum::Extension<Access>>,
     upgrade: crate::sync::SyncUpgrade,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let access = access.map_or(Access::ReadWrite, |axum::Extension(access)| access);
-    state.inner.sync.upgrade(upgrade, ws, access)
+    let hub = &state.inner.sync;
+    if let (Some(allowed), Some(origin)) = (&hub.options.allowed_origins, &upgrade.origin) {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+            tracing::warn!(%origin, room = %ws, "WebSocket from an origin not allowed");
+            return ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                format!("origin `{origin}` may not open sync connections"),
+            )
+            .into_response();
+        }
+    }
+    hub.upgrade(upgrade, ws, access)
 }
 
 /// Resolves on SIGINT or (on Unix) SIGTERM.

@@ -80,6 +80,19 @@ pub struct ServerOptions {
     /// Whether discovery, the OpenAPI document and the Scalar page stay open when auth is
     /// on. Default false: they need a token too.
     pub public_docs: bool,
+    /// Origins allowed to open sync WebSockets (e.g. `https://app.example.com`), against
+    /// cross-site WebSocket hijacking: an upgrade whose `Origin` is not listed gets 403.
+    /// Requests without `Origin` (not from a browser) are allowed. Default `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Most sync connections at once; more are closed with 1013. Default 100,000.
+    pub max_connections: usize,
+    /// Most connections in one room; more are closed with 1013. Default 20,000.
+    pub max_room_connections: usize,
+    /// Most dynamic rooms at once; a new one beyond is closed with 1013. Default 10,000.
+    pub max_dynamic_rooms: usize,
+    /// How long a new sync connection may stay silent before its first message; then it
+    /// is closed with 1008. Default 10 s.
+    pub handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -99,6 +112,11 @@ impl std::fmt::Debug for ServerOptions {
             .field("send_queue", &self.send_queue)
             .field("auth", &self.auth)
             .field("public_docs", &self.public_docs)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_connections", &self.max_connections)
+            .field("max_room_connections", &self.max_room_connections)
+            .field("max_dynamic_rooms", &self.max_dynamic_rooms)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +139,11 @@ impl Default for ServerOptions {
             send_queue: 4096,
             auth: Auth::None,
             public_docs: false,
+            allowed_origins: None,
+            max_connections: 100_000,
+            max_room_connections: 20_000,
+            max_dynamic_rooms: 10_000,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -207,6 +230,41 @@ impl ServerOptions {
     /// Keeps discovery, the OpenAPI document and the Scalar page open when auth is on.
     pub fn public_docs(mut self, open: bool) -> Self {
         self.public_docs = open;
+        self
+    }
+
+    /// Allows sync WebSockets only from these origins (see
+    /// [`ServerOptions::allowed_origins`]).
+    pub fn allow_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets the most sync connections at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets the most connections in one room.
+    pub fn max_room_connections(mut self, n: usize) -> Self {
+        self.max_room_connections = n;
+        self
+    }
+
+    /// Sets the most dynamic rooms at once.
+    pub fn max_dynamic_rooms(mut self, n: usize) -> Self {
+        self.max_dynamic_rooms = n;
+        self
+    }
+
+    /// Sets how long a new sync connection may stay silent before its first message.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 

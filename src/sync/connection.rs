@@ -73,6 +73,21 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
         .await;
         return;
     }
+    if hub.stats.connections_open.load(Ordering::Acquire) > hub.options.max_connections {
+        tracing::warn!("connection limit reached; closing with 1013");
+        let ping_interval = hub.options.ping_interval;
+        Box::pin(async move {
+            let mut io = Io::new(socket, ping_interval);
+            close_socket(
+                &mut io,
+                close::TRY_AGAIN_LATER,
+                "server full: too many connections",
+            )
+            .await
+        })
+        .await;
+        return;
+    }
     let read_only = access == Access::ReadOnly;
     let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
     // Futures awaited once or rarely are boxed, so an idle connection's task does not
@@ -93,14 +108,31 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
     tracing::debug!("connected");
     let mut io = Io::new(socket, hub.options.ping_interval);
     let mut shutdown = pin!(hub.shutdown.cancelled());
+    // The first message must come within the handshake deadline (boxed, and dropped once
+    // it has come, so idle connections do not carry the timer).
+    let mut deadline = Some(Box::pin(tokio::time::sleep(hub.options.handshake_timeout)));
     loop {
         let event = poll_fn(|cx| {
             if shutdown.as_mut().poll(cx).is_ready() {
                 out.close(close::GOING_AWAY, "server shutting down");
             }
+            if deadline
+                .as_mut()
+                .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+            {
+                deadline = None;
+                tracing::info!("no message within the handshake deadline; closing");
+                out.close(
+                    close::POLICY_VIOLATION,
+                    "no message within the handshake deadline",
+                );
+            }
             io.poll_event(cx, &out)
         })
         .await;
+        if matches!(event, Event::Frame(_)) {
+            deadline = None;
+        }
         match event {
             Event::Frame(frame) => {
                 if let Err((code, reason)) =

@@ -71,6 +71,10 @@ pub(crate) struct Entry {
 /// Why a connection could not join a room.
 pub(crate) enum JoinError {
     NotFound,
+    /// The room has `max_room_connections` connections.
+    RoomFull,
+    /// `max_dynamic_rooms` dynamic rooms exist.
+    TooManyRooms,
     ShuttingDown,
     LoadFailed,
 }
@@ -79,6 +83,11 @@ impl JoinError {
     pub fn close_frame(&self, id: &str) -> (u16, String) {
         match self {
             JoinError::NotFound => (close::ROOM_NOT_FOUND, format!("Room not found: {id}")),
+            JoinError::RoomFull => (
+                close::TRY_AGAIN_LATER,
+                "room full: too many connections".into(),
+            ),
+            JoinError::TooManyRooms => (close::TRY_AGAIN_LATER, "too many rooms".into()),
             JoinError::ShuttingDown => (close::GOING_AWAY, "server shutting down".into()),
             JoinError::LoadFailed => (close::INTERNAL_ERROR, "cannot load the doc".into()),
         }
@@ -97,6 +106,8 @@ pub struct SyncHub {
     /// Ids of the loaded rooms.
     live: Mutex<BTreeSet<String>>,
     next_conn: AtomicU64,
+    /// Dynamic rooms registered now (loaded, or loading).
+    dynamic_rooms: AtomicUsize,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     events: broadcast::Sender<RoomEvent>,
@@ -120,6 +131,7 @@ impl SyncHub {
             rooms: Mutex::default(),
             live: Mutex::default(),
             next_conn: AtomicU64::new(1),
+            dynamic_rooms: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             events: broadcast::channel(256).0,
@@ -195,6 +207,14 @@ impl SyncHub {
                         } else {
                             return Err(JoinError::NotFound);
                         };
+                        if dynamic {
+                            let count = self.dynamic_rooms.load(Ordering::Acquire);
+                            if count >= self.options.max_dynamic_rooms {
+                                tracing::warn!(room = id, count, "dynamic room limit reached");
+                                return Err(JoinError::TooManyRooms);
+                            }
+                            self.dynamic_rooms.fetch_add(1, Ordering::AcqRel);
+                        }
                         let entry = Arc::new(Entry {
                             dynamic,
                             slot: tokio::sync::Mutex::new(Slot::Empty),
@@ -238,6 +258,10 @@ impl SyncHub {
             };
             if self.shutdown.is_cancelled() {
                 return Err(JoinError::ShuttingDown);
+            }
+            if room.len() >= self.options.max_room_connections {
+                tracing::warn!(room = id, "room connection limit reached");
+                return Err(JoinError::RoomFull);
             }
             room.add(conn, out);
             return Ok((entry.clone(), room));
@@ -291,6 +315,9 @@ impl SyncHub {
         let mut rooms = lock(&self.rooms);
         if rooms.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             rooms.remove(id);
+            if entry.dynamic {
+                self.dynamic_rooms.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 

@@ -19,6 +19,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame arrived; the protocol is binary.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// No message within the handshake deadline.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message could not be decoded, or its update could not be applied.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A message was larger than the server's `max_message_size`.

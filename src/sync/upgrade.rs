@@ -19,6 +19,8 @@ pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// A valid WebSocket upgrade request.
 pub(crate) struct SyncUpgrade {
+    /// The request's `Origin`, if it has one.
+    pub origin: Option<String>,
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
@@ -75,7 +77,15 @@ impl<S: Send + Sync> FromRequestParts<S> for SyncUpgrade {
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or(NotAnUpgrade("this connection cannot be upgraded"))?;
-        Ok(SyncUpgrade { key, on_upgrade })
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
+        Ok(SyncUpgrade {
+            origin,
+            key,
+            on_upgrade,
+        })
     }
 }
 
