@@ -145,7 +145,7 @@ fn form_urlencoded_token(query: &str) -> Option<String> {
 }
 
 /// The workspace id of `/workspaces/{id}/...`.
-fn workspace_of(uri: &Uri) -> Option<String> {
+pub(crate) fn workspace_of(uri: &Uri) -> Option<String> {
     let rest = uri.path().strip_prefix("/workspaces/")?;
     let id = rest.split('/').next().filter(|id| !id.is_empty())?;
     Some(

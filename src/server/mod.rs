@@ -10,6 +10,7 @@ mod auth;
 mod discovery;
 mod docs;
 mod error;
+mod metrics;
 pub(crate) mod openapi;
 mod options;
 mod rest;
@@ -202,6 +203,9 @@ impl Server {
             .merge(rest::routes())
             .route("/workspaces/{ws}/sync", get(sync_route))
             .merge(self.custom.clone());
+        if self.options.metrics {
+            app = app.route("/metrics", get(metrics::scrape));
+        }
         if let ScalarAssets::File(path) = &self.options.scalar {
             app = app.route_service(
                 "/openapi/scalar.js",
@@ -216,6 +220,27 @@ impl Server {
                 self.state.clone(),
                 auth::check,
             ));
+        // A span per request, with the workspace it is about.
+        app = app.layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::http::Request<axum::body::Body>| {
+                    let workspace = auth::workspace_of(request.uri());
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        workspace = workspace.as_deref().unwrap_or_default(),
+                    )
+                },
+            ),
+        );
+        if self.options.metrics {
+            // Outside auth, so refused requests are counted too.
+            app = app.layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                metrics::count,
+            ));
+        }
         if let Some(cors) = &self.options.cors {
             app = app.layer(cors.clone());
         }

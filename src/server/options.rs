@@ -93,6 +93,8 @@ pub struct ServerOptions {
     /// How long a new sync connection may stay silent before its first message; then it
     /// is closed with 1008. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Serves `GET /metrics` (Prometheus text; behind auth like every route). Default off.
+    pub metrics: bool,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -117,6 +119,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_room_connections", &self.max_room_connections)
             .field("max_dynamic_rooms", &self.max_dynamic_rooms)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +147,7 @@ impl Default for ServerOptions {
             max_room_connections: 20_000,
             max_dynamic_rooms: 10_000,
             handshake_timeout: Duration::from_secs(10),
+            metrics: false,
         }
     }
 }
@@ -265,6 +269,12 @@ impl ServerOptions {
     /// Sets how long a new sync connection may stay silent before its first message.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Turns the `/metrics` route on or off.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
         self
     }
 

@@ -22,6 +22,8 @@ pub(crate) struct StateInner {
     pub scalar_html: axum::body::Bytes,
     /// Sync rooms and connections.
     pub sync: Arc<SyncHub>,
+    /// The `/metrics` registry.
+    pub metrics: super::metrics::Metrics,
 }
 
 impl ServerState {
@@ -40,6 +42,7 @@ impl ServerState {
                 openapi,
                 openapi_json,
                 scalar_html,
+                metrics: super::metrics::Metrics::new(sync.clone()),
                 sync,
             }),
         }

@@ -16,10 +16,12 @@ use crate::workspace::{Row, WorkspaceDefinition};
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod stats;
 
 pub use memory::MemoryStorage;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStorage};
+pub use stats::{CommitSnapshot, CommitStats, COMMITS};
 
 /// Applies stored v1 updates to `doc` in order, one transaction each (many updates in one
 /// transaction is quadratic in yrs). On failure, says which update and why.

@@ -25,7 +25,7 @@ use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use super::hub::SyncHub;
+use super::hub::{Stats, SyncHub};
 use super::protocol::{self, close, Inbound};
 use super::room::{Out, Outbox, Room};
 use super::upgrade::Socket;
@@ -135,6 +135,10 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
         }
         match event {
             Event::Frame(frame) => {
+                hub.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                hub.stats
+                    .bytes_in
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
                 if let Err((code, reason)) =
                     Box::pin(handle(&room, conn, &out, frame, read_only)).await
                 {
@@ -298,7 +302,7 @@ impl Io {
             }
             self.ping_due = true;
         }
-        if let Err(e) = self.poll_write(cx) {
+        if let Err(e) = self.poll_write(cx, out.stats()) {
             return Poll::Ready(Event::Gone(format!("write failed: {e}")));
         }
         if self.direct.is_some() {
@@ -330,7 +334,11 @@ impl Io {
     }
 
     /// Sends what is waiting while the socket accepts it, then flushes.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), tungstenite::Error> {
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        stats: &Stats,
+    ) -> Result<(), tungstenite::Error> {
         loop {
             if self.direct.is_some() {
                 // What the socket buffered goes first.
@@ -353,7 +361,7 @@ impl Io {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(result) => result?,
             }
-            if let Some(message) = self.next_message() {
+            if let Some(message) = self.next_message(stats) {
                 self.socket.start_send_unpin(message)?;
                 self.unflushed = true;
             }
@@ -407,7 +415,7 @@ impl Io {
 
     /// The next message to send (a ping, echoes, frames), or `None` when it is a big
     /// one, set up to be written directly.
-    fn next_message(&mut self) -> Option<Message> {
+    fn next_message(&mut self, stats: &Stats) -> Option<Message> {
         if std::mem::take(&mut self.ping_due) {
             return Some(Message::Ping(Bytes::new()));
         }
@@ -415,6 +423,10 @@ impl Io {
             Some(echo) => echo,
             None => self.frames.pop_front()?,
         };
+        stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_out
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
         if frame.len() <= DIRECT {
             return Some(Message::Binary(frame));
         }

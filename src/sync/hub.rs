@@ -37,6 +37,10 @@ pub(crate) struct Stats {
     pub slow_consumer_closes: AtomicU64,
     /// Requests and sync connections refused for lack of a valid token.
     pub auth_failures: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 /// A snapshot of the sync counters.
@@ -137,6 +141,35 @@ impl SyncHub {
             events: broadcast::channel(256).0,
             stats: Arc::default(),
         }
+    }
+
+    /// The encoded full-state size of every workspace doc and loaded dynamic doc.
+    pub(crate) fn doc_sizes(&self) -> Vec<(String, usize)> {
+        use yrs::{ReadTxn, StateVector, Transact};
+        let size = |doc: &yrs::Doc| {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+                .len()
+        };
+        let mut sizes: Vec<(String, usize)> = self
+            .clients
+            .iter()
+            .map(|(id, client)| (id.clone(), size(client.doc())))
+            .collect();
+        let entries: Vec<(String, Arc<Entry>)> = lock(&self.rooms)
+            .iter()
+            .filter(|(_, entry)| entry.dynamic)
+            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .collect();
+        for (id, entry) in entries {
+            // A room being loaded or evicted is skipped this time.
+            if let Ok(slot) = entry.slot.try_lock() {
+                if let Slot::Live(room) = &*slot {
+                    sizes.push((id, size(room.doc())));
+                }
+            }
+        }
+        sizes
     }
 
     /// Ids of the rooms loaded now, sorted.

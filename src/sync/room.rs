@@ -108,6 +108,11 @@ impl Outbox {
         }
     }
 
+    /// The server's sync counters.
+    pub fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+
     /// Closes the connection with this close frame (the first reason given wins).
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         let mut state = lock(&self.0.state);
@@ -153,7 +158,7 @@ pub(crate) enum RoomDoc {
 }
 
 impl RoomDoc {
-    fn doc(&self) -> &Doc {
+    pub(crate) fn doc(&self) -> &Doc {
         match self {
             RoomDoc::Workspace(client) => client.doc(),
             RoomDoc::Dynamic(doc) => doc.doc(),
@@ -257,6 +262,11 @@ impl Room {
             }
         }
         lock(&self.members).len()
+    }
+
+    /// The room's doc.
+    pub fn doc(&self) -> &Doc {
+        self.doc.doc()
     }
 
     /// How many connections the room has.

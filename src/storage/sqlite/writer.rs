@@ -89,12 +89,15 @@ impl Writer {
                 let started = std::time::Instant::now();
                 match self.write_batch(work) {
                     Ok(()) => {
-                        tracing::trace!(elapsed = ?started.elapsed(), "storage commit");
+                        let took = started.elapsed();
+                        crate::storage::COMMITS.committed(took);
+                        tracing::trace!(elapsed = ?took, "storage commit");
                         if let Some(seq) = max_seq {
                             self.committed.send_modify(|c| c.seq = seq);
                         }
                     }
                     Err(e) => {
+                        crate::storage::COMMITS.failed();
                         failed = true;
                         tracing::error!(path = %self.path.display(), error = %e, "storage write failed; later writes are not durable");
                         self.committed

@@ -1,0 +1,163 @@
+//! The opt-in `/metrics` route.
+
+use std::time::Duration;
+
+use epicenter_server::server::{create_server, Auth, ServerOptions};
+use epicenter_server::storage::SqliteStorage;
+use epicenter_server::workspace::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::encoder::Encode;
+use yrs::StateVector;
+
+const GUARD: Duration = Duration::from_secs(10);
+
+fn blog() -> WorkspaceDefinition {
+    WorkspaceDefinition::builder("blog")
+        .table("posts", [("id", id()), ("title", text())])
+        .build()
+        .unwrap()
+}
+
+/// The value of the sample line that starts with `name` (labels included).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no sample `{name}` in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_rooms_connections_messages_requests_commits_and_doc_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = blog()
+        .with_storage(SqliteStorage::new(dir.path()))
+        .create()
+        .await
+        .unwrap();
+    let server = create_server([client], ServerOptions::default().port(0).metrics(true)).unwrap();
+    let addr = server.start().await.unwrap();
+    let http = reqwest::Client::new();
+    let posts = format!("http://{addr}/workspaces/blog/tables/posts");
+    let created = http
+        .post(&posts)
+        .json(&json!({"id": "p1", "title": "Hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let missing = http.get(format!("{posts}/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // One sync connection: step1 and a SYNC_STATUS, answered.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/blog/sync"))
+        .await
+        .unwrap();
+    let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
+    let status = Message::Custom(102, vec![1]).encode_v1();
+    ws.send(Ws::Binary(step1.into())).await.unwrap();
+    ws.send(Ws::Binary(status.clone().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(b))) if b[..] == status[..] => break,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let response = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        sample(&text, r#"epicenter_http_requests_total{status="201"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"epicenter_http_requests_total{status="404"}"#),
+        1.0
+    );
+    assert_eq!(sample(&text, "epicenter_sync_rooms"), 1.0);
+    assert_eq!(sample(&text, "epicenter_sync_connections"), 1.0);
+    assert_eq!(
+        sample(&text, "epicenter_sync_connections_opened_total"),
+        1.0
+    );
+    assert_eq!(sample(&text, "epicenter_sync_messages_received_total"), 2.0);
+    // step1, step2 and the echo at least.
+    assert!(sample(&text, "epicenter_sync_messages_sent_total") >= 3.0);
+    assert!(sample(&text, "epicenter_sync_bytes_received_total") >= 5.0);
+    assert!(sample(&text, "epicenter_sync_bytes_sent_total") > 0.0);
+    assert_eq!(
+        sample(&text, "epicenter_sync_slow_consumer_closes_total"),
+        0.0
+    );
+    assert_eq!(sample(&text, "epicenter_auth_failures_total"), 0.0);
+    assert!(sample(&text, "epicenter_storage_commit_seconds_count") >= 1.0);
+    assert!(
+        sample(
+            &text,
+            r#"epicenter_storage_commit_seconds_bucket{le="+Inf"}"#
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(&text, "epicenter_storage_commit_failures_total"),
+        0.0
+    );
+    assert!(sample(&text, r#"epicenter_doc_bytes{doc="blog"}"#) > 10.0);
+    server.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_off_by_default_and_behind_auth() {
+    let client = blog().in_memory().create().await.unwrap();
+    let server = create_server([client], ServerOptions::default().port(0)).unwrap();
+    let addr = server.start().await.unwrap();
+    let off = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 404);
+    server.destroy().await.unwrap();
+
+    let client = blog().in_memory().create().await.unwrap();
+    let options = ServerOptions::default()
+        .port(0)
+        .metrics(true)
+        .auth(Auth::token("t"))
+        .public_docs(true);
+    let server = create_server([client], options).unwrap();
+    let addr = server.start().await.unwrap();
+    let http = reqwest::Client::new();
+    let refused = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sample(&text, "epicenter_auth_failures_total"), 1.0);
+    assert_eq!(
+        sample(&text, r#"epicenter_http_requests_total{status="401"}"#),
+        1.0
+    );
+    server.destroy().await.unwrap();
+}
