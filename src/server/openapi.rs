@@ -163,6 +163,13 @@ impl Parts {
                 ResponseBuilder::new()
                     .description("Switching Protocols: the socket now carries y-websocket sync.")
                     .build(),
+            )
+            .response(
+                "426",
+                error(
+                    "Not a WebSocket upgrade request; the message says which header is \
+                     missing or wrong.",
+                ),
             );
         let path = format!("/workspaces/{}/sync", path_segment(&ws.id));
         self.paths.push((path, PathItem::new(HttpMethod::Get, op)));
@@ -326,6 +333,7 @@ impl Parts {
             )
             .parameter(id())
             .response("200", json_response("The row.", one()))
+            .response("400", error(BAD_PATH))
             .response("404", error(NO_ROW))
             .response(
                 "422",
@@ -369,6 +377,7 @@ impl Parts {
                 "200",
                 json_response("The row was deleted.", envelope(delete_data)),
             )
+            .response("400", error(BAD_PATH))
             .response("404", error(NO_ROW));
         self.paths.push((
             format!("{collection}/{{id}}"),
@@ -439,6 +448,7 @@ impl Parts {
     }
 }
 
+const BAD_PATH: &str = "The path is malformed (e.g. the id is not valid UTF-8).";
 const BAD_JSON: &str = "The body is not valid JSON.";
 const TOO_LARGE: &str = "The body is larger than the server accepts.";
 const NOT_JSON: &str = "The body is not sent as `application/json`.";
@@ -988,7 +998,8 @@ mod tests {
         }
         let sync = &doc["paths"]["/workspaces/blog/sync"]["get"];
         assert_eq!(sync["tags"], json!(["sync"]));
-        assert_eq!(sync["responses"].as_object().expect("responses").len(), 1);
+        assert_eq!(sync["responses"].as_object().expect("responses").len(), 2);
+        assert!(sync["responses"]["426"].is_object());
         assert!(sync["responses"]["101"].is_object());
         assert!(sync["description"]
             .as_str()
@@ -1142,13 +1153,13 @@ mod tests {
             codes(&collection["post"]),
             ["200", "201", "400", "413", "415", "422"]
         );
-        assert_eq!(codes(&item["get"]), ["200", "404", "422"]);
+        assert_eq!(codes(&item["get"]), ["200", "400", "404", "422"]);
         assert_eq!(
             codes(&item["put"]),
             ["200", "400", "404", "413", "415", "422"]
         );
         assert_eq!(codes(&item["patch"]), codes(&item["put"]));
-        assert_eq!(codes(&item["delete"]), ["200", "404"]);
+        assert_eq!(codes(&item["delete"]), ["200", "400", "404"]);
         let created = &collection["post"]["responses"]["201"]["content"][JSON]["schema"];
         assert_eq!(
             created["properties"]["data"]["$ref"],
