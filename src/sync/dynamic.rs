@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, Options, Origin, Transact, Update};
+use yrs::{Doc, Options, Origin, Transact};
 
 use crate::error::StorageError;
 use crate::storage::{BoxFuture, DocStorage, StorageProvider};
@@ -53,7 +52,7 @@ impl DynamicDoc {
 
     /// Applies a v1 update with `origin`.
     pub fn apply(&self, update: &[u8], origin: Origin) -> Result<(), String> {
-        let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+        let update = crate::storage::decode_update(update)?;
         self.doc
             .transact_mut_with(origin)
             .apply_update(update)

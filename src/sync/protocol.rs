@@ -56,8 +56,10 @@ pub(crate) enum Inbound {
 
 /// Decodes one frame. Truncated or malformed input is an error (never a panic).
 pub(crate) fn decode(frame: &[u8]) -> Result<Inbound, String> {
-    let mut decoder = DecoderV1::from(frame);
-    let message = Message::decode(&mut decoder).map_err(|e| e.to_string())?;
+    let message = crate::storage::decode_untrusted(|| {
+        let mut decoder = DecoderV1::from(frame);
+        Message::decode(&mut decoder).map_err(|e| e.to_string())
+    })?;
     Ok(match message {
         Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::Step1(sv),
         Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {

@@ -9,8 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, Options, ReadTxn, Transact, Update};
+use yrs::{Doc, Options, ReadTxn, Transact};
 
 use super::core::{Core, LOCAL_ORIGIN};
 use super::definition::WorkspaceDefinition;
@@ -205,8 +204,7 @@ impl WorkspaceClient {
         origin: impl Into<yrs::Origin>,
     ) -> Result<(), WorkspaceError> {
         self.inner.core.check_alive()?;
-        let update =
-            Update::decode_v1(update).map_err(|e| WorkspaceError::BadUpdate(e.to_string()))?;
+        let update = crate::storage::decode_update(update).map_err(WorkspaceError::BadUpdate)?;
         self.inner
             .core
             .doc
