@@ -15,8 +15,10 @@
 //! - a ping every `ping_interval`; no answer by the next one drops it.
 //!
 //! Bad input (text frames, malformed messages, oversized messages) closes only that
-//! connection, with 1003, 1007 or 1009. A connection whose send queue overflows is closed
-//! with 1013 and resyncs when it reconnects. See [`close`] for every code.
+//! connection, with 1003, 1007 or 1009; silence past the handshake deadline with 1008. A
+//! connection whose send queue overflows, or that would exceed a connection or room
+//! limit, is closed with 1013 and resyncs when it reconnects; one without a valid token
+//! with 4401. See [`close`] for every code.
 
 mod connection;
 mod dynamic;
