@@ -49,7 +49,12 @@ pub struct AuthRequest {
     pub headers: HeaderMap,
 }
 
-/// How requests are authenticated. See the [module docs](self).
+/// How requests are authenticated.
+///
+/// The token comes from `Authorization: Bearer <token>` or `?token=<token>`. REST answers
+/// 401 without a valid token and 403 when read-only access writes; a sync connection
+/// without access is closed with 4401 `Unauthorized`, and a read-only one may read and use
+/// awareness but its doc updates are refused.
 #[derive(Clone, Default)]
 pub enum Auth {
     /// Everyone may read and write (the default).
