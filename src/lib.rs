@@ -39,6 +39,8 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod storage;
 pub mod sync;
