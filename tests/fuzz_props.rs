@@ -961,28 +961,58 @@ static ALLOCATOR: NoteLargest = NoteLargest;
 
 /// Found by `cargo fuzz` (`inbound_frame`, an ASan out-of-memory): yrs's decoders reserve
 /// room for as many entries as a frame declares (`StateVector::decode`,
-/// `yrs/src/state_vector.rs:125`; likewise awareness updates and the clients of an
-/// update), before reading any. `try_reserve` only fails when the allocator refuses, so an
-/// 8-byte SYNC step1 declaring 2^28 entries makes the server reserve 9 GiB and write 512
-/// MiB of hash-table control bytes (about 0.5 s of CPU and 600 MB resident, per frame, in
-/// release) before it finds the entries missing and closes with 1007; a few connections
-/// sending these in a loop exhaust memory (and a strict memory limit kills the process). Fix: cap each declared count by what is left of
-/// the frame (an entry takes at least 2 bytes) before decoding, in `protocol::decode` and
-/// `storage::decode_update`, or in yrs.
+/// `yrs/src/state_vector.rs:125`; likewise awareness updates, the clients of an update and
+/// `Any` maps), before reading any. An 8-byte SYNC step1 declaring 2^28 entries made the
+/// server reserve 9 GiB and write 512 MiB of hash-table control bytes before it found the
+/// entries missing. Declared counts are now checked against the bytes left
+/// (`storage::untrusted`) before yrs decodes.
 #[test]
-#[ignore = "known: a frame's declared entry count is reserved before it is read"]
 fn a_frame_declaring_many_entries_reserves_no_more_than_its_size() {
     // SYNC step1: a state vector declaring 2^28 entries, and none.
-    let frame: &[u8] = &[0, 0, 5, 0x80, 0x80, 0x80, 0x80, 0x01];
-    let largest = largest_allocation(|| {
-        assert_eq!(
-            inbound_frames(&[frame]).workspace,
-            vec![FrameOutcome::Closed(close::INVALID_PAYLOAD)]
+    let step1: &[u8] = &[0, 0, 5, 0x80, 0x80, 0x80, 0x80, 0x01];
+    // AWARENESS: 2^28 states.
+    let awareness: &[u8] = &[1, 5, 0x80, 0x80, 0x80, 0x80, 0x01];
+    // An update whose one value is an `Any` map of 2^28 entries.
+    let mut update = vec![
+        1, 1, 7, 0, 8, 1, 1, b'a', 1, 118, 0x80, 0x80, 0x80, 0x80, 0x01,
+    ];
+    update.push(0);
+    let update = Message::Sync(SyncMessage::Update(update)).encode_v1();
+    for frame in [step1, awareness, &update] {
+        let largest = largest_allocation(|| {
+            assert_eq!(
+                inbound_frames(&[frame]).workspace,
+                vec![FrameOutcome::Closed(close::INVALID_PAYLOAD)]
+            );
+        });
+        assert!(
+            largest < 64 << 20,
+            "reserved {largest} bytes for the {}-byte frame {frame:?}",
+            frame.len()
         );
-    });
-    assert!(
-        largest < 64 << 20,
-        "reserved {largest} bytes for an 8-byte frame"
+    }
+}
+
+/// yrs decodes `Any` values recursively: an update holding an array nested a million deep
+/// (2 MB, well under the default message limit) overflowed the stack of the connection's
+/// task, which aborts the whole process. Nesting deeper than 512 is refused before yrs
+/// decodes.
+#[test]
+fn a_deeply_nested_value_is_refused_not_decoded() {
+    let mut update = vec![1, 1, 7, 0, 8, 1, 1, b'a', 1];
+    update.extend([117u8, 1].repeat(1_000_000));
+    update.extend([126, 0]);
+    let frame = Message::Sync(SyncMessage::Update(update)).encode_v1();
+    // On a thread with a worker's stack (2 MiB), as in the server.
+    let report = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || inbound_frames(&[&frame]))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        report.workspace,
+        vec![FrameOutcome::Closed(close::INVALID_PAYLOAD)]
     );
 }
 

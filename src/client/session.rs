@@ -17,7 +17,7 @@ use yrs::encoding::write::Write;
 use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ReadTxn, StateVector, Transact, Update};
+use yrs::{ReadTxn, StateVector, Transact};
 
 use super::backoff::backoff;
 use super::{Auth, Outbound, Shared, Status};
@@ -348,7 +348,9 @@ impl<'a> Session<'a> {
     }
 
     async fn handle(&mut self, frame: &[u8]) -> Result<(), End> {
-        let message = match Message::decode_v1(frame) {
+        let decoded = crate::sync::protocol::check_sizes(frame)
+            .and_then(|()| Message::decode_v1(frame).map_err(|e| e.to_string()));
+        let message = match decoded {
             Ok(message) => message,
             Err(e) => {
                 tracing::warn!(url = %self.shared.url, error = %e, "undecodable message from the server");
@@ -415,15 +417,13 @@ impl<'a> Session<'a> {
             Some(client) => client
                 .apply_update(update, origin)
                 .map_err(|e| e.to_string()),
-            None => Update::decode_v1(update)
-                .map_err(|e| e.to_string())
-                .and_then(|update| {
-                    self.shared
-                        .doc
-                        .transact_mut_with(origin)
-                        .apply_update(update)
-                        .map_err(|e| e.to_string())
-                }),
+            None => crate::storage::decode_update(update).and_then(|update| {
+                self.shared
+                    .doc
+                    .transact_mut_with(origin)
+                    .apply_update(update)
+                    .map_err(|e| e.to_string())
+            }),
         };
         if let Err(e) = result {
             tracing::warn!(url = %self.shared.url, error = %e, "could not apply a server update");

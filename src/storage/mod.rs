@@ -17,6 +17,7 @@ mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stats;
+pub(crate) mod untrusted;
 
 pub use memory::MemoryStorage;
 #[cfg(feature = "sqlite")]
@@ -34,9 +35,11 @@ pub(crate) fn decode_untrusted<T>(
         .unwrap_or_else(|_| Err("malformed input (rejected by the decoder)".into()))
 }
 
-/// Decodes a v1 update from untrusted bytes.
+/// Decodes a v1 update from untrusted bytes: declared sizes are checked first (see
+/// [`untrusted`]), then yrs decodes it.
 pub(crate) fn decode_update(bytes: &[u8]) -> Result<yrs::Update, String> {
     use yrs::updates::decoder::Decode;
+    untrusted::check_update(bytes)?;
     decode_untrusted(|| yrs::Update::decode_v1(bytes).map_err(|e| e.to_string()))
 }
 

@@ -56,6 +56,7 @@ pub(crate) enum Inbound {
 
 /// Decodes one frame. Truncated or malformed input is an error (never a panic).
 pub(crate) fn decode(frame: &[u8]) -> Result<Inbound, String> {
+    check_sizes(frame)?;
     let message = crate::storage::decode_untrusted(|| {
         let mut decoder = DecoderV1::from(frame);
         Message::decode(&mut decoder).map_err(|e| e.to_string())
@@ -71,6 +72,29 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Inbound, String> {
         Message::Custom(tag, _) => Inbound::Ignored(tag),
         Message::Auth(_) => Inbound::Ignored(yrs::sync::protocol::MSG_AUTH),
     })
+}
+
+/// Checks the declared sizes inside a step 1's state vector or an awareness update before
+/// yrs decodes them (and reserves what they declare). Updates are checked where they are
+/// decoded, in `storage::decode_update`.
+pub(crate) fn check_sizes(frame: &[u8]) -> Result<(), String> {
+    use crate::storage::untrusted;
+    use yrs::encoding::read::Read;
+    use yrs::sync::protocol::{MSG_AWARENESS, MSG_SYNC_STEP_1};
+    let mut decoder = DecoderV1::from(frame);
+    match decoder.read_var::<u8>() {
+        Ok(MSG_SYNC) if matches!(decoder.read_var::<u8>(), Ok(MSG_SYNC_STEP_1)) => {
+            match decoder.read_buf() {
+                Ok(sv) => untrusted::check_state_vector(sv),
+                Err(_) => Ok(()),
+            }
+        }
+        Ok(MSG_AWARENESS) => match decoder.read_buf() {
+            Ok(update) => untrusted::check_awareness(update),
+            Err(_) => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// `SYNC step1` with this state vector.
