@@ -11,9 +11,7 @@
 //!
 //! Both check their invariants with `assert!`: a broken one panics, and the fuzzer or
 //! proptest reports that input. They return what the server would answer, so a test can
-//! also hold a real server to the same prediction. [`Tolerate`] relaxes the checks a known,
-//! still open problem breaks (each has an ignored test in `tests/fuzz_props.rs`), so
-//! fuzzing can look past it.
+//! also hold a real server to the same prediction.
 //!
 //! `sync::connection::handle` and `sync::room::Room` are private to the sync module, so
 //! [`inbound_frames`] mirrors them step by step over the same parts (the crate's frame
@@ -249,7 +247,7 @@ fn same_state(got: &StateVector, want: &StateVector, superset: bool, what: &str)
 
 /// Checks that the doc's full state decodes, applies to a fresh doc, and re-encodes to an
 /// update that gives the same state again.
-fn check_encoding(doc: &Doc, lenient: bool) {
+fn check_encoding(doc: &Doc) {
     let (sv, full) = {
         let txn = doc.transact();
         (
@@ -272,9 +270,6 @@ fn check_encoding(doc: &Doc, lenient: bool) {
         .transact_mut()
         .apply_update(Update::decode_v1(&again).expect("the re-encoded state decodes"))
         .expect("the re-encoded state applies");
-    if lenient {
-        return;
-    }
     let fresh_sv = fresh.transact().state_vector();
     same_state(&fresh_sv, &sv, superset, "a fresh doc fed the full state");
     same_state(
@@ -322,43 +317,16 @@ pub struct FramesReport {
     pub workspace: Vec<FrameOutcome>,
     /// In a dynamic-doc room (a plain doc stored by a storage provider).
     pub dynamic: Vec<FrameOutcome>,
-    /// Whether an update arrived with a hole before its items (see
-    /// [`Tolerate::out_of_order_updates`]).
+    /// Whether an update arrived with a hole before its items: yrs integrates them behind a
+    /// placeholder its state vector does not cover, so the room also stores and fans out
+    /// such an update as received.
     pub out_of_order: bool,
-}
-
-/// Known problems the sync harness tolerates, so fuzzing can look past them. Each one is
-/// demonstrated by an ignored test in `tests/fuzz_props.rs`; drop it here once fixed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tolerate {
-    /// yrs 0.28 integrates items that follow a hole in their client's clocks (an update
-    /// whose items start past the doc's clock for that client) behind a placeholder when
-    /// they do not depend on what is missing (Yjs keeps them pending). Until the hole is
-    /// filled, the items show in the doc (tables, REST, the step2 of later joiners) but
-    /// the state vector does not cover them, so the update the doc emits leaves them out:
-    /// connected peers do not get them, storage does not keep them (gone after a restart,
-    /// though SYNC_STATUS acknowledged them as durable), and what depends on them is
-    /// pending after a reload. When tolerated, a run that delivered such an update skips
-    /// the checks this breaks (a doc fed the full state, a peer fed every fanned-out
-    /// update, and a reload, each compared with the room).
-    pub out_of_order_updates: bool,
-}
-
-impl Tolerate {
-    /// Nothing: every invariant is checked.
-    pub const NOTHING: Tolerate = Tolerate {
-        out_of_order_updates: false,
-    };
-    /// Every known problem.
-    pub const KNOWN: Tolerate = Tolerate {
-        out_of_order_updates: true,
-    };
 }
 
 /// Runs `frames` (binary WebSocket messages, in order) through the sync path of a
 /// read-write connection, checking every invariant. See [`inbound_frames_with`].
 pub fn inbound_frames(frames: &[&[u8]]) -> FramesReport {
-    inbound_frames_with(frames, false, Tolerate::NOTHING)
+    inbound_frames_with(frames, false)
 }
 
 /// Runs `frames` through the sync path, once against a fresh workspace room and once
@@ -377,19 +345,16 @@ pub fn inbound_frames(frames: &[&[u8]]) -> FramesReport {
 /// - a connection's awareness states are gone once it has left;
 /// - REST still works on top: a valid row upserted under any stored id reads back as
 ///   written.
-///
-/// `tolerate` relaxes the checks that known problems break.
-pub fn inbound_frames_with(frames: &[&[u8]], read_only: bool, tolerate: Tolerate) -> FramesReport {
+pub fn inbound_frames_with(frames: &[&[u8]], read_only: bool) -> FramesReport {
     let storage = MemoryStorage::new();
     let client = open_workspace(&storage);
     let mut room = MirrorRoom::new(RoomDoc::Workspace(client.clone()));
     let workspace = room.run(frames, read_only);
     let out_of_order = room.out_of_order;
-    let lenient = out_of_order && tolerate.out_of_order_updates;
-    room.finish(lenient);
+    room.finish();
     let contents = read_contents(&client);
     let replica = replica_contents(client.doc());
-    if !lenient && !has_pending(client.doc()) {
+    if !has_pending(client.doc()) {
         assert_eq!(
             replica, contents,
             "a client fed the room's full state reads other rows"
@@ -398,12 +363,10 @@ pub fn inbound_frames_with(frames: &[&[u8]], read_only: bool, tolerate: Tolerate
     block_on(client.destroy()).expect("destroy the fuzzed client");
     let reloaded = open_workspace(&storage);
     let reread = read_contents(&reloaded);
-    if !lenient {
-        assert_eq!(
-            reread, contents,
-            "the workspace reloaded from its storage reads other rows"
-        );
-    }
+    assert_eq!(
+        reread, contents,
+        "the workspace reloaded from its storage reads other rows"
+    );
     rest_after_sync(&reloaded, &reread);
     block_on(reloaded.destroy()).expect("destroy the reloaded client");
 
@@ -411,22 +374,19 @@ pub fn inbound_frames_with(frames: &[&[u8]], read_only: bool, tolerate: Tolerate
     let doc = DynamicDoc::open(&dynamic_storage);
     let mut room = MirrorRoom::new(RoomDoc::Dynamic(doc));
     let dynamic = room.run(frames, read_only);
-    let lenient = room.out_of_order && tolerate.out_of_order_updates;
     let out_of_order = out_of_order || room.out_of_order;
-    room.finish(lenient);
+    room.finish();
     let RoomDoc::Dynamic(doc) = &room.doc else {
         unreachable!()
     };
     let sv = doc.doc.transact().state_vector();
     doc.close();
     let reloaded = DynamicDoc::open(&dynamic_storage);
-    if !lenient {
-        assert_eq!(
-            clocks(&reloaded.doc.transact().state_vector()),
-            clocks(&sv),
-            "the dynamic doc reloaded from its storage has another state vector"
-        );
-    }
+    assert_eq!(
+        clocks(&reloaded.doc.transact().state_vector()),
+        clocks(&sv),
+        "the dynamic doc reloaded from its storage has another state vector"
+    );
     reloaded.close();
 
     FramesReport {
@@ -460,9 +420,9 @@ pub fn let_yrs_panics_unwind() {
 ///
 /// Layout: one flag byte (bit 0: read-only), then frames, each a LEB128 length and that many
 /// bytes (the last one takes what is left when the length runs past the end).
-pub fn inbound_frames_from_bytes(data: &[u8], tolerate: Tolerate) -> FramesReport {
+pub fn inbound_frames_from_bytes(data: &[u8]) -> FramesReport {
     let Some((&flags, mut rest)) = data.split_first() else {
-        return inbound_frames_with(&[], false, tolerate);
+        return inbound_frames_with(&[], false);
     };
     let mut frames = Vec::new();
     while !rest.is_empty() && frames.len() < 64 {
@@ -482,7 +442,7 @@ pub fn inbound_frames_from_bytes(data: &[u8], tolerate: Tolerate) -> FramesRepor
         frames.push(&rest[..take]);
         rest = &rest[take..];
     }
-    inbound_frames_with(&frames, flags & 1 == 1, tolerate)
+    inbound_frames_with(&frames, flags & 1 == 1)
 }
 
 /// Mirrors `sync::dynamic::DynamicDoc`: a plain doc whose every update goes to storage.
@@ -510,6 +470,11 @@ impl DynamicDoc {
         })
         .expect("observe the dynamic doc");
         DynamicDoc { doc, storage }
+    }
+
+    /// Mirrors `DynamicDoc::apply`.
+    fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, String> {
+        crate::sync::dynamic::apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin)
     }
 
     fn close(&self) {
@@ -670,7 +635,7 @@ impl MirrorRoom {
             Ok(Inbound::Update(update)) => {
                 if let Ok(decoded) = crate::storage::decode_update(&update) {
                     let sv = self.doc.doc().transact().state_vector();
-                    self.out_of_order |= has_gap(&decoded, &sv);
+                    self.out_of_order |= crate::storage::has_gap(&decoded, &sv);
                 }
                 self.apply(conn, &update)?;
                 Ok(FrameOutcome::Handled)
@@ -724,30 +689,32 @@ impl MirrorRoom {
         }
     }
 
-    /// Mirrors `Room::apply`, with its error mapping.
+    /// Mirrors `Room::apply`, with its error mapping: an update the doc's emitted update
+    /// may leave part of is fanned out as received too.
     fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
         let origin = origin_of(conn);
-        match &self.doc {
+        let incomplete = match &self.doc {
             RoomDoc::Workspace(client) => {
-                client.apply_update(update, origin).map_err(|e| match e {
-                    WorkspaceError::BadUpdate(m) => {
-                        (close::INVALID_PAYLOAD, format!("bad update: {m}"))
-                    }
-                    WorkspaceError::Destroyed => {
-                        (close::GOING_AWAY, "the workspace is closing".into())
-                    }
-                    e => (close::INTERNAL_ERROR, e.to_string()),
-                })
+                client
+                    .apply_update_from(update, origin)
+                    .map_err(|e| match e {
+                        WorkspaceError::BadUpdate(m) => {
+                            (close::INVALID_PAYLOAD, format!("bad update: {m}"))
+                        }
+                        WorkspaceError::Destroyed => {
+                            (close::GOING_AWAY, "the workspace is closing".into())
+                        }
+                        e => (close::INTERNAL_ERROR, e.to_string()),
+                    })?
             }
-            RoomDoc::Dynamic(doc) => {
-                let update = crate::storage::decode_update(update)
-                    .map_err(|e| (close::INVALID_PAYLOAD, format!("bad update: {e}")))?;
-                doc.doc
-                    .transact_mut_with(origin)
-                    .apply_update(update)
-                    .map_err(|e| (close::INVALID_PAYLOAD, format!("bad update: {e}")))
-            }
+            RoomDoc::Dynamic(doc) => doc
+                .apply(update, origin)
+                .map_err(|e| (close::INVALID_PAYLOAD, format!("bad update: {e}")))?,
+        };
+        if incomplete {
+            crate::workspace::core::lock(&self.fanned_out).push(update.to_vec());
         }
+        Ok(())
     }
 
     /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received).
@@ -784,13 +751,10 @@ impl MirrorRoom {
     /// After the last connection left: a peer that applied every fanned-out update (from
     /// an empty doc, as the room's doc started) has the room's state; the doc's full state
     /// round-trips.
-    fn finish(&mut self, lenient: bool) {
+    fn finish(&mut self) {
         let _ = self.doc.doc().unobserve_update_v1("fuzzing-room");
         assert!(self.members.is_empty());
-        check_encoding(self.doc.doc(), lenient);
-        if lenient {
-            return;
-        }
+        check_encoding(self.doc.doc());
         let peer = Doc::new();
         for update in crate::workspace::core::lock(&self.fanned_out).drain(..) {
             let decoded = Update::decode_v1(&update).expect("a fanned-out update decodes");
@@ -811,21 +775,6 @@ impl MirrorRoom {
             );
         }
     }
-}
-
-/// Whether `update` inserts items for a client past the clock `sv` has for it, with a hole
-/// before them (see [`Tolerate::out_of_order_updates`]).
-fn has_gap(update: &Update, sv: &StateVector) -> bool {
-    update.insertions(true).iter().any(|(client, ranges)| {
-        let mut clock = sv.get(client);
-        let mut ranges: Vec<_> = ranges.iter().collect();
-        ranges.sort_by_key(|r| r.start);
-        ranges.into_iter().any(|r| {
-            let gap = r.start > clock;
-            clock = clock.max(r.end);
-            gap
-        })
-    })
 }
 
 fn check_awareness_frame(update: &AwarenessUpdate) {
@@ -941,7 +890,7 @@ pub fn rest_requests(requests: &[RestRequest<'_>]) -> Vec<RestOutcome> {
         .map(|request| rest_request(&client, request))
         .collect();
     let contents = read_contents(&client);
-    check_encoding(client.doc(), false);
+    check_encoding(client.doc());
     assert_eq!(
         replica_contents(client.doc()),
         contents,

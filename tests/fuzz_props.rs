@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use epicenter_server::fuzzing::{
     self, inbound_frames, inbound_frames_from_bytes, inbound_frames_with, rest_requests,
-    rest_requests_from_bytes, FrameOutcome, Method, RestRequest, Tolerate,
+    rest_requests_from_bytes, FrameOutcome, Method, RestRequest,
 };
 use epicenter_server::server::{create_server, ServerOptions};
 use epicenter_server::sync::close;
@@ -599,7 +599,7 @@ fn run_frames(frames: &[Vec<u8>], read_only: bool) -> Result<fuzzing::FramesRepo
             .collect();
         std::fs::write(path, format!("{read_only}\n{}", dump.join("\n"))).unwrap();
     }
-    Ok(inbound_frames_with(&refs, read_only, Tolerate::KNOWN))
+    Ok(inbound_frames_with(&refs, read_only))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -620,7 +620,7 @@ proptest! {
 
     #[test]
     fn fuzzer_bytes_split_into_frames(data in prop::collection::vec(any::<u8>(), 0..96)) {
-        inbound_frames_from_bytes(&data, Tolerate::KNOWN);
+        inbound_frames_from_bytes(&data);
     }
 }
 
@@ -679,7 +679,7 @@ fn every_frame_kind() {
     let report = inbound_frames(&refs);
     assert_eq!(report.workspace, want);
     assert_eq!(report.dynamic, want);
-    let read_only = inbound_frames_with(&refs[..2], true, Tolerate::NOTHING);
+    let read_only = inbound_frames_with(&refs[..2], true);
     assert_eq!(read_only.workspace, vec![Handled, Refused]);
 }
 
@@ -892,7 +892,7 @@ fn rest_bodies_have_the_documented_statuses() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Problems found by fuzzing: fixed ones as regression tests, open ones ignored
+// Problems found by fuzzing, kept as regression tests
 // ---------------------------------------------------------------------------------------
 
 /// Found by these properties, fixed in `protocol::decode` / `storage::decode_update`
@@ -1017,16 +1017,12 @@ fn a_deeply_nested_value_is_refused_not_decoded() {
 }
 
 /// A peer that treats a table's root array as a text and writes non-ASCII text into it
-/// (one sync update: `table:posts` ← "ü") is accepted: the live workspace reads fine. But
-/// the next load of the workspace never finishes: `Core::index_all`
-/// (`src/workspace/core.rs:339`) collects `array.iter(&txn)`, and yrs's `BlockIter::slice`
-/// (`yrs/src/block_iter.rs`) loops forever over a string item whose length (UTF-8 bytes)
-/// differs from its number of chars. So one frame from any client with write access makes
-/// the server hang at its next start (in `create()`, spinning a CPU). The same goes for
-/// `kv`. Fix: read the arrays without `ArrayRef::iter` (or skip non-`Any` content), and
-/// refuse updates that put anything but `Any` entries into the workspace's arrays.
+/// (one sync update: `table:posts` ← "ü"). yrs's `ArrayRef::iter` loops forever over such
+/// an array, so the next load of the workspace hung in `Core::index_all`. The array is now
+/// rebuilt from its entries as soon as text like this shows up (see
+/// `tests/workspace.rs` for the rows it keeps), and a load that finds some is not hung by
+/// it.
 #[test]
-#[ignore = "known: non-ASCII text in a table's array hangs the next load"]
 fn text_in_a_table_array_does_not_hang_the_next_load() {
     let peer = Doc::with_options(Options {
         client_id: yrs::ClientID::new(9),
@@ -1052,19 +1048,18 @@ fn text_in_a_table_array_does_not_hang_the_next_load() {
 
 /// An update whose items for a client start past the server's clock for that client, but
 /// do not depend on the missing items, is integrated by yrs 0.28 behind a placeholder (Yjs
-/// keeps it pending). Until the hole is filled, the row shows in the tables (and REST) and
-/// in the step2 of later joiners, but the state vector does not cover it, so the update
-/// the doc emits is empty: `Room::fan_out` sends connected peers nothing, the storage
-/// (`observe_update_v1` in `workspace/client.rs`, likewise `sync/dynamic.rs`) keeps
-/// nothing, and the row is gone after a restart, though SYNC_STATUS acknowledged it as
-/// durable. Fix: keep such updates pending (check `Update::state_vector_lower()` against
-/// the doc's state vector before applying), or store the update as received.
+/// keeps it pending): the row shows in the tables (and REST), but the state vector does not
+/// cover it, so the update the doc emits for it is empty. It used to be neither fanned out
+/// nor stored (gone after a restart, though SYNC_STATUS acknowledged it). Such an update is
+/// now stored and fanned out as received: the harness checks that a peer fed every
+/// fanned-out update and the workspace reloaded from storage both read the row.
 #[test]
-#[ignore = "known: out-of-order updates are applied but neither stored nor fanned out"]
-fn an_out_of_order_update_is_stored_and_fanned_out_or_kept_pending() {
+fn an_out_of_order_update_is_stored_and_fanned_out() {
     let frame = out_of_order_row();
     let report = inbound_frames(&[&frame]);
     assert!(report.out_of_order);
+    assert_eq!(report.workspace, vec![FrameOutcome::Handled]);
+    assert_eq!(report.dynamic, vec![FrameOutcome::Handled]);
 }
 
 /// The frame of the test above: client 7's second transaction (a whole valid `posts` row
@@ -1101,14 +1096,6 @@ fn out_of_order_row() -> Vec<u8> {
     }
     let update = doc.transact().encode_state_as_update_v1(&before);
     Message::Sync(SyncMessage::Update(update)).encode_v1()
-}
-
-#[test]
-fn an_out_of_order_update_is_flagged_and_tolerated() {
-    let frame = out_of_order_row();
-    let report = inbound_frames_with(&[&frame], false, Tolerate::KNOWN);
-    assert!(report.out_of_order);
-    assert_eq!(report.workspace, vec![FrameOutcome::Handled]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1263,7 +1250,7 @@ async fn send_all(
 }
 
 fn predict(frames: &[&[u8]]) -> Vec<FrameOutcome> {
-    inbound_frames_with(frames, false, Tolerate::KNOWN).dynamic
+    inbound_frames_with(frames, false).dynamic
 }
 
 /// What the server must do with the frames: which one closes the connection (its index)

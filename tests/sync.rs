@@ -724,3 +724,71 @@ async fn a_plain_get_on_the_sync_route_gets_426_in_the_json_envelope() {
     );
     server.destroy().await.unwrap();
 }
+
+/// Client 7's second transaction (a whole `posts` row) without its first (an edit of
+/// another root): its items start past the server's clock for client 7.
+fn row_after_a_hole() -> Vec<u8> {
+    let doc = Doc::with_client_id(7);
+    let other = doc.get_or_insert_array("other");
+    other.push_back(&mut doc.transact_mut(), 1.0);
+    let before = doc.transact().state_vector();
+    let posts = doc.get_or_insert_array("table:posts");
+    {
+        let mut txn = doc.transact_mut();
+        for (field, val) in [("id", "r1"), ("title", "after a hole")] {
+            let entry = yrs::Any::from(std::collections::HashMap::from([
+                ("key".to_string(), yrs::Any::from(format!("r1:{field}"))),
+                ("val".to_string(), yrs::Any::from(val)),
+                ("ts".to_string(), yrs::Any::from(1.0)),
+            ]));
+            posts.push_back(&mut txn, entry);
+        }
+    }
+    let update = doc.transact().encode_state_as_update_v1(&before);
+    update
+}
+
+/// yrs integrates an update whose items follow a hole in their client's clocks behind a
+/// placeholder its state vector does not cover, so the update the doc emits for it is
+/// empty. Such an update is fanned out and stored as received: the other connection gets
+/// it, and after a restart on the same files the row is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_after_a_hole_is_fanned_out_and_kept() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        blog()
+            .with_storage(SqliteStorage::new(dir.path()))
+            .create()
+            .await
+            .expect("client")
+    };
+    let client = open().await;
+    let server = create_server([client.clone()], ServerOptions::default().port(0)).unwrap();
+    let addr = server.start().await.unwrap();
+    let mut writer = Peer::join(addr, "blog").await;
+    let mut other = Peer::join(addr, "blog").await;
+    let update = row_after_a_hole();
+    writer
+        .send(Message::Sync(SyncMessage::Update(update.clone())))
+        .await;
+    writer.round_trip(1).await;
+    assert!(client.table("posts").unwrap().has("r1"));
+    // The other connection gets the update as it was sent.
+    let got = loop {
+        if let Message::Sync(SyncMessage::Update(u)) = other.message().await {
+            break u;
+        }
+    };
+    assert_eq!(got, update);
+    server.destroy().await.unwrap();
+    client.destroy().await.unwrap();
+
+    let reopened = open().await;
+    let row = reopened.table("posts").unwrap().get("r1");
+    assert!(
+        matches!(&row, RowResult::Valid(r) if r["title"] == "after a hole"),
+        "{row:?}"
+    );
+    reopened.destroy().await.unwrap();
+}

@@ -16,12 +16,10 @@ const MERGE_MIN_BYTES: usize = 64 << 10;
 /// Folds updates into one by replaying them through a doc (which also drops deleted
 /// content). `None` if one does not decode or apply.
 fn fold<'a>(updates: impl Iterator<Item = &'a Vec<u8>>) -> Option<Vec<u8>> {
-    use yrs::{ReadTxn, Transact};
+    use yrs::Transact;
     let doc = yrs::Doc::new();
     super::replay(&doc, updates).ok()?;
-    let folded = doc
-        .transact()
-        .encode_state_as_update_v1(&yrs::StateVector::default());
+    let folded = super::full_state(&doc.transact());
     Some(folded)
 }
 

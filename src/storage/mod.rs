@@ -43,6 +43,94 @@ pub(crate) fn decode_update(bytes: &[u8]) -> Result<yrs::Update, String> {
     decode_untrusted(|| yrs::Update::decode_v1(bytes).map_err(|e| e.to_string()))
 }
 
+/// Applies an untrusted update in `txn`. Returns whether the update the doc emits for the
+/// transaction (what storage keeps and the room fans out) may leave part of it out: yrs
+/// integrates items that follow a hole in their client's clocks behind a placeholder the
+/// state vector does not cover, and keeps items and deletions whose dependencies are
+/// missing pending; neither is in the emitted update until the hole is filled. The caller
+/// then stores and fans out the update as received, so nothing acknowledged is lost: a
+/// peer (or a reload) applying it ends where this doc is.
+pub(crate) fn apply_untrusted(
+    txn: &mut yrs::TransactionMut,
+    update: yrs::Update,
+) -> Result<bool, String> {
+    use yrs::ReadTxn;
+    let gap = has_gap(&update, &txn.state_vector());
+    let pending = pending_state(txn);
+    txn.apply_update(update).map_err(|e| e.to_string())?;
+    Ok(gap || pending_state(txn) != pending)
+}
+
+/// What a doc holds pending, to tell whether an update added to it.
+type Pending = Option<(
+    Option<(yrs::StateVector, yrs::StateVector, yrs::StateVector)>,
+    Option<yrs::IdSet>,
+)>;
+
+fn pending_state(txn: &impl yrs::ReadTxn) -> Pending {
+    let store = txn.store();
+    let (update, ds) = (store.pending_update(), store.pending_ds());
+    if update.is_none() && ds.is_none() {
+        return None;
+    }
+    Some((
+        update.map(|p| {
+            (
+                p.missing.clone(),
+                p.update.state_vector(),
+                p.update.state_vector_lower(),
+            )
+        }),
+        ds.cloned(),
+    ))
+}
+
+/// Whether `update` inserts items for a client past the clock `sv` has for it, with a hole
+/// before them (from the doc's clock, or between the update's own ranges).
+pub(crate) fn has_gap(update: &yrs::Update, sv: &yrs::StateVector) -> bool {
+    update.insertions(true).iter().any(|(client, ranges)| {
+        let mut clock = sv.get(client);
+        let mut ranges: Vec<_> = ranges.iter().collect();
+        ranges.sort_by_key(|r| r.start);
+        ranges.into_iter().any(|r| {
+            let gap = r.start > clock;
+            clock = clock.max(r.end);
+            gap
+        })
+    })
+}
+
+/// The doc's full state as one v1 update, including what it holds pending (waiting for
+/// missing updates), which `encode_state_as_update_v1` leaves out: what compaction keeps.
+pub(crate) fn full_state(txn: &impl yrs::ReadTxn) -> Vec<u8> {
+    use yrs::encoding::write::Write;
+    use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+    let state = txn.encode_state_as_update_v1(&yrs::StateVector::default());
+    let store = txn.store();
+    let mut parts = Vec::new();
+    if let Some(pending) = store.pending_update() {
+        parts.push(pending.update.encode_v1());
+    }
+    if let Some(ds) = store.pending_ds() {
+        // An update with no blocks, only this delete set.
+        let mut encoder = EncoderV1::new();
+        encoder.write_var(0u32);
+        ds.encode(&mut encoder);
+        parts.push(encoder.to_vec());
+    }
+    if parts.is_empty() {
+        return state;
+    }
+    parts.insert(0, state);
+    match yrs::merge_updates_v1(&parts) {
+        Ok(merged) => merged,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot merge the pending updates into the state");
+            parts.swap_remove(0)
+        }
+    }
+}
+
 /// Applies stored v1 updates to `doc` in order, one transaction each (many updates in one
 /// transaction is quadratic in yrs). On failure, says which update and why.
 pub(crate) fn replay<'a>(

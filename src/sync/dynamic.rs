@@ -50,13 +50,11 @@ impl DynamicDoc {
         &self.doc
     }
 
-    /// Applies a v1 update with `origin`.
-    pub fn apply(&self, update: &[u8], origin: Origin) -> Result<(), String> {
-        let update = crate::storage::decode_update(update)?;
-        self.doc
-            .transact_mut_with(origin)
-            .apply_update(update)
-            .map_err(|e| e.to_string())
+    /// Applies a v1 update with `origin`. Returns whether the update the doc emitted may
+    /// leave part of it out (see `storage::apply_untrusted`); it is then stored as received
+    /// too.
+    pub fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, String> {
+        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin)
     }
 
     /// Resolves once everything applied so far is durable.
@@ -69,4 +67,21 @@ impl DynamicDoc {
         let _ = self.doc.unobserve_update_v1(STORAGE_OBSERVER);
         self.storage.close().await
     }
+}
+
+/// Applies an untrusted update to a plain doc whose storage gets what the doc emits; an
+/// update the emitted one may leave part of is stored as received too. Returns whether it
+/// was.
+pub(crate) fn apply_and_keep(
+    doc: &Doc,
+    storage: &dyn DocStorage,
+    bytes: &[u8],
+    origin: Origin,
+) -> Result<bool, String> {
+    let update = crate::storage::decode_update(bytes)?;
+    let incomplete = crate::storage::apply_untrusted(&mut doc.transact_mut_with(origin), update)?;
+    if incomplete {
+        storage.append(bytes.to_vec(), Vec::new());
+    }
+    Ok(incomplete)
 }

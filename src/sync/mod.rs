@@ -21,7 +21,7 @@
 //! with 4401. See [`close`] for every code.
 
 mod connection;
-mod dynamic;
+pub(crate) mod dynamic;
 mod hub;
 pub(crate) mod protocol;
 mod room;

@@ -25,6 +25,9 @@ const ROOM_OBSERVER: &str = "epicenter-sync";
 /// id follows (big endian), so the fan-out can skip the connection an update came from.
 const ORIGIN_PREFIX: &[u8; 3] = b"\xECws";
 
+/// A v1 update with no items and no deletions.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
 fn origin_of(conn: u64) -> Origin {
     let mut bytes = [0u8; 11];
     bytes[..3].copy_from_slice(ORIGIN_PREFIX);
@@ -213,6 +216,11 @@ impl Room {
     /// Runs inside the doc's commit, so every connection gets updates in commit order.
     fn fan_out(&self, origin: Option<&Origin>, update: &[u8]) {
         self.version.fetch_add(1, Ordering::AcqRel);
+        if update == EMPTY_UPDATE {
+            // Nothing the peers lack (a transaction that changed nothing, or one whose
+            // items are not covered by the state vector: those go out as received).
+            return;
+        }
         let except = origin.and_then(conn_of);
         let members = lock(&self.members);
         if members.keys().all(|id| Some(*id) == except) {
@@ -304,12 +312,15 @@ impl Room {
         }
     }
 
-    /// Applies an update from connection `conn`; the fan-out skips that connection.
+    /// Applies an update from connection `conn`; the fan-out skips that connection. An
+    /// update the doc's own emitted update leaves part of (see
+    /// `storage::apply_untrusted`) is also fanned out as received.
     pub fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
         let origin = origin_of(conn);
-        match &self.doc {
-            RoomDoc::Workspace(client) => {
-                client.apply_update(update, origin).map_err(|e| match e {
+        let incomplete = match &self.doc {
+            RoomDoc::Workspace(client) => client
+                .apply_update_from(update, origin.clone())
+                .map_err(|e| match e {
                     crate::WorkspaceError::BadUpdate(m) => {
                         (close::INVALID_PAYLOAD, format!("bad update: {m}"))
                     }
@@ -317,12 +328,15 @@ impl Room {
                         (close::GOING_AWAY, "the workspace is closing".into())
                     }
                     e => (close::INTERNAL_ERROR, e.to_string()),
-                })
-            }
+                })?,
             RoomDoc::Dynamic(doc) => doc
-                .apply(update, origin)
-                .map_err(|m| (close::INVALID_PAYLOAD, format!("bad update: {m}"))),
+                .apply(update, origin.clone())
+                .map_err(|m| (close::INVALID_PAYLOAD, format!("bad update: {m}")))?,
+        };
+        if incomplete {
+            self.fan_out(Some(&origin), update);
         }
+        Ok(())
     }
 
     /// Applies an awareness update from `conn` and sends it to every connection, the

@@ -95,6 +95,7 @@ fn open_and_load(
             s.append(event.update.clone(), rows);
         })
         .map_err(|e| WorkspaceError::BadUpdate(format!("cannot observe the doc: {e}")))?;
+    // Arrays index_all could not read are rebuilt now, so the repair is stored.
     core.settle();
     if storage.mirrors_rows() && storage.wants_row_reset() {
         // Rows changed by settle() are already queued; the reset below supersedes them.
@@ -203,16 +204,31 @@ impl WorkspaceClient {
         update: &[u8],
         origin: impl Into<yrs::Origin>,
     ) -> Result<(), WorkspaceError> {
+        self.apply_update_from(update, origin).map(|_| ())
+    }
+
+    /// [`WorkspaceClient::apply_update`], returning whether the update the doc emitted for
+    /// it (what storage got and observers see) may leave part of it out: items after a hole
+    /// in their client's clocks, or waiting for missing dependencies (see
+    /// `storage::apply_untrusted`). Storage then also gets the update as received; the
+    /// caller forwards it as received too.
+    pub(crate) fn apply_update_from(
+        &self,
+        bytes: &[u8],
+        origin: impl Into<yrs::Origin>,
+    ) -> Result<bool, WorkspaceError> {
         self.inner.core.check_alive()?;
-        let update = crate::storage::decode_update(update).map_err(WorkspaceError::BadUpdate)?;
-        self.inner
-            .core
-            .doc
-            .transact_mut_with(origin)
-            .apply_update(update)
-            .map_err(|e| WorkspaceError::BadUpdate(e.to_string()))?;
+        let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
+        let incomplete = crate::storage::apply_untrusted(
+            &mut self.inner.core.doc.transact_mut_with(origin),
+            update,
+        )
+        .map_err(WorkspaceError::BadUpdate)?;
+        if incomplete {
+            self.inner.storage.append(bytes.to_vec(), Vec::new());
+        }
         self.settle();
-        Ok(())
+        Ok(incomplete)
     }
 
     /// Deletes LWW losers left by updates applied to the doc directly. Table and KV writes

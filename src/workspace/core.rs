@@ -327,18 +327,63 @@ impl Core {
 
     /// Builds every index from the arrays in one pass each: after loading, this is far
     /// cheaper than following the load one transaction at a time.
+    /// An array holding wide text (see [`holds_wide_text`]) is left out: it cannot be read
+    /// until [`Core::repair`] has rebuilt it.
     pub fn index_all(&self) {
         let txn = self.doc.transact();
         for table in &self.tables {
+            if holds_wide_text(&table.array) {
+                continue;
+            }
             let entries: Vec<yrs::Out> = table.array.iter(&txn).collect();
             let mut state = lock(&table.state);
             let (changes, max_ts) = state.index.bulk_load(&entries);
             self.clock.observe(max_ts);
             table.apply_changes(&mut state, changes, false);
         }
+        if holds_wide_text(&self.kv.array) {
+            return;
+        }
         let entries: Vec<yrs::Out> = self.kv.array.iter(&txn).collect();
         let (_, max_ts) = lock(&self.kv.state).bulk_load(&entries);
         self.clock.observe(max_ts);
+    }
+
+    /// The workspace arrays that hold wide text, by name.
+    fn arrays_with_wide_text(&self) -> Vec<(String, ArrayRef)> {
+        let _txn = self.doc.transact();
+        self.tables
+            .iter()
+            .map(|t| (format!("table:{}", t.def.name), &t.array))
+            .chain(std::iter::once(("kv".to_string(), &self.kv.array)))
+            .filter(|(_, array)| holds_wide_text(array))
+            .map(|(name, array)| (name, array.clone()))
+            .collect()
+    }
+
+    /// Rebuilds every workspace array that holds wide text (see [`holds_wide_text`]) from
+    /// its entries, in one local transaction each: every item is deleted and the entries
+    /// (the `{key, val, ts}` maps, in order) are inserted again, so storage and peers get
+    /// the repair like any other write, and the index (fed by the deltas) ends up with
+    /// exactly the entries. The text, and anything else that is not an entry, is dropped.
+    /// Returns whether anything was rebuilt.
+    pub fn repair(&self) -> bool {
+        let broken = self.arrays_with_wide_text();
+        for (name, array) in &broken {
+            let entries = entries_of(&self.doc, name);
+            tracing::warn!(
+                workspace = %self.definition.id,
+                array = %name,
+                entries = entries.len(),
+                "the array held text, which no workspace writes (a peer wrote it as a Y.Text); \
+                 rebuilt it from its entries"
+            );
+            let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
+            let len = AsRef::<yrs::branch::Branch>::as_ref(array).content_len();
+            array.remove_range(&mut txn, 0, len);
+            array.insert_range(&mut txn, 0, entries);
+        }
+        !broken.is_empty()
     }
 
     /// Wires the array observers that keep the indexes current from here on (local,
@@ -404,6 +449,8 @@ impl Core {
         F: FnOnce(&Core) -> Result<WritePlan, WorkspaceError>,
     {
         self.check_alive()?;
+        // Positions in an array with wide text are not the index's: rebuild it first.
+        self.repair();
         let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
         let plan = prepare(self)?;
         let targets: Vec<(Option<usize>, &ArrayRef)> = self
@@ -445,6 +492,9 @@ impl Core {
 
     /// Deletes LWW losers left by remote or loaded updates (one transaction, if any).
     pub fn settle(&self) {
+        if !self.destroyed.load(Ordering::Acquire) {
+            self.repair();
+        }
         let dirty = self
             .tables
             .iter()
@@ -495,4 +545,50 @@ impl Core {
             })
             .collect()
     }
+}
+
+/// Whether `array` holds text with characters outside ASCII: a peer wrote a Y.Text into a
+/// workspace array (no workspace writes text items; entries are `Any` maps). yrs cannot
+/// read such an array by index (the doc counts text in UTF-8 bytes, its readers in chars:
+/// `ArrayRef::iter` loops forever), and its positions are not the index's. The array's
+/// length in items and in bytes differ exactly when it holds such text. Read inside a
+/// transaction.
+pub(crate) fn holds_wide_text(array: &ArrayRef) -> bool {
+    let branch: &yrs::branch::Branch = array.as_ref();
+    branch.len() != branch.content_len()
+}
+
+/// The `{key, val, ts}` entries of the root array `name`, in order, read without indexing
+/// into it: the doc's state is applied to a fresh doc and the entries are taken from the
+/// change the array reports.
+fn entries_of(doc: &Doc, name: &str) -> Vec<Any> {
+    use yrs::updates::decoder::Decode;
+    use yrs::ReadTxn;
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    let fresh = Doc::new();
+    let array = fresh.get_or_insert_array(name);
+    let entries: Arc<Mutex<Vec<Any>>> = Arc::default();
+    let sink = entries.clone();
+    array.observe("epicenter-repair", move |txn, event| {
+        for change in event.delta(txn) {
+            if let yrs::types::Change::Added(values) = change {
+                lock(&sink).extend(values.iter().filter_map(|v| match v {
+                    yrs::Out::Any(entry @ Any::Map(_)) => Some(entry.clone()),
+                    _ => None,
+                }));
+            }
+        }
+    });
+    match yrs::Update::decode_v1(&state) {
+        Ok(update) => {
+            if let Err(e) = fresh.transact_mut().apply_update(update) {
+                tracing::error!(error = %e, "the doc's own state does not apply to a fresh doc");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "the doc's own state does not decode"),
+    }
+    let entries = std::mem::take(&mut *lock(&entries));
+    entries
 }

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 
 use rusqlite::{params, Connection};
 use tokio::sync::{oneshot, watch};
-use yrs::{ReadTxn, Transact};
+use yrs::Transact;
 
 use super::mirror::Mirror;
 use super::{read_all, sql_err, SqliteOptions};
@@ -182,9 +182,7 @@ impl Writer {
                 detail,
             }
         })?;
-        let snapshot = doc
-            .transact()
-            .encode_state_as_update_v1(&yrs::StateVector::default());
+        let snapshot = super::super::full_state(&doc.transact());
         let crc = crc32fast::hash(&snapshot) as i64;
         tx.execute(
             "INSERT OR REPLACE INTO _epicenter_snapshot (id, data, crc, upto) VALUES (1, ?1, ?2, ?3)",
