@@ -18,17 +18,25 @@
 //!   received); reports the time to connect all and the server's RSS before and after
 //!   (per connection), holds them for `--hold` seconds (default 2), then closes them.
 //! - `fanout --clients N --writers W --rate R --duration S`: N clients in one room; W of
-//!   them insert entries `<run>/w<writer>-<seq>` (value: send time, µs since the Unix epoch)
-//!   into the Y.Map `--root` (default `load`), one per update, together R updates/s for S
-//!   seconds. Each writer's doc has its own client id, so update `seq` is the item at clock
-//!   `seq`: receivers decode every update and look up, for each item inserted, when its
-//!   writer sent it (recorded just before sending; same process, same monotonic clock).
+//!   them insert entries `<run>/w<writer>-<seq>` (value: send time, µs since the Unix epoch;
+//!   with `--value-bytes B`, a string of B bytes, for bigger updates) into the Y.Map `--root`
+//!   (default `load`), one per update, together R updates/s for S seconds. Each writer's doc
+//!   has its own client id, so update `seq` is the item at clock `seq`: receivers decode
+//!   every update and look up, for each item inserted, when its writer sent it (recorded just before sending; same process, same monotonic clock).
 //!   Every client must receive every update it did not write: expected deliveries =
 //!   updates × (N − 1); lost = expected − distinct deliveries. The run waits for all of
 //!   them, or until `--drain` seconds (default 5) pass without one. Deliveries/s counts from
 //!   the first send to the last delivery. At the end every client's doc is rebuilt from all
 //!   it received (and its own writes) and must equal, in state vector and entries, the doc
 //!   a newly connected client receives, which must hold every update.
+//!   `--slow-clients M` adds M slow consumers: they join the same room and complete the
+//!   handshake, then never read (their sockets stay open, so their TCP buffers fill and the
+//!   server's send queue for them overflows). Once the run is over each reads what is left, to
+//!   the end, and its outcome is reported: `close <code>` (1013 expected), `ended without a
+//!   close frame (...)`, or `still open` (nothing for `--slow-quiet` seconds, default 3).
+//!   With `--server-log FILE` (our server's output at `RUST_LOG=warn`) the server's own count
+//!   of slow-consumer closes is reported too. Latency, lost and convergence are the N normal
+//!   clients'; the server's peak RSS covers the run.
 //! - `join --clients N --doc-mb M`: a seeder writes ~M MB into the Y.Map `--root` (entries of
 //!   `--entry-bytes`, default 1024, sent as updates of about `--chunk-kb`, default 1024)
 //!   and stays connected; once a second connection receives all of it, N empty clients
@@ -43,6 +51,24 @@
 //!   `--interval-ms` (default 1000), phases spread evenly; the state carries its send time.
 //!   The server sends each state to every client, the sender included: expected = states
 //!   sent × N. Reports awareness messages received/s and latency.
+//! - `churn --workers K --duration S`: a memory soak (`benches/soak/run.sh`). K workers each
+//!   loop: connect, send step 1 and an awareness state (a new awareness client id per
+//!   connection, or the worker's with `--awareness-ids worker`), answer the server's step 1
+//!   and apply its step 2, make `--edits` updates (default 3), send SYNC_STATUS (102) and wait
+//!   for its echo, then close, or every `--abrupt-every`-th time (default 10) drop the TCP
+//!   connection without a close frame. A worker keeps its doc and client id between
+//!   connections. `--data list` (default): each worker replaces the single value of its own
+//!   Y.Array, so the doc keeps its size (the deleted items merge into one tombstone);
+//!   `--data map`: each edit overwrites one of `--keys` (100) keys of one Y.Map (bounded
+//!   content, but one tombstone per edit). Phases: `--warmup` seconds of churn (default 60),
+//!   `--idle` seconds without connections (default 65: rooms are evicted 60 s after their
+//!   last connection leaves) ending in the baseline RSS, S seconds of churn, `--idle` again
+//!   and the final RSS (both taken after 100 `GET /` requests: the allocator returns freed
+//!   memory on later activity). The server's RSS and the connections made so far are sampled
+//!   every `--sample-s` (default 5); connections/s in the first and last minute of the churn
+//!   show whether the server slows down as it goes on. With
+//!   `--rooms R` the URL's `{i}` is replaced by 0..R (servers with dynamic docs) and
+//!   connections spread over them. Needs SYNC_STATUS, so our server only.
 //!
 //! Common flags: `--url` (required), `--server-pid P` (report the server's RSS, peak RSS
 //! and CPU time from `/proc/P`), `--threads` (runtime worker threads, default 1: the other
@@ -74,7 +100,7 @@ use yrs::sync::awareness::AwarenessUpdateEntry;
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
-use yrs::{Any, ClientID, Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+use yrs::{Any, Array, ClientID, Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -111,6 +137,7 @@ fn main() {
             "fanout" => fanout(&args).await,
             "join" => join(&args).await,
             "awareness" => awareness(&args).await,
+            "churn" => churn(&args).await,
             other => Err(format!("unknown scenario `{other}`\n\n{USAGE}").into()),
         }
     });
@@ -127,11 +154,15 @@ fn main() {
 }
 
 const USAGE: &str =
-    "usage: sync_load <connect|fanout|join|awareness> --url ws://HOST:PORT/ROOM [flags]
+    "usage: sync_load <connect|fanout|join|awareness|churn> --url ws://HOST:PORT/ROOM [flags]
   connect   --clients 1000 [--concurrency 200] [--hold 2]
   fanout    --clients 100 --writers 10 --rate 1000 --duration 20 [--drain 5]
+            [--value-bytes 0] [--slow-clients 0] [--slow-quiet 3] [--server-log FILE]
   join      --clients 150 --doc-mb 20 [--entry-bytes 1024] [--chunk-kb 1024]
   awareness --clients 200 --duration 10 [--interval-ms 1000]
+  churn     --workers 50 --duration 600 [--warmup 60] [--idle 65] [--edits 3]
+            [--data list|map] [--keys 100] [--rooms 1] [--awareness-ids connection|worker]
+            [--abrupt-every 10] [--pause-ms 0] [--sample-s 5]
   common    [--server-pid P] [--threads 1] [--concurrency 200] [--root load]";
 
 // ---------------------------------------------------------------------------------------
@@ -174,6 +205,21 @@ impl Args {
             "entry-bytes",
             "chunk-kb",
             "interval-ms",
+            "slow-clients",
+            "value-bytes",
+            "slow-quiet",
+            "server-log",
+            "workers",
+            "warmup",
+            "idle",
+            "edits",
+            "data",
+            "keys",
+            "rooms",
+            "awareness-ids",
+            "abrupt-every",
+            "pause-ms",
+            "sample-s",
         ];
         if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(format!("unknown flag --{unknown}"));
@@ -245,6 +291,17 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// Memory of all TCP sockets on this machine (kernel buffers: not in any process's RSS), in
+/// MB, from `/proc/net/sockstat` (counted in 4 KiB pages).
+fn tcp_mem_mb() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = stat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut fields = tcp.split_whitespace();
+    fields.find(|f| *f == "mem")?;
+    let pages: f64 = fields.next()?.parse().ok()?;
+    Some(round(pages * 4096.0 / MIB, 1))
 }
 
 /// Resets a process's peak RSS (VmHWM) to its current RSS; needs to own it or be root.
@@ -831,6 +888,10 @@ async fn fanout(args: &Args) -> Res<bool> {
     let duration = args.secs("duration", 20.0)?;
     let drain = args.secs("drain", 5.0)?;
     let concurrency: usize = args.num("concurrency", 200)?;
+    let value_bytes: usize = args.num("value-bytes", 0)?;
+    let slow: usize = args.num("slow-clients", 0)?;
+    let slow_quiet = args.secs("slow-quiet", 3.0)?;
+    let server_log = args.flags.get("server-log").cloned();
     let pid = args.pid()?;
     if writers == 0 || writers > n || n < 2 {
         return Err("need 2 or more clients and 1..=clients writers".into());
@@ -838,7 +899,7 @@ async fn fanout(args: &Args) -> Res<bool> {
     if rate.is_nan() || rate <= 0.0 {
         return Err("--rate must be positive".into());
     }
-    check_fd_limit(n + 64)?;
+    check_fd_limit(n + slow + 64)?;
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let run = format!("{:x}", random_id());
     let writer_ids: Vec<u64> = (0..writers).map(|_| random_id()).collect();
@@ -869,8 +930,17 @@ async fn fanout(args: &Args) -> Res<bool> {
 
     let connect_start = Instant::now();
     let conns = open_many(&url, n, concurrency).await?;
+    // Slow consumers: they complete the handshake, then never read again until the run is
+    // over (their sockets stay open, so their TCP buffers fill and the server's queue for
+    // them grows).
+    let slow_conns: Vec<Ws> = open_many(&url, slow, concurrency)
+        .await?
+        .into_iter()
+        .map(|(ws, _)| ws)
+        .collect();
     eprintln!(
-        "fanout: {n} clients connected in {:.2} s; {total} updates from {writers} writers at {rate}/s",
+        "fanout: {n} clients{} connected in {:.2} s; {total} updates from {writers} writers at {rate}/s",
+        if slow > 0 { format!(" and {slow} slow ones (never reading)") } else { String::new() },
         connect_start.elapsed().as_secs_f64()
     );
 
@@ -904,7 +974,11 @@ async fn fanout(args: &Args) -> Res<bool> {
                     let update = {
                         let mut txn = doc.transact_mut();
                         let key = format!("{}w{w}-{seq}", shared.prefix);
-                        map.insert(&mut txn, key, unix_micros() as f64);
+                        if value_bytes == 0 {
+                            map.insert(&mut txn, key, unix_micros() as f64);
+                        } else {
+                            map.insert(&mut txn, key, entry_value(seq as usize, value_bytes));
+                        }
                         txn.encode_update_v1()
                     };
                     let frame = binary(&Message::Sync(SyncMessage::Update(update)));
@@ -960,9 +1034,18 @@ async fn fanout(args: &Args) -> Res<bool> {
     let mut next_note = t0 + Duration::from_secs(5);
     let hard_stop = t0 + duration + drain + Duration::from_secs(60);
     let mut last_delivery_at = Duration::ZERO;
+    let tcp_mem_before = tcp_mem_mb();
+    let mut tcp_mem_peak = tcp_mem_before;
+    let mut next_tcp_sample = t0;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = tokio::time::Instant::now();
+        if now >= next_tcp_sample {
+            if let Some(mb) = tcp_mem_mb() {
+                tcp_mem_peak = Some(tcp_mem_peak.map_or(mb, |p| p.max(mb)));
+            }
+            next_tcp_sample += Duration::from_secs(1);
+        }
         let (sent, delivered) = (
             shared.sent.load(Ordering::Relaxed),
             shared.delivered.load(Ordering::Relaxed),
@@ -1004,6 +1087,31 @@ async fn fanout(args: &Args) -> Res<bool> {
     for t in tasks {
         clients.push(t.await?);
     }
+
+    // The slow clients now read what is left, to the end: how the server ended them.
+    let slow_ends: Vec<SlowEnd> = stream::iter(slow_conns)
+        .map(|ws| drain_slow(ws, slow_quiet))
+        .buffer_unordered(slow.max(1))
+        .collect()
+        .await;
+    let mut slow_outcomes: HashMap<String, usize> = HashMap::new();
+    for end in &slow_ends {
+        *slow_outcomes.entry(end.outcome.clone()).or_default() += 1;
+    }
+    let slow_1013 = slow_outcomes.get("close 1013").copied().unwrap_or(0);
+    let slow_open = slow_outcomes.get(STILL_OPEN).copied().unwrap_or(0);
+    let slow_frames: u64 = slow_ends.iter().map(|e| e.frames).sum();
+    let slow_bytes: u64 = slow_ends.iter().map(|e| e.bytes).sum();
+    // The server's own count of slow-consumer closes, from its log (warn level).
+    let logged_closes = server_log
+        .as_ref()
+        .and_then(|path| match std::fs::read_to_string(path) {
+            Ok(log) => Some(log.lines().filter(|l| l.contains(SLOW_CLOSE_LOG)).count()),
+            Err(e) => {
+                eprintln!("fanout: cannot read the server log {path}: {e}");
+                None
+            }
+        });
 
     // Convergence: every client's doc, and that of a client joining now, must be the same.
     let check_start = Instant::now();
@@ -1078,6 +1186,7 @@ async fn fanout(args: &Args) -> Res<bool> {
         "writers": writers,
         "rate": rate,
         "duration_s": duration.as_secs_f64(),
+        "value_bytes": value_bytes,
         "updates": total,
         "sent": sent,
         "send_rate_per_s": round(sent as f64 / send_time.as_secs_f64().max(1e-9), 1),
@@ -1095,6 +1204,16 @@ async fn fanout(args: &Args) -> Res<bool> {
         "convergence_check_s": round(check_time.as_secs_f64(), 2),
         "clients_disconnected": disconnected,
         "errors": errors,
+        "slow_clients": slow,
+        "slow_outcomes": slow_outcomes,
+        "slow_closed_1013": slow_1013,
+        "slow_closed_by_server": slow - slow_open,
+        "slow_drained_frames": slow_frames,
+        "slow_drained_mb": round(slow_bytes as f64 / MIB, 2),
+        "server_logged_slow_closes": logged_closes,
+        "kernel_tcp_mem_before_mb": tcp_mem_before,
+        "kernel_tcp_mem_peak_mb": tcp_mem_peak,
+        "server_rss_before_mb": before.rss_mb(),
         "server_rss_mb": after.rss_mb(),
         "server_peak_rss_mb": after.hwm_mb(),
         "peak_since": if peak_reset { "scenario start" } else { "server start" },
@@ -1102,17 +1221,73 @@ async fn fanout(args: &Args) -> Res<bool> {
         "cpu": cpu_used(&before, &after),
         "ok": ok,
     });
+    let slow_note = if slow > 0 {
+        format!(
+            "; {slow} slow clients: {slow_1013} closed with 1013, {} closed in all, {slow_open} still open{}",
+            slow - slow_open,
+            logged_closes.map_or(String::new(), |c| format!(
+                " (the server logged {c} slow-consumer closes)"
+            )),
+        )
+    } else {
+        String::new()
+    };
     let human = format!(
-        "fanout: {n} clients, {writers} writers, {sent}/{total} updates at {:.0}/s -> {unique}/{expected} deliveries ({:.0}/s), latency p50 {} p99 {} max {}; lost {lost}, duplicates {duplicates}, converged {converged}; server RSS {}",
+        "fanout: {n} clients, {writers} writers, {sent}/{total} updates at {:.0}/s -> {unique}/{expected} deliveries ({:.0}/s), latency p50 {} p99 {} max {}; lost {lost}, duplicates {duplicates}, converged {converged}; server RSS {} (peak {}){slow_note}",
         sent as f64 / send_time.as_secs_f64().max(1e-9),
         unique as f64 / window,
         fmt_ms(&lat["p50"]),
         fmt_ms(&lat["p99"]),
         fmt_ms(&lat["max"]),
         fmt_mb(after.rss_mb()),
+        fmt_mb(after.hwm_mb()),
     );
     report(summary, human);
     Ok(ok)
+}
+
+/// What the server logs (warn) when it closes a connection whose send queue overflowed.
+const SLOW_CLOSE_LOG: &str = "send queue full; closing";
+/// The outcome of a slow client the server never closed.
+const STILL_OPEN: &str = "still open";
+
+/// How a slow fanout client ended, read once the run is over.
+struct SlowEnd {
+    /// `close <code>`, `ended without a close frame...`, or [`STILL_OPEN`].
+    outcome: String,
+    /// Frames (and their bytes) still buffered for it when it started reading again.
+    frames: u64,
+    bytes: u64,
+}
+
+/// Reads a slow client to the end: everything the server (and the kernel) still held for
+/// it, then its close frame. `quiet` without a frame means the server never closed it: it
+/// is closed here.
+async fn drain_slow(mut ws: Ws, quiet: Duration) -> SlowEnd {
+    let (mut frames, mut bytes) = (0, 0);
+    let outcome = loop {
+        match tokio::time::timeout(quiet, ws.next()).await {
+            Err(_) => {
+                close(ws).await;
+                break STILL_OPEN.to_string();
+            }
+            Ok(Some(Ok(WsMessage::Close(Some(f))))) => {
+                break format!("close {}", u16::from(f.code))
+            }
+            Ok(Some(Ok(WsMessage::Close(None)))) => break "close without a code".into(),
+            Ok(Some(Ok(m))) => {
+                frames += 1;
+                bytes += m.len() as u64;
+            }
+            Ok(Some(Err(e))) => break format!("ended without a close frame ({e})"),
+            Ok(None) => break "ended without a close frame".into(),
+        }
+    };
+    SlowEnd {
+        outcome,
+        frames,
+        bytes,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1893,6 +2068,608 @@ async fn awareness(args: &Args) -> Res<bool> {
         fmt_ms(&lat["p99"]),
         fmt_ms(&lat["max"]),
         fmt_mb(after.rss_mb()),
+    );
+    report(summary, human);
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------------------------------
+// churn
+
+/// Message type of SYNC_STATUS (our server's extension): echoed unchanged once everything
+/// the connection sent before it is applied and durable.
+const MSG_SYNC_STATUS: u8 = 102;
+
+/// What the churn workers write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChurnData {
+    /// Each worker owns one Y.Array (root `<root>-churn-<worker>`); an edit appends a value
+    /// and deletes the previous one. The worker's deleted items are consecutive (its own
+    /// clock, each one's origin the one before), so Yjs merges them into one tombstone:
+    /// the doc stays the same size however many edits are made.
+    List,
+    /// One Y.Map (root `<root>-churn`) of `--keys` keys; an edit overwrites a random key.
+    /// The content stays bounded, but every overwritten value leaves a tombstone item (Yjs
+    /// cannot merge the deleted items of different map keys): the doc grows with every edit.
+    Map,
+}
+
+/// Settings of a churn run, shared by its workers.
+struct Churn {
+    urls: Vec<String>,
+    root: String,
+    edits: usize,
+    data: ChurnData,
+    keys: usize,
+    /// A new awareness client id per connection (a page load), or the worker's own.
+    fresh_awareness: bool,
+    abrupt_every: u64,
+    pause: Duration,
+    cycles: AtomicU64,
+    failed: AtomicU64,
+    updates: AtomicU64,
+    abrupt: AtomicU64,
+}
+
+/// A churn worker: one client that connects, edits and disconnects over and over, keeping
+/// its doc (and client id) between connections, as a client that reconnects does.
+struct ChurnWorker {
+    index: usize,
+    id: u64,
+    /// Its doc of each room, created on its first visit.
+    docs: Vec<Option<Doc>>,
+    cycle: u64,
+    awareness_clock: u32,
+    /// Of the current phase: connect + handshake, and whole-cycle times (µs).
+    handshake_us: Vec<u64>,
+    cycle_us: Vec<u64>,
+    errors: HashMap<String, usize>,
+}
+
+fn apply_update(doc: &Doc, update: &[u8]) -> Res<()> {
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update)?)?;
+    Ok(())
+}
+
+/// The next binary frame; a close frame or the end of the connection is an error.
+async fn next_binary(ws: &mut Ws) -> Res<tokio_tungstenite::tungstenite::Bytes> {
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Binary(b))) => return Ok(b),
+            Some(Ok(WsMessage::Close(c))) => {
+                return Err(format!(
+                    "closed by the server: {}",
+                    c.map_or("no code".into(), |c| format!(
+                        "{} {}",
+                        u16::from(c.code),
+                        c.reason
+                    ))
+                )
+                .into())
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("the connection ended".into()),
+        }
+    }
+}
+
+/// One connection of a worker: connect; send step 1 and an awareness state; answer the
+/// server's step 1 with what it lacks and apply its step 2; make `edits` updates (one
+/// frame each); send SYNC_STATUS and wait for its echo (everything applied and durable);
+/// then close (or, every `abrupt_every`-th time, drop the TCP connection without a close
+/// frame). Returns the connect + handshake time.
+async fn churn_cycle(shared: &Churn, w: &mut ChurnWorker) -> Res<Duration> {
+    let start = Instant::now();
+    let (index, cycle, id) = (w.index, w.cycle, w.id);
+    let room = (index + cycle as usize) % shared.urls.len();
+    let awareness_id = if shared.fresh_awareness {
+        random_id()
+    } else {
+        id
+    };
+    // The server keeps a removed state's clock (+1): a returning id needs a larger one.
+    w.awareness_clock += 2;
+    let clock = w.awareness_clock;
+    let doc = w.docs[room].get_or_insert_with(|| Doc::with_client_id(id));
+
+    let mut ws = open(&shared.urls[room], ws_config(true)).await?;
+    let sv = doc.transact().state_vector();
+    let state = format!(
+        r##"{{"user":{{"name":"churn-{index}","color":"#{:06x}"}},"cycle":{cycle},"cursor":{}}}"##,
+        random_id() & 0xff_ffff,
+        random_id() % 10_000
+    );
+    let awareness = AwarenessUpdate {
+        clients: HashMap::from([(
+            ClientID::new(awareness_id),
+            AwarenessUpdateEntry {
+                clock,
+                json: state.into(),
+            },
+        )]),
+    };
+    ws.feed(binary(&Message::Sync(SyncMessage::SyncStep1(sv))))
+        .await?;
+    ws.feed(binary(&Message::Awareness(awareness))).await?;
+    ws.flush().await?;
+    let (mut got_step1, mut got_step2) = (false, false);
+    while !(got_step1 && got_step2) {
+        match decode(&next_binary(&mut ws).await?)? {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                got_step1 = true;
+                let diff = doc.transact().encode_state_as_update_v1(&sv);
+                ws.send(binary(&Message::Sync(SyncMessage::SyncStep2(diff))))
+                    .await?;
+            }
+            Message::Sync(SyncMessage::SyncStep2(u)) => {
+                got_step2 = true;
+                apply_update(doc, &u)?;
+            }
+            Message::Sync(SyncMessage::Update(u)) => apply_update(doc, &u)?,
+            _ => {}
+        }
+    }
+    let handshake = start.elapsed();
+
+    for e in 0..shared.edits {
+        let value = format!("w{index} c{cycle} e{e} {:016x}", random_id());
+        let update = match shared.data {
+            ChurnData::List => {
+                let list = doc.get_or_insert_array(format!("{}-churn-{index}", shared.root));
+                let mut txn = doc.transact_mut();
+                let before = list.len(&txn);
+                list.push_back(&mut txn, value);
+                if before > 0 {
+                    list.remove_range(&mut txn, 0, before);
+                }
+                txn.encode_update_v1()
+            }
+            ChurnData::Map => {
+                let map = doc.get_or_insert_map(format!("{}-churn", shared.root));
+                let mut txn = doc.transact_mut();
+                let key = random_id() as usize % shared.keys.max(1);
+                map.insert(&mut txn, format!("k{key:03}"), value);
+                txn.encode_update_v1()
+            }
+        };
+        ws.feed(binary(&Message::Sync(SyncMessage::Update(update))))
+            .await?;
+    }
+    let status = Message::Custom(MSG_SYNC_STATUS, cycle.to_le_bytes().to_vec()).encode_v1();
+    ws.send(WsMessage::Binary(status.clone().into())).await?;
+    shared
+        .updates
+        .fetch_add(shared.edits as u64, Ordering::Relaxed);
+    loop {
+        let frame = next_binary(&mut ws).await?;
+        if frame[..] == status[..] {
+            break;
+        }
+        match decode(&frame)? {
+            Message::Sync(SyncMessage::Update(u)) | Message::Sync(SyncMessage::SyncStep2(u)) => {
+                apply_update(doc, &u)?
+            }
+            _ => {}
+        }
+    }
+    if shared.abrupt_every > 0 && (cycle + 1) % shared.abrupt_every == 0 {
+        // A dropped network connection: no close frame (a reset if anything is unread).
+        drop(ws);
+        shared.abrupt.fetch_add(1, Ordering::Relaxed);
+    } else {
+        close(ws).await;
+    }
+    Ok(handshake)
+}
+
+/// Runs every worker's connect/edit/disconnect loop until `until`.
+async fn churn_phase(
+    shared: &Arc<Churn>,
+    workers: Vec<ChurnWorker>,
+    until: tokio::time::Instant,
+) -> Res<Vec<ChurnWorker>> {
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    let start = Instant::now();
+                    let done =
+                        tokio::time::timeout(Duration::from_secs(60), churn_cycle(&shared, &mut w))
+                            .await;
+                    match done {
+                        Ok(Ok(handshake)) => {
+                            w.handshake_us.push(handshake.as_micros() as u64);
+                            w.cycle_us.push(start.elapsed().as_micros() as u64);
+                            shared.cycles.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => {
+                            *w.errors.entry(e.to_string()).or_default() += 1;
+                            shared.failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(_) => {
+                            *w.errors
+                                .entry("no SYNC_STATUS echo within 60 s".into())
+                                .or_default() += 1;
+                            shared.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    w.cycle += 1;
+                    if !shared.pause.is_zero() {
+                        tokio::time::sleep(shared.pause).await;
+                    }
+                }
+                w
+            })
+        })
+        .collect();
+    let mut workers = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        workers.push(t.await?);
+    }
+    Ok(workers)
+}
+
+/// The size of every room's doc, as a new client receives it (its step 2), in bytes.
+async fn doc_bytes(urls: &[String]) -> Option<usize> {
+    let mut total = 0;
+    for url in urls {
+        match open_synced(url, ws_config(false)).await {
+            Ok((ws, hs)) => {
+                close(ws).await;
+                total += hs.step2.len();
+            }
+            Err(e) => {
+                eprintln!("churn: cannot fetch the doc of {url}: {e}");
+                return None;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// HTTP requests made before the baseline and final RSS samples.
+const POKES: usize = 100;
+
+/// The server's figures after [`POKES`] plain HTTP requests (`GET /`, its discovery
+/// document) and a second: mimalloc gives freed memory back to the OS lazily, on later
+/// allocator activity, so an idle server's RSS still counts memory it has freed.
+async fn poked(url: &str, pid: Option<u32>) -> Sample {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut answered = 0;
+    for _ in 0..POKES {
+        let one = async {
+            let mut tcp = TcpStream::connect(host).await?;
+            tcp.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            tcp.read_to_end(&mut response).await?;
+            Ok::<_, Error>(response.starts_with(b"HTTP/1.1 200"))
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), one).await {
+            answered += 1;
+        }
+    }
+    if answered < POKES {
+        eprintln!("churn: {answered} of {POKES} HTTP requests answered with 200");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Sample::take(pid)
+}
+
+/// Server RSS samples: seconds since the start, phase, MB, connections made so far.
+type RssSamples = Arc<std::sync::Mutex<Vec<(f64, usize, f64, u64)>>>;
+
+const CHURN_PHASES: [&str; 5] = ["start", "warm-up", "idle", "churn", "idle"];
+
+/// What one phase of churn did.
+fn phase_summary(
+    workers: &mut [ChurnWorker],
+    shared: &Churn,
+    counts_before: (u64, u64, u64, u64),
+    took: Duration,
+) -> serde_json::Value {
+    let mut cycle_us: Vec<u64> = workers
+        .iter_mut()
+        .flat_map(|w| w.cycle_us.drain(..))
+        .collect();
+    let mut handshake_us: Vec<u64> = workers
+        .iter_mut()
+        .flat_map(|w| w.handshake_us.drain(..))
+        .collect();
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    for w in workers.iter_mut() {
+        for (e, c) in w.errors.drain() {
+            *errors.entry(e).or_default() += c;
+        }
+    }
+    let (cycles, failed, updates, abrupt) = (
+        shared.cycles.load(Ordering::Relaxed) - counts_before.0,
+        shared.failed.load(Ordering::Relaxed) - counts_before.1,
+        shared.updates.load(Ordering::Relaxed) - counts_before.2,
+        shared.abrupt.load(Ordering::Relaxed) - counts_before.3,
+    );
+    let secs = took.as_secs_f64().max(1e-9);
+    json!({
+        "seconds": round(secs, 1),
+        "connections": cycles + failed,
+        "completed": cycles,
+        "failed": failed,
+        "errors": errors,
+        "connections_per_s": round((cycles + failed) as f64 / secs, 1),
+        "updates": updates,
+        "awareness_states": cycles,
+        "abrupt_disconnects": abrupt,
+        "handshake_ms": latency_ms(&mut handshake_us),
+        "cycle_ms": latency_ms(&mut cycle_us),
+    })
+}
+
+fn churn_counts(shared: &Churn) -> (u64, u64, u64, u64) {
+    (
+        shared.cycles.load(Ordering::Relaxed),
+        shared.failed.load(Ordering::Relaxed),
+        shared.updates.load(Ordering::Relaxed),
+        shared.abrupt.load(Ordering::Relaxed),
+    )
+}
+
+async fn churn(args: &Args) -> Res<bool> {
+    let url = args.url()?;
+    let k: usize = args.num("workers", 50)?;
+    let duration = args.secs("duration", 600.0)?;
+    let warmup = args.secs("warmup", 60.0)?;
+    let idle = args.secs("idle", 65.0)?;
+    let sample_every = args.secs("sample-s", 5.0)?.max(Duration::from_millis(100));
+    let rooms: usize = args.num("rooms", 1)?;
+    let data = match args.flags.get("data").map_or("list", |s| s.as_str()) {
+        "list" => ChurnData::List,
+        "map" => ChurnData::Map,
+        other => return Err(format!("--data: `list` or `map`, not `{other}`").into()),
+    };
+    let fresh_awareness = match args
+        .flags
+        .get("awareness-ids")
+        .map_or("connection", |s| s.as_str())
+    {
+        "connection" => true,
+        "worker" => false,
+        other => {
+            return Err(format!("--awareness-ids: `connection` or `worker`, not `{other}`").into())
+        }
+    };
+    let pid = args.pid()?;
+    if k == 0 || rooms == 0 {
+        return Err("--workers and --rooms must be positive".into());
+    }
+    if rooms > 1 && !url.contains("{i}") {
+        return Err("--rooms above 1 needs `{i}` in --url (replaced by 0..rooms)".into());
+    }
+    check_fd_limit(k + 64)?;
+    let urls: Vec<String> = (0..rooms)
+        .map(|i| url.replace("{i}", &i.to_string()))
+        .collect();
+    let shared = Arc::new(Churn {
+        urls: urls.clone(),
+        root: args.root(),
+        edits: args.num("edits", 3)?,
+        data,
+        keys: args.num("keys", 100)?,
+        fresh_awareness,
+        abrupt_every: args.num("abrupt-every", 10)?,
+        pause: Duration::from_millis(args.num("pause-ms", 0)?),
+        cycles: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        updates: AtomicU64::new(0),
+        abrupt: AtomicU64::new(0),
+    });
+
+    // Server RSS every `sample_every`, tagged with the phase.
+    let base = Instant::now();
+    let phase = Arc::new(AtomicUsize::new(0));
+    let samples: RssSamples = Arc::default();
+    let sampler = {
+        let (phase, samples, shared) = (phase.clone(), samples.clone(), shared.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sample_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next_note = Duration::ZERO;
+            loop {
+                tick.tick().await;
+                let Some(rss) = Sample::take(pid).rss_mb() else {
+                    continue;
+                };
+                let t = base.elapsed();
+                let p = phase.load(Ordering::Relaxed);
+                let (done, failed) = (
+                    shared.cycles.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed),
+                );
+                samples.lock().expect("samples").push((
+                    round(t.as_secs_f64(), 1),
+                    p,
+                    rss,
+                    done + failed,
+                ));
+                if t >= next_note {
+                    eprintln!(
+                        "churn: t={:.0} s {}: {done} connections, {failed} failed, server RSS {rss} MB",
+                        t.as_secs_f64(),
+                        CHURN_PHASES[p],
+                    );
+                    next_note = t + Duration::from_secs(30);
+                }
+            }
+        })
+    };
+    let mark = |p: usize| phase.store(p, Ordering::Relaxed);
+    let start = Sample::take(pid);
+    let mut workers: Vec<ChurnWorker> = (0..k)
+        .map(|index| ChurnWorker {
+            index,
+            id: random_id(),
+            docs: (0..rooms).map(|_| None).collect(),
+            cycle: 0,
+            awareness_clock: 0,
+            handshake_us: Vec::new(),
+            cycle_us: Vec::new(),
+            errors: HashMap::new(),
+        })
+        .collect();
+    eprintln!(
+        "churn: {k} workers, {rooms} room(s), {} s warm-up + {} s idle, {} s churn + {} s idle",
+        warmup.as_secs_f64(),
+        idle.as_secs_f64(),
+        duration.as_secs_f64(),
+        idle.as_secs_f64()
+    );
+
+    // Warm-up, then idle until the rooms are evicted: the baseline.
+    let (warm, warm_end, doc_warm, (baseline_idle, baseline)) = if warmup.is_zero() {
+        let doc = doc_bytes(&urls).await;
+        (None, None, doc, (start, poked(&url, pid).await))
+    } else {
+        mark(1);
+        let counts = churn_counts(&shared);
+        let t = Instant::now();
+        workers = churn_phase(&shared, workers, tokio::time::Instant::now() + warmup).await?;
+        let warm = phase_summary(&mut workers, &shared, counts, t.elapsed());
+        let warm_end = Sample::take(pid);
+        let doc = doc_bytes(&urls).await;
+        mark(2);
+        tokio::time::sleep(idle).await;
+        let idle_sample = Sample::take(pid);
+        (
+            Some(warm),
+            Some(warm_end),
+            doc,
+            (idle_sample, poked(&url, pid).await),
+        )
+    };
+
+    // The churn itself, then idle again.
+    mark(3);
+    let main_start = Sample::take(pid);
+    let counts = churn_counts(&shared);
+    let t = Instant::now();
+    workers = churn_phase(&shared, workers, tokio::time::Instant::now() + duration).await?;
+    let main = phase_summary(&mut workers, &shared, counts, t.elapsed());
+    let main_end = Sample::take(pid);
+    let main_end_t = base.elapsed().as_secs_f64();
+    let doc_main = doc_bytes(&urls).await;
+    mark(4);
+    tokio::time::sleep(idle).await;
+    let last_idle = Sample::take(pid);
+    let last = poked(&url, pid).await;
+    sampler.abort();
+    let _ = sampler.await;
+
+    let samples = std::mem::take(&mut *samples.lock().expect("samples"));
+    let churn_rss: Vec<(f64, f64, u64)> = samples
+        .iter()
+        .filter(|s| s.1 == 3)
+        .map(|s| (s.0, s.2, s.3))
+        .collect();
+    // Connections per second between the first sample at or after `from` and the last at
+    // or before `to`: does the server slow down as the churn goes on?
+    let rate_between = |from: f64, to: f64| {
+        let a = churn_rss.iter().find(|s| s.0 >= from)?;
+        let b = churn_rss.iter().rev().find(|s| s.0 <= to)?;
+        (b.0 > a.0).then(|| round((b.2 - a.2) as f64 / (b.0 - a.0), 1))
+    };
+    let mean_of = |from: f64, to: f64| {
+        let v: Vec<f64> = churn_rss
+            .iter()
+            .filter(|s| s.0 >= from && s.0 <= to)
+            .map(|s| s.1)
+            .collect();
+        (!v.is_empty()).then(|| round(v.iter().sum::<f64>() / v.len() as f64, 1))
+    };
+    let churn_from = churn_rss.first().map_or(0.0, |s| s.0);
+    let min = churn_rss.iter().map(|s| s.1).reduce(f64::min);
+    let max = churn_rss.iter().map(|s| s.1).reduce(f64::max);
+    let growth = baseline
+        .rss_mb()
+        .zip(last.rss_mb())
+        .map(|(b, f)| (round(f - b, 1), round((f - b) / b * 100.0, 1)));
+    let failed = shared.failed.load(Ordering::Relaxed);
+    let ok = failed == 0 && doc_main.is_some();
+    let summary = json!({
+        "scenario": "churn",
+        "url": url,
+        "rooms": rooms,
+        "workers": k,
+        "edits_per_connection": shared.edits,
+        "data": match data {
+            ChurnData::List => "list: one Y.Array per worker, each edit replaces its value",
+            ChurnData::Map => "map: one Y.Map, each edit overwrites one of --keys keys",
+        },
+        "keys": (data == ChurnData::Map).then_some(shared.keys),
+        "awareness_ids": if fresh_awareness { "new per connection" } else { "one per worker" },
+        "abrupt_every": shared.abrupt_every,
+        "warmup": warm,
+        "churn": main,
+        "idle_wait_s": idle.as_secs_f64(),
+        "baseline": if warmup.is_zero() {
+            "fresh server, before any connection"
+        } else {
+            "idle after the warm-up (rooms evicted)"
+        },
+        "server_rss_start_mb": start.rss_mb(),
+        "server_rss_warmup_end_mb": warm_end.and_then(|s| s.rss_mb()),
+        "server_rss_baseline_idle_mb": baseline_idle.rss_mb(),
+        "server_rss_baseline_mb": baseline.rss_mb(),
+        "server_rss_churn_start_mb": main_start.rss_mb(),
+        "server_rss_churn_min_mb": min,
+        "server_rss_churn_max_mb": max,
+        "connections_per_s_first_minute": rate_between(churn_from, churn_from + 60.0),
+        "connections_per_s_last_minute": rate_between(main_end_t - 60.0, main_end_t),
+        "server_rss_churn_first_minute_mean_mb": mean_of(churn_from, churn_from + 60.0),
+        "server_rss_churn_last_minute_mean_mb": mean_of(main_end_t - 60.0, main_end_t),
+        "server_rss_churn_end_mb": main_end.rss_mb(),
+        "server_rss_final_idle_mb": last_idle.rss_mb(),
+        "server_rss_final_mb": last.rss_mb(),
+        "poked": format!("baseline and final RSS after {POKES} HTTP requests (GET /): the allocator returns freed memory lazily, on allocator activity"),
+        "server_rss_growth_mb": growth.map(|g| g.0),
+        "server_rss_growth_pct": growth.map(|g| g.1),
+        "server_peak_rss_mb": last.hwm_mb(),
+        "doc_bytes_after_warmup": doc_warm,
+        "doc_bytes_after_churn": doc_main,
+        "cpu_churn": cpu_used(&main_start, &main_end),
+        "client_rss_mb": round(last.client_rss as f64 / 1024.0, 1),
+        "samples": "[seconds, phase, server RSS MB, connections so far]",
+        "rss_samples": samples.iter().map(|s| json!([s.0, CHURN_PHASES[s.1], s.2, s.3])).collect::<Vec<_>>(),
+        "ok": ok,
+    });
+    let human = format!(
+        "churn: {} connections in {:.0} s ({}/s; first minute {}/s, last minute {}/s; {} failed), {} updates; server RSS baseline {} ({}), during churn {}..{} (end {}), final after {:.0} s idle {} (growth {} MB; before the HTTP requests {} and {}); doc {} -> {} bytes",
+        main["connections"],
+        duration.as_secs_f64(),
+        main["connections_per_s"],
+        rate_between(churn_from, churn_from + 60.0).map_or("-".into(), |r| r.to_string()),
+        rate_between(main_end_t - 60.0, main_end_t).map_or("-".into(), |r| r.to_string()),
+        main["failed"],
+        main["updates"],
+        fmt_mb(baseline.rss_mb()),
+        if warmup.is_zero() { "fresh server" } else { "idle after warm-up" },
+        fmt_mb(min),
+        fmt_mb(max),
+        fmt_mb(main_end.rss_mb()),
+        idle.as_secs_f64(),
+        fmt_mb(last.rss_mb()),
+        growth.map_or("-".into(), |g| format!("{:+}", g.0)),
+        fmt_mb(baseline_idle.rss_mb()),
+        fmt_mb(last_idle.rss_mb()),
+        doc_warm.map_or("-".into(), |b| b.to_string()),
+        doc_main.map_or("-".into(), |b| b.to_string()),
     );
     report(summary, human);
     Ok(ok)

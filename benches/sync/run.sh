@@ -12,7 +12,16 @@
 #   connect    CONNECT_CLIENTS=10000 connections to one room, at most CONCURRENCY=200
 #              handshakes at a time; server RSS per connection
 #   fanout     FANOUT_CLIENTS=100 clients, FANOUT_WRITERS=10 of them writing FANOUT_RATE=1000
-#              updates/s in all for FANOUT_DURATION=20 s; deliveries/s, latency, lost, convergence
+#              updates/s in all for FANOUT_DURATION=20 s; deliveries/s, latency, lost, convergence.
+#              FANOUT_SLOW=N (default 0) adds N slow consumers: they join the room, complete the
+#              handshake, then never read until the run is over (the server should close them
+#              with 1013 once its send queue for one overflows); afterwards each reads to the
+#              end and its close code is reported, with the server's own count of slow-consumer
+#              closes (from its log), its peak RSS and the kernel's TCP memory. Latency, lost and convergence count the N normal ones.
+#              Compare with FANOUT_SLOW=0 at the same settings for the p99. FANOUT_VALUE_BYTES=B
+#              (default 0: an 8-byte time) makes each update carry a B-byte string: at 1,000
+#              updates/s of ~50-byte updates the kernel's socket buffers (~3-4 MB a connection)
+#              hold a minute of a slow consumer's backlog before the server's queue fills.
 #   join       JOIN_CLIENTS=150 empty clients join a room holding JOIN_MB=20 MB at once;
 #              time until all have it, server peak RSS (targets: < 3 s, < 500 MB); the
 #              joiners stream the step 2 (length + CRC-32, checked against one full fetch)
@@ -49,6 +58,8 @@ FANOUT_CLIENTS=${FANOUT_CLIENTS:-100}
 FANOUT_WRITERS=${FANOUT_WRITERS:-10}
 FANOUT_RATE=${FANOUT_RATE:-1000}
 FANOUT_DURATION=${FANOUT_DURATION:-20}
+FANOUT_SLOW=${FANOUT_SLOW:-0}
+FANOUT_VALUE_BYTES=${FANOUT_VALUE_BYTES:-0}
 JOIN_CLIENTS=${JOIN_CLIENTS:-150}
 JOIN_MB=${JOIN_MB:-20}
 AWARENESS_CLIENTS=${AWARENESS_CLIENTS:-200}
@@ -91,10 +102,12 @@ start_server() {
   stop_server
   if [ "$target" = ours ]; then
     data=$(mktemp -d)
-    EPICENTER_DATA_DIR="$data" PORT="$PORT" RUST_LOG=warn "$bin/blog" >/dev/null &
+    log="$data/server.log"
+    EPICENTER_DATA_DIR="$data" PORT="$PORT" RUST_LOG=warn NO_COLOR=1 "$bin/blog" >"$log" &
     server=$!
     url="ws://127.0.0.1:$PORT/workspaces/blog/sync"
   else
+    log=
     HOST=127.0.0.1 PORT="$PORT" node "$reference_server" >/dev/null &
     server=$!
     url="ws://127.0.0.1:$PORT/bench-$1"
@@ -116,7 +129,8 @@ for scenario in "${scenarios[@]}"; do
   case "$scenario" in
   connect) flags=(--clients "$CONNECT_CLIENTS" --concurrency "$CONCURRENCY") ;;
   fanout) flags=(--clients "$FANOUT_CLIENTS" --writers "$FANOUT_WRITERS" --rate "$FANOUT_RATE"
-    --duration "$FANOUT_DURATION" --concurrency "$CONCURRENCY") ;;
+    --duration "$FANOUT_DURATION" --concurrency "$CONCURRENCY" --slow-clients "$FANOUT_SLOW"
+    --value-bytes "$FANOUT_VALUE_BYTES") ;;
   join) flags=(--clients "$JOIN_CLIENTS" --doc-mb "$JOIN_MB") ;;
   awareness) flags=(--clients "$AWARENESS_CLIENTS" --duration "$AWARENESS_DURATION"
     --concurrency "$CONCURRENCY") ;;
@@ -126,6 +140,10 @@ for scenario in "${scenarios[@]}"; do
     ;;
   esac
   start_server "$scenario"
+  # Our server logs (warn) each slow-consumer close: the generator counts them.
+  if [ "$scenario" = fanout ] && [ -n "$log" ]; then
+    flags+=(--server-log "$log")
+  fi
   echo "== $scenario against $target ($url)" >&2
   # shellcheck disable=SC2086 # EXTRA_ARGS is split into flags on purpose
   if ! "$bin/sync_load" "$scenario" --url "$url" --server-pid "$server" --threads "$THREADS" \

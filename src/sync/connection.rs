@@ -35,6 +35,11 @@ use crate::StorageError;
 
 /// How long a close frame may take to send and the peer's answer to arrive.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The same for a peer closed for falling behind (1013): it has stopped reading, and gets
+/// the close frame (after what the kernel already holds for it) only once it reads again.
+/// Until then the socket is kept (its queue is freed at once); a y-websocket client that
+/// hears nothing for 30 s reconnects by itself.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Messages longer than this are written straight to the socket.
 const DIRECT: usize = 16 * 1024;
 /// Bytes the socket reads at a time; small, so idle connections stay cheap (a big frame
@@ -487,6 +492,14 @@ fn shrink<T>(buffer: &mut VecDeque<T>) {
 /// socket's buffer, then reads until the peer answers (or the grace period ends), so the
 /// close frame is not cut off by a reset.
 async fn close_socket(io: &mut Io, code: u16, reason: &str) {
+    // Frames taken from the queue but not written yet: the peer resyncs when it comes
+    // back, so they are dropped rather than written ahead of the close frame.
+    io.frames = VecDeque::new();
+    let grace = if code == close::TRY_AGAIN_LATER {
+        SLOW_CLOSE_GRACE
+    } else {
+        CLOSE_GRACE
+    };
     let frame = CloseFrame {
         code: code.into(),
         reason: reason.into(),
@@ -494,7 +507,7 @@ async fn close_socket(io: &mut Io, code: u16, reason: &str) {
     let mut frame = Some(frame);
     let mut flushed = false;
     let _ = tokio::time::timeout(
-        CLOSE_GRACE,
+        grace,
         poll_fn(|cx| {
             match io.poll_direct(cx) {
                 Ok(true) => {}
