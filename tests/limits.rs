@@ -185,3 +185,54 @@ async fn origins_outside_the_allow_list_are_refused() {
     assert!(synced(&mut any).await);
     server.destroy().await.unwrap();
 }
+
+/// A client that sends request headers slowly ("slowloris") is cut off at the header
+/// deadline; one that sends them in time is served, on the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_headers_are_cut_off_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Duration::from_millis(300);
+    let (server, addr) =
+        dynamic_server(ServerOptions::default().header_read_timeout(deadline)).await;
+    // Half a request, then nothing: closed once the deadline passes.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(GUARD, slow.read(&mut buf))
+        .await
+        .expect("the server closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+    // A connection that sends nothing at all goes the same way.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let read = tokio::time::timeout(GUARD, silent.read(&mut buf))
+        .await
+        .expect("the server closes the silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The start of an HTTP/2 preface, then nothing: the same.
+    let mut h2 = TcpStream::connect(addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let read = tokio::time::timeout(GUARD, h2.read(&mut buf))
+        .await
+        .expect("the server closes the stalled HTTP/2 connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A whole request in time is answered.
+    let mut fast = TcpStream::connect(addr).await.unwrap();
+    fast.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(GUARD, fast.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&response)
+    );
+    server.destroy().await.unwrap();
+}

@@ -19,6 +19,7 @@ mod state;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, MethodRouter};
@@ -250,7 +251,6 @@ impl Server {
     /// Binds `host:port` and serves in the background. Returns the bound address (useful
     /// with port 0).
     pub async fn start(&self) -> Result<SocketAddr, ServerError> {
-        use axum::serve::ListenerExt;
         let mut life = self.lifecycle.lock().await;
         if life.destroyed {
             return Err(ServerError::Destroyed);
@@ -269,23 +269,14 @@ impl Server {
             addr: wanted,
             source,
         })?;
-        // Small JSON responses and sync frames must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let app = self.router();
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "the server stopped with an error");
-            }
-        });
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            stopped,
+            self.options.header_read_timeout,
+        ));
         tracing::info!(%addr, "serving");
         life.running = Some(Running { addr, stop, task });
         Ok(addr)
@@ -347,6 +338,118 @@ impl Server {
         tracing::info!("shutdown signal received");
         self.destroy().await
     }
+}
+
+/// Accepts connections and serves `app` on each (HTTP/1 with upgrades, or HTTP/2) until
+/// `stop` turns true; then stops accepting, lets every connection finish the requests it
+/// is serving, and returns once they are done (upgraded sync connections are the hub's).
+/// Like `axum::serve`, plus TCP_NODELAY and a deadline for request headers.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().enable_connect_protocol();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, as axum does.
+                tracing::error!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Small JSON responses and sync frames must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        // Whether the connection got as far as a request: a header deadline hit before
+        // that is a client that never sent one; after it, an idle keep-alive connection.
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = served.clone();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request| {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            // hyper's deadline starts once it knows the protocol, which it learns from the
+            // first bytes: a connection that sends none is held to the deadline here.
+            if !first_bytes_within(&tcp, header_read_timeout).await {
+                tracing::warn!(
+                    %peer,
+                    timeout = ?header_read_timeout,
+                    "closed a connection that sent no request in time"
+                );
+                return;
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let mut connection = std::pin::pin!(connection);
+            let finished = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                _ = stop.wait_for(|stopped| *stopped) => None,
+            };
+            let result = match finished {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            let Err(e) = result else { return };
+            let timed_out = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout);
+            if timed_out && !served.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    %peer,
+                    timeout = ?header_read_timeout,
+                    "closed a connection that sent no complete request headers in time"
+                );
+            } else {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Waits until `tcp` has sent enough to tell HTTP/1 from HTTP/2 (its first bytes, or the
+/// whole 24-byte HTTP/2 preface if they start like it), or has closed; `false` if that takes
+/// longer than `timeout`.
+async fn first_bytes_within(tcp: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.peek(&mut buf).await {
+                Ok(n) if n > 0 && n < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf[..n]) => {
+                    // A partial preface: the socket stays readable, so wait a little.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => return,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.is_ok()
 }
 
 /// `GET /workspaces/{ws}/sync`: upgrades to a y-websocket connection of room `ws` (a

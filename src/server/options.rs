@@ -93,6 +93,11 @@ pub struct ServerOptions {
     /// How long a new sync connection may stay silent before its first message; then it
     /// is closed with 1008. Default 10 s.
     pub handshake_timeout: Duration,
+    /// How long an HTTP/1 connection may take to send a request's headers (counted from
+    /// when the server is ready to read them, so an idle keep-alive connection is closed
+    /// after it too); then the connection is closed. Bounds slow-header clients
+    /// ("slowloris"). Default 30 s.
+    pub header_read_timeout: Duration,
     /// Serves `GET /metrics` (Prometheus text; behind auth like every route). Default off.
     pub metrics: bool,
 }
@@ -119,6 +124,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_room_connections", &self.max_room_connections)
             .field("max_dynamic_rooms", &self.max_dynamic_rooms)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
             .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
@@ -147,6 +153,7 @@ impl Default for ServerOptions {
             max_room_connections: 20_000,
             max_dynamic_rooms: 10_000,
             handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             metrics: false,
         }
     }
@@ -269,6 +276,12 @@ impl ServerOptions {
     /// Sets how long a new sync connection may stay silent before its first message.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets how long an HTTP/1 connection may take to send a request's headers.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
         self
     }
 

@@ -73,7 +73,7 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
         let ping_interval = hub.options.ping_interval;
         Box::pin(async move {
             let mut io = Io::new(socket, ping_interval);
-            close_socket(&mut io, close::UNAUTHORIZED, "Unauthorized").await
+            close_socket(&mut io, close::UNAUTHORIZED, "Unauthorized", CLOSE_GRACE).await
         })
         .await;
         return;
@@ -87,6 +87,7 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
                 &mut io,
                 close::TRY_AGAIN_LATER,
                 "server full: too many connections",
+                CLOSE_GRACE,
             )
             .await
         })
@@ -104,7 +105,8 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
             tracing::info!(code, %reason, "connection refused");
             let ping_interval = hub.options.ping_interval;
             Box::pin(async move {
-                close_socket(&mut Io::new(socket, ping_interval), code, &reason).await
+                let mut io = Io::new(socket, ping_interval);
+                close_socket(&mut io, code, &reason, CLOSE_GRACE).await
             })
             .await;
             return;
@@ -164,7 +166,13 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
             }
             Event::Close(code, reason) => {
                 tracing::info!(code, %reason, "closed by the server");
-                Box::pin(close_socket(&mut io, code, &reason)).await;
+                // Only a queue overflow closes with 1013 here: that peer is not reading.
+                let grace = if code == close::TRY_AGAIN_LATER {
+                    SLOW_CLOSE_GRACE
+                } else {
+                    CLOSE_GRACE
+                };
+                Box::pin(close_socket(&mut io, code, &reason, grace)).await;
                 break;
             }
             Event::Gone(why) => {
@@ -491,15 +499,10 @@ fn shrink<T>(buffer: &mut VecDeque<T>) {
 /// Finishes a direct frame, sends a close frame after whatever is already in the
 /// socket's buffer, then reads until the peer answers (or the grace period ends), so the
 /// close frame is not cut off by a reset.
-async fn close_socket(io: &mut Io, code: u16, reason: &str) {
+async fn close_socket(io: &mut Io, code: u16, reason: &str, grace: Duration) {
     // Frames taken from the queue but not written yet: the peer resyncs when it comes
     // back, so they are dropped rather than written ahead of the close frame.
     io.frames = VecDeque::new();
-    let grace = if code == close::TRY_AGAIN_LATER {
-        SLOW_CLOSE_GRACE
-    } else {
-        CLOSE_GRACE
-    };
     let frame = CloseFrame {
         code: code.into(),
         reason: reason.into(),
