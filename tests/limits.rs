@@ -236,3 +236,75 @@ async fn slow_request_headers_are_cut_off_at_the_deadline() {
     );
     server.destroy().await.unwrap();
 }
+
+/// Sends `message` as binary frames of at most `chunk` bytes (a fragmented message).
+async fn send_fragmented(ws: &mut Socket, message: &[u8], chunk: usize) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let parts: Vec<&[u8]> = message.chunks(chunk).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
+        let frame = Frame::message(part.to_vec(), opcode, i + 1 == parts.len());
+        ws.send(Ws::Frame(frame)).await.unwrap();
+    }
+}
+
+/// A SYNC update frame inserting `text` into the root text `t`.
+fn text_update(text: &str) -> Vec<u8> {
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    t.insert(&mut doc.transact_mut(), 0, text);
+    assert_eq!(t.get_string(&doc.transact()), text);
+    let update = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    Message::Sync(SyncMessage::Update(update)).encode_v1()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_and_messages_over_their_limits_are_closed_with_1009() {
+    let options = ServerOptions::default()
+        .max_frame_size(1024)
+        .max_message_size(4096);
+    let (server, addr) = dynamic_server(options).await;
+
+    // 3 KB in frames of 1,000 bytes: within both limits, applied.
+    let text = "x".repeat(3000);
+    let mut fragmented = open(addr, "r", None).await.unwrap();
+    send_fragmented(&mut fragmented, &text_update(&text), 1000).await;
+    let mut reader = open(addr, "r", None).await.unwrap();
+    let step1 = Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1();
+    reader.send(Ws::Binary(step1.into())).await.unwrap();
+    let step2 = loop {
+        match tokio::time::timeout(GUARD, reader.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(b))) if b.starts_with(&[0, 1]) => break b,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(step2.len() > 3000, "the fragmented update is in the doc");
+
+    // One 2 KB frame: over the frame limit.
+    let mut big_frame = open(addr, "r", None).await.unwrap();
+    big_frame
+        .send(Ws::Binary(text_update(&"y".repeat(2000)).into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        closed(&mut big_frame).await,
+        (1009, "message too big".into())
+    );
+
+    // 5 KB in frames of 1,000 bytes: each frame fits, the message does not.
+    let mut big_message = open(addr, "r", None).await.unwrap();
+    send_fragmented(&mut big_message, &text_update(&"z".repeat(5000)), 1000).await;
+    assert_eq!(
+        closed(&mut big_message).await,
+        (1009, "message too big".into())
+    );
+
+    // The others are still served.
+    assert!(synced(&mut fragmented).await && synced(&mut reader).await);
+    server.destroy().await.unwrap();
+}

@@ -54,6 +54,9 @@ impl ApiError {
     pub fn from_rejection(rejection: impl IntoResponse + std::fmt::Display) -> Self {
         let message = rejection.to_string();
         let status = rejection.into_response().status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            tracing::warn!(%message, "request body over the body limit; answered 413");
+        }
         Self::new(status, message)
     }
 }

@@ -71,6 +71,10 @@ pub struct ServerOptions {
     /// Largest inbound WebSocket message, in bytes; a larger one closes that connection
     /// with 1009. Default 64 MiB.
     pub max_message_size: usize,
+    /// Largest inbound WebSocket frame, in bytes (a message may arrive in several frames);
+    /// a larger one closes that connection with 1009. Never more than `max_message_size`.
+    /// Default 16 MiB.
+    pub max_frame_size: usize,
     /// How many outgoing frames may wait for one connection; a connection that falls this
     /// far behind is closed with 1013 (try again later) and resyncs when it reconnects.
     /// Default 4096.
@@ -116,6 +120,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("ping_interval", &self.ping_interval)
             .field("room_idle_timeout", &self.room_idle_timeout)
             .field("max_message_size", &self.max_message_size)
+            .field("max_frame_size", &self.max_frame_size)
             .field("send_queue", &self.send_queue)
             .field("auth", &self.auth)
             .field("public_docs", &self.public_docs)
@@ -145,6 +150,7 @@ impl Default for ServerOptions {
             ping_interval: Duration::from_secs(30),
             room_idle_timeout: Duration::from_secs(60),
             max_message_size: 64 << 20,
+            max_frame_size: 16 << 20,
             send_queue: 4096,
             auth: Auth::None,
             public_docs: false,
@@ -223,6 +229,12 @@ impl ServerOptions {
     /// Sets the largest inbound WebSocket message, in bytes.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets the largest inbound WebSocket frame, in bytes.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
         self
     }
 

@@ -48,13 +48,13 @@ const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// The WebSocket settings of sync connections.
-pub(crate) fn config(max_message_size: usize) -> WebSocketConfig {
+/// The WebSocket settings of sync connections (a frame is never larger than a message).
+pub(crate) fn config(max_message_size: usize, max_frame_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(max_message_size))
-        .max_frame_size(Some(max_message_size))
+        .max_frame_size(Some(max_frame_size.min(max_message_size)))
 }
 
 pub(crate) async fn run(socket: Box<Socket>, hub: Arc<SyncHub>, id: String, access: Access) {
@@ -160,8 +160,8 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
                     "text frames are not supported: send binary y-websocket messages",
                 );
             }
-            Event::TooBig => {
-                tracing::warn!("message too big; closing");
+            Event::TooBig(detail) => {
+                tracing::warn!(%detail, "frame or message over the size limit; closing with 1009");
                 out.close(close::MESSAGE_TOO_BIG, "message too big");
             }
             Event::Close(code, reason) => {
@@ -228,7 +228,7 @@ enum Event {
     /// A text message arrived.
     Text,
     /// An inbound message was over the size limit.
-    TooBig,
+    TooBig(String),
     /// The server is closing the connection: send this close frame.
     Close(u16, String),
     /// The connection is over (the peer left, a write failed, no answer to a ping).
@@ -327,8 +327,8 @@ impl Io {
             let message = match self.socket.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Event::Gone("the peer left".into())),
-                Poll::Ready(Some(Err(tungstenite::Error::Capacity(_)))) => {
-                    return Poll::Ready(Event::TooBig)
+                Poll::Ready(Some(Err(tungstenite::Error::Capacity(e)))) => {
+                    return Poll::Ready(Event::TooBig(e.to_string()))
                 }
                 Poll::Ready(Some(Err(e))) => {
                     return Poll::Ready(Event::Gone(format!("read failed: {e}")))

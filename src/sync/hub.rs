@@ -210,7 +210,8 @@ impl SyncHub {
         access: Access,
     ) -> Response {
         let hub = self.clone();
-        let config = super::connection::config(self.options.max_message_size);
+        let config =
+            super::connection::config(self.options.max_message_size, self.options.max_frame_size);
         upgrade.accept(&self.tracker, config, move |socket| {
             super::connection::run(socket, hub, id, access)
         })

@@ -23,7 +23,7 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message could not be decoded, or its update could not be applied.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// A message was larger than the server's `max_message_size`.
+    /// A frame or message was larger than the server's `max_frame_size` or `max_message_size`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server failed (storage could not load or save the doc).
     pub const INTERNAL_ERROR: u16 = 1011;
