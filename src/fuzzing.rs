@@ -15,7 +15,7 @@
 //!
 //! `sync::connection::handle` and `sync::room::Room` are private to the sync module, so
 //! [`inbound_frames`] mirrors them step by step over the same parts (the crate's frame
-//! decoder and encoders, [`WorkspaceClient::apply_update`], a `yrs::sync::Awareness`, the
+//! decoder and encoders, [`WorkspaceClient::apply_update`], the room's awareness states, the
 //! storage provider): keep the two in step when either changes. Likewise the REST mirror
 //! follows `server::rest::{create, update}`.
 //!
@@ -27,12 +27,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Map, Value};
-use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::sync::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 use yrs::{Any, Array, ClientID, Doc, Options, Origin, ReadTxn, StateVector, Transact, Update};
 
 use crate::server::ApiError;
 use crate::storage::{DocStorage, MemoryStorage, StorageProvider};
+use crate::sync::awareness::{AwarenessStates, Change};
 use crate::sync::protocol::{self, close, Inbound};
 use crate::workspace::{
     any_to_json, boolean, date, id, integer, json as json_field, json_with_schema, real, select,
@@ -500,7 +501,7 @@ impl RoomDoc {
 /// Mirrors `sync::room::Room` for one connection at a time.
 struct MirrorRoom {
     doc: RoomDoc,
-    awareness: Awareness,
+    awareness: AwarenessStates,
     /// Per connection: the awareness client ids it announced.
     members: HashMap<u64, HashSet<ClientID>>,
     /// Every update the room fanned out, in commit order.
@@ -542,7 +543,7 @@ impl MirrorRoom {
             })
             .expect("observe the room's doc");
         MirrorRoom {
-            awareness: Awareness::new(doc.doc().clone()),
+            awareness: AwarenessStates::default(),
             doc,
             members: HashMap::new(),
             fanned_out,
@@ -597,19 +598,16 @@ impl MirrorRoom {
         if announced.is_empty() {
             return;
         }
-        for id in &announced {
-            self.awareness.remove_state(*id);
-        }
-        if let Ok(update) = self
+        let present = self.awareness.len();
+        let update = self
             .awareness
-            .update_with_clients(announced.iter().copied())
-        {
-            check_awareness_frame(&update);
-        }
-        let left = self
-            .awareness
-            .update()
-            .expect("the awareness states encode");
+            .remove(announced.iter().copied())
+            .expect("a connection's announced states are present until it leaves");
+        check_awareness_frame(&update);
+        assert_eq!(self.awareness.len(), present - update.clients.len());
+        let left = self.awareness.all().unwrap_or_else(|| AwarenessUpdate {
+            clients: HashMap::new(),
+        });
         for id in &announced {
             assert!(
                 !left.clients.contains_key(id),
@@ -719,33 +717,25 @@ impl MirrorRoom {
 
     /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received).
     fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) -> Result<(), (u16, String)> {
-        let announced: Vec<(ClientID, bool)> = update
-            .clients
-            .iter()
-            .map(|(id, entry)| (*id, &*entry.json != "null"))
-            .collect();
-        self.awareness
-            .apply_update(update)
-            .map_err(|e| (close::INVALID_PAYLOAD, format!("bad awareness update: {e}")))?;
+        let changes = self.awareness.apply(update);
         if let Some(member) = self.members.get_mut(&conn) {
-            for (id, present) in announced {
-                if present {
-                    member.insert(id);
-                } else {
-                    member.remove(&id);
-                }
+            for (id, change) in changes {
+                match change {
+                    Change::Present => member.insert(id),
+                    Change::Removed => member.remove(&id),
+                    Change::Stale => false,
+                };
             }
         }
         Ok(())
     }
 
-    /// Mirrors `Room::send_awareness` (and `all_states`).
+    /// Mirrors `Room::send_awareness`.
     fn send_awareness(&self) {
-        let update = self
-            .awareness
-            .update()
-            .expect("the awareness states encode");
-        check_awareness_frame(&update);
+        if let Some(update) = self.awareness.all() {
+            assert_eq!(update.clients.len(), self.awareness.len());
+            check_awareness_frame(&update);
+        }
     }
 
     /// After the last connection left: a peer that applied every fanned-out update (from

@@ -20,6 +20,7 @@
 //! limit, is closed with 1013 and resyncs when it reconnects; one without a valid token
 //! with 4401. See [`close`] for every code.
 
+pub(crate) mod awareness;
 mod connection;
 pub(crate) mod dynamic;
 mod hub;

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 
 use bytes::Bytes;
-use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::sync::AwarenessUpdate;
 use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact};
 
+use super::awareness::{AwarenessStates, Change};
 use super::dynamic::DynamicDoc;
 use super::hub::Stats;
 use super::protocol::{self, close};
@@ -180,7 +181,7 @@ pub(crate) struct Room {
     pub id: String,
     doc: RoomDoc,
     members: Mutex<HashMap<u64, Member>>,
-    awareness: Mutex<Awareness>,
+    awareness: Mutex<AwarenessStates>,
     /// Bumped on every doc update; tells whether the cached full state is current.
     version: AtomicU64,
     /// The full state as a step2 frame, for joiners with an empty state vector.
@@ -194,7 +195,7 @@ impl Room {
     pub fn new(id: &str, doc: RoomDoc) -> Result<Arc<Room>, String> {
         let room = Arc::new(Room {
             id: id.to_string(),
-            awareness: Mutex::new(Awareness::new(doc.doc().clone())),
+            awareness: Mutex::default(),
             doc,
             members: Mutex::default(),
             version: AtomicU64::new(0),
@@ -240,9 +241,8 @@ impl Room {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         let sv = self.doc.doc().transact().state_vector();
         out.push(Out::Frame(protocol::step1(&sv)));
-        let awareness = lock(&self.awareness);
-        if let Some(frame) = all_states(&awareness) {
-            out.push(Out::Frame(frame));
+        if let Some(all) = lock(&self.awareness).all() {
+            out.push(Out::Frame(protocol::awareness(all)));
         }
         lock(&self.members).insert(
             conn,
@@ -258,11 +258,8 @@ impl Room {
     pub fn remove(&self, conn: u64) -> usize {
         let member = lock(&self.members).remove(&conn);
         if let Some(member) = member.filter(|m| !m.awareness.is_empty()) {
-            let mut awareness = lock(&self.awareness);
-            for id in &member.awareness {
-                awareness.remove_state(*id);
-            }
-            if let Ok(update) = awareness.update_with_clients(member.awareness.iter().copied()) {
+            let removal = lock(&self.awareness).remove(member.awareness);
+            if let Some(update) = removal {
                 let frame = protocol::awareness(update);
                 for other in lock(&self.members).values() {
                     other.out.push(Out::Frame(frame.clone()));
@@ -348,23 +345,15 @@ impl Room {
         update: AwarenessUpdate,
         frame: Bytes,
     ) -> Result<(), (u16, String)> {
-        let announced: Vec<(ClientID, bool)> = update
-            .clients
-            .iter()
-            .map(|(id, entry)| (*id, &*entry.json != "null"))
-            .collect();
-        let mut awareness = lock(&self.awareness);
-        awareness
-            .apply_update(update)
-            .map_err(|e| (close::INVALID_PAYLOAD, format!("bad awareness update: {e}")))?;
+        let changes = lock(&self.awareness).apply(update);
         let mut members = lock(&self.members);
         if let Some(member) = members.get_mut(&conn) {
-            for (id, present) in announced {
-                if present {
-                    member.awareness.insert(id);
-                } else {
-                    member.awareness.remove(&id);
-                }
+            for (id, change) in changes {
+                match change {
+                    Change::Present => member.awareness.insert(id),
+                    Change::Removed => member.awareness.remove(&id),
+                    Change::Stale => false,
+                };
             }
         }
         for member in members.values() {
@@ -375,13 +364,12 @@ impl Room {
 
     /// Sends every awareness state to one connection (QUERY_AWARENESS).
     pub fn send_awareness(&self, out: &Outbox) {
-        let awareness = lock(&self.awareness);
-        let frame = all_states(&awareness).unwrap_or_else(|| {
-            protocol::awareness(AwarenessUpdate {
+        let all = lock(&self.awareness)
+            .all()
+            .unwrap_or_else(|| AwarenessUpdate {
                 clients: HashMap::new(),
-            })
-        });
-        out.push(Out::Frame(frame));
+            });
+        out.push(Out::Frame(protocol::awareness(all)));
     }
 
     /// Resolves once everything applied so far is durable.
@@ -402,12 +390,6 @@ impl Room {
             }
         }
     }
-}
-
-/// Every present awareness state as one frame, or `None` when there are none.
-fn all_states(awareness: &Awareness) -> Option<Bytes> {
-    let update = awareness.update().ok()?;
-    (!update.clients.is_empty()).then(|| protocol::awareness(update))
 }
 
 #[cfg(test)]

@@ -1,0 +1,229 @@
+//! The awareness states of one room, with the y-protocols rules for which update wins.
+//!
+//! Not yrs's `Awareness`: that one keeps an entry for every client id it has ever seen, and
+//! lists them all to find the present ones, so a room that many short connections pass
+//! through (each page load is a new awareness client id) grows and slows with every one of
+//! them until it is evicted. Here a removed client's clock is kept only for
+//! [`TOMBSTONE_TTL`], long enough to refuse a stale update that was in flight when it left.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use yrs::sync::awareness::AwarenessUpdateEntry;
+use yrs::sync::AwarenessUpdate;
+use yrs::ClientID;
+
+/// How long a removed client's clock is remembered. y-protocols drops a state that has
+/// not been renewed for 30 s; an update older than that is stale anyway.
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
+
+/// The JSON of a removed state, as y-protocols encodes it.
+const NULL: &str = "null";
+
+#[derive(Default)]
+pub(crate) struct AwarenessStates {
+    /// Present states: clock and JSON.
+    present: HashMap<ClientID, AwarenessUpdateEntry>,
+    /// Removed states: their last clock and when they were removed.
+    removed: HashMap<ClientID, (u32, Instant)>,
+    /// When `removed` was last swept of expired entries.
+    swept: Option<Instant>,
+}
+
+/// What applying an update did to each client id it named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The state is present now (added or renewed).
+    Present,
+    /// The state was removed.
+    Removed,
+    /// The update was older than what the room has: nothing changed.
+    Stale,
+}
+
+impl AwarenessStates {
+    /// Applies a peer's update with y-protocols' rule: an entry wins with a higher clock
+    /// than the one known, or with the same clock when it removes a present state.
+    pub fn apply(&mut self, update: AwarenessUpdate) -> Vec<(ClientID, Change)> {
+        let now = Instant::now();
+        let changes = update
+            .clients
+            .into_iter()
+            .map(|(id, entry)| {
+                let removing = &*entry.json == NULL;
+                let known = match (self.present.get(&id), self.removed.get(&id)) {
+                    (Some(state), _) => Some((state.clock, true)),
+                    (None, Some((clock, _))) => Some((*clock, false)),
+                    (None, None) => None,
+                };
+                let wins = match known {
+                    None => true,
+                    Some((clock, present)) => {
+                        clock < entry.clock || (clock == entry.clock && removing && present)
+                    }
+                };
+                if !wins {
+                    return (id, Change::Stale);
+                }
+                if removing {
+                    self.present.remove(&id);
+                    self.removed.insert(id, (entry.clock, now));
+                    (id, Change::Removed)
+                } else {
+                    self.removed.remove(&id);
+                    self.present.insert(id, entry);
+                    (id, Change::Present)
+                }
+            })
+            .collect();
+        self.sweep(now);
+        changes
+    }
+
+    /// Removes the present states among `ids` (their connection left) and returns the
+    /// update that tells the peers, if any was present.
+    pub fn remove(&mut self, ids: impl IntoIterator<Item = ClientID>) -> Option<AwarenessUpdate> {
+        let now = Instant::now();
+        let mut clients = HashMap::new();
+        for id in ids {
+            if let Some(state) = self.present.remove(&id) {
+                let clock = state.clock.wrapping_add(1);
+                self.removed.insert(id, (clock, now));
+                let json = Arc::from(NULL);
+                clients.insert(id, AwarenessUpdateEntry { clock, json });
+            }
+        }
+        self.sweep(now);
+        (!clients.is_empty()).then_some(AwarenessUpdate { clients })
+    }
+
+    /// Every present state, or `None` when there are none.
+    pub fn all(&self) -> Option<AwarenessUpdate> {
+        (!self.present.is_empty()).then(|| AwarenessUpdate {
+            clients: self.present.clone(),
+        })
+    }
+
+    /// How many states are present.
+    pub fn len(&self) -> usize {
+        self.present.len()
+    }
+
+    /// How many removed clients' clocks are remembered.
+    #[cfg(test)]
+    fn tombstones(&self) -> usize {
+        self.removed.len()
+    }
+
+    /// Forgets removed clients older than [`TOMBSTONE_TTL`], at most once per TTL (a
+    /// sweep costs one pass over the removed ones).
+    fn sweep(&mut self, now: Instant) {
+        let due = self
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= TOMBSTONE_TTL);
+        if !due {
+            return;
+        }
+        self.swept = Some(now);
+        self.removed
+            .retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
+    }
+
+    #[cfg(test)]
+    fn age_tombstones(&mut self, by: Duration) {
+        for (_, at) in self.removed.values_mut() {
+            *at -= by;
+        }
+        if let Some(at) = &mut self.swept {
+            *at -= by;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(entries: &[(u64, u32, &str)]) -> AwarenessUpdate {
+        AwarenessUpdate {
+            clients: entries
+                .iter()
+                .map(|&(id, clock, json)| {
+                    let json = Arc::from(json);
+                    (ClientID::new(id), AwarenessUpdateEntry { clock, json })
+                })
+                .collect(),
+        }
+    }
+
+    fn id(n: u64) -> ClientID {
+        ClientID::new(n)
+    }
+
+    #[test]
+    fn higher_clocks_win_and_removals_win_ties() {
+        let mut states = AwarenessStates::default();
+        let a = r#"{"user":"a"}"#;
+        assert_eq!(
+            states.apply(update(&[(1, 1, a)])),
+            [(id(1), Change::Present)]
+        );
+        assert_eq!(
+            states.apply(update(&[(1, 1, "{}")])),
+            [(id(1), Change::Stale)]
+        );
+        assert_eq!(
+            states.apply(update(&[(1, 0, "{}")])),
+            [(id(1), Change::Stale)]
+        );
+        assert_eq!(states.all().unwrap().clients[&id(1)].json.as_ref(), a);
+        // A removal at the same clock wins over a present state.
+        assert_eq!(
+            states.apply(update(&[(1, 1, NULL)])),
+            [(id(1), Change::Removed)]
+        );
+        assert!(states.all().is_none());
+        // A stale state for a removed client does not bring it back; a newer one does.
+        assert_eq!(states.apply(update(&[(1, 1, a)])), [(id(1), Change::Stale)]);
+        assert_eq!(
+            states.apply(update(&[(1, 2, a)])),
+            [(id(1), Change::Present)]
+        );
+        assert_eq!(states.len(), 1);
+        assert_eq!(states.tombstones(), 0);
+    }
+
+    #[test]
+    fn removing_a_connections_states_bumps_their_clocks() {
+        let mut states = AwarenessStates::default();
+        states.apply(update(&[(1, 4, "{}"), (2, 7, "{}"), (3, 1, "{}")]));
+        let removal = states.remove([id(1), id(2), id(9)]).unwrap();
+        assert_eq!(removal.clients.len(), 2, "only present states are removed");
+        assert_eq!(removal.clients[&id(1)].clock, 5);
+        assert_eq!(removal.clients[&id(2)].clock, 8);
+        assert_eq!(removal.clients[&id(2)].json.as_ref(), NULL);
+        assert_eq!(states.len(), 1);
+        assert!(states.remove([id(1)]).is_none(), "already removed");
+        // The peer's own earlier renewal, still in flight, is refused.
+        assert_eq!(
+            states.apply(update(&[(1, 5, "{}")])),
+            [(id(1), Change::Stale)]
+        );
+    }
+
+    #[test]
+    fn removed_clients_are_forgotten_after_the_ttl() {
+        let mut states = AwarenessStates::default();
+        for n in 0..1000 {
+            states.apply(update(&[(n, 1, "{}")]));
+            states.remove([id(n)]);
+        }
+        assert_eq!(states.len(), 0);
+        assert_eq!(states.tombstones(), 1000);
+        states.age_tombstones(TOMBSTONE_TTL);
+        states.apply(update(&[(5000, 1, "{}")]));
+        assert_eq!(states.tombstones(), 0, "expired tombstones are swept");
+        assert_eq!(states.len(), 1);
+    }
+}
