@@ -605,9 +605,7 @@ impl MirrorRoom {
             .expect("a connection's announced states are present until it leaves");
         check_awareness_frame(&update);
         assert_eq!(self.awareness.len(), present - update.clients.len());
-        let left = self.awareness.all().unwrap_or_else(|| AwarenessUpdate {
-            clients: HashMap::new(),
-        });
+        let left = self.awareness.all();
         for id in &announced {
             assert!(
                 !left.clients.contains_key(id),
@@ -639,7 +637,7 @@ impl MirrorRoom {
                 Ok(FrameOutcome::Handled)
             }
             Ok(Inbound::Awareness(update)) => {
-                self.apply_awareness(conn, update)?;
+                self.apply_awareness(conn, update);
                 Ok(FrameOutcome::Handled)
             }
             Ok(Inbound::QueryAwareness) => {
@@ -716,26 +714,18 @@ impl MirrorRoom {
     }
 
     /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received).
-    fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) -> Result<(), (u16, String)> {
+    fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) {
         let changes = self.awareness.apply(update);
         if let Some(member) = self.members.get_mut(&conn) {
-            for (id, change) in changes {
-                match change {
-                    Change::Present => member.insert(id),
-                    Change::Removed => member.remove(&id),
-                    Change::Stale => false,
-                };
-            }
+            Change::track(changes, member);
         }
-        Ok(())
     }
 
     /// Mirrors `Room::send_awareness`.
     fn send_awareness(&self) {
-        if let Some(update) = self.awareness.all() {
-            assert_eq!(update.clients.len(), self.awareness.len());
-            check_awareness_frame(&update);
-        }
+        let update = self.awareness.all();
+        assert_eq!(update.clients.len(), self.awareness.len());
+        check_awareness_frame(&update);
     }
 
     /// After the last connection left: a peer that applied every fanned-out update (from

@@ -6,7 +6,7 @@
 //! them until it is evicted. Here a removed client's clock is kept only for
 //! [`TOMBSTONE_TTL`], long enough to refuse a stale update that was in flight when it left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,24 @@ pub(crate) enum Change {
     Stale,
 }
 
+impl Change {
+    /// Keeps `announced` (the client ids a connection controls) in step with `changes`
+    /// from that connection's update.
+    pub fn track(changes: Vec<(ClientID, Change)>, announced: &mut HashSet<ClientID>) {
+        for (id, change) in changes {
+            match change {
+                Change::Present => {
+                    announced.insert(id);
+                }
+                Change::Removed => {
+                    announced.remove(&id);
+                }
+                Change::Stale => {}
+            }
+        }
+    }
+}
+
 impl AwarenessStates {
     /// Applies a peer's update with y-protocols' rule: an entry wins with a higher clock
     /// than the one known, or with the same clock when it removes a present state.
@@ -52,16 +70,12 @@ impl AwarenessStates {
             .into_iter()
             .map(|(id, entry)| {
                 let removing = &*entry.json == NULL;
-                let known = match (self.present.get(&id), self.removed.get(&id)) {
-                    (Some(state), _) => Some((state.clock, true)),
-                    (None, Some((clock, _))) => Some((*clock, false)),
-                    (None, None) => None,
-                };
-                let wins = match known {
-                    None => true,
-                    Some((clock, present)) => {
-                        clock < entry.clock || (clock == entry.clock && removing && present)
+                let wins = match (self.present.get(&id), self.removed.get(&id)) {
+                    (Some(state), _) => {
+                        state.clock < entry.clock || (state.clock == entry.clock && removing)
                     }
+                    (None, Some((clock, _))) => *clock < entry.clock,
+                    (None, None) => true,
                 };
                 if !wins {
                     return (id, Change::Stale);
@@ -98,11 +112,11 @@ impl AwarenessStates {
         (!clients.is_empty()).then_some(AwarenessUpdate { clients })
     }
 
-    /// Every present state, or `None` when there are none.
-    pub fn all(&self) -> Option<AwarenessUpdate> {
-        (!self.present.is_empty()).then(|| AwarenessUpdate {
+    /// Every present state (no clients when there are none).
+    pub fn all(&self) -> AwarenessUpdate {
+        AwarenessUpdate {
             clients: self.present.clone(),
-        })
+        }
     }
 
     /// How many states are present.
@@ -177,13 +191,13 @@ mod tests {
             states.apply(update(&[(1, 0, "{}")])),
             [(id(1), Change::Stale)]
         );
-        assert_eq!(states.all().unwrap().clients[&id(1)].json.as_ref(), a);
+        assert_eq!(states.all().clients[&id(1)].json.as_ref(), a);
         // A removal at the same clock wins over a present state.
         assert_eq!(
             states.apply(update(&[(1, 1, NULL)])),
             [(id(1), Change::Removed)]
         );
-        assert!(states.all().is_none());
+        assert!(states.all().clients.is_empty());
         // A stale state for a removed client does not bring it back; a newer one does.
         assert_eq!(states.apply(update(&[(1, 1, a)])), [(id(1), Change::Stale)]);
         assert_eq!(

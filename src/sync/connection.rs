@@ -204,7 +204,10 @@ async fn handle(
             Ok(())
         }
         Ok(Inbound::Update(update)) => room.apply(conn, &update),
-        Ok(Inbound::Awareness(update)) => room.apply_awareness(conn, update, frame),
+        Ok(Inbound::Awareness(update)) => {
+            room.apply_awareness(conn, update, frame);
+            Ok(())
+        }
         Ok(Inbound::QueryAwareness) => {
             room.send_awareness(out);
             Ok(())

@@ -241,7 +241,8 @@ impl Room {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         let sv = self.doc.doc().transact().state_vector();
         out.push(Out::Frame(protocol::step1(&sv)));
-        if let Some(all) = lock(&self.awareness).all() {
+        let all = lock(&self.awareness).all();
+        if !all.clients.is_empty() {
             out.push(Out::Frame(protocol::awareness(all)));
         }
         lock(&self.members).insert(
@@ -339,36 +340,20 @@ impl Room {
     /// Applies an awareness update from `conn` and sends it to every connection, the
     /// sender included (its own renewals coming back keep an idle y-websocket client
     /// from timing out).
-    pub fn apply_awareness(
-        &self,
-        conn: u64,
-        update: AwarenessUpdate,
-        frame: Bytes,
-    ) -> Result<(), (u16, String)> {
+    pub fn apply_awareness(&self, conn: u64, update: AwarenessUpdate, frame: Bytes) {
         let changes = lock(&self.awareness).apply(update);
         let mut members = lock(&self.members);
         if let Some(member) = members.get_mut(&conn) {
-            for (id, change) in changes {
-                match change {
-                    Change::Present => member.awareness.insert(id),
-                    Change::Removed => member.awareness.remove(&id),
-                    Change::Stale => false,
-                };
-            }
+            Change::track(changes, &mut member.awareness);
         }
         for member in members.values() {
             member.out.push(Out::Frame(frame.clone()));
         }
-        Ok(())
     }
 
     /// Sends every awareness state to one connection (QUERY_AWARENESS).
     pub fn send_awareness(&self, out: &Outbox) {
-        let all = lock(&self.awareness)
-            .all()
-            .unwrap_or_else(|| AwarenessUpdate {
-                clients: HashMap::new(),
-            });
+        let all = lock(&self.awareness).all();
         out.push(Out::Frame(protocol::awareness(all)));
     }
 
