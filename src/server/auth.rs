@@ -7,15 +7,20 @@
 //! and closed at once with 4401 `Unauthorized` (a browser sees close codes, not HTTP
 //! statuses); a read-only one receives updates and may use awareness, but its doc updates
 //! are refused (not applied, not broadcast) and logged.
+//!
+//! Access is decided per matched route: every route of the server's router carries a
+//! [`Policy`] as a route layer (REST and custom routes by method, the sync upgrade and the
+//! docs routes their own), so no raw-path test can let a request past its route's check.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Router;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, ServerState};
@@ -149,7 +154,8 @@ fn form_urlencoded_token(query: &str) -> Option<String> {
     })
 }
 
-/// The workspace id of `/workspaces/{id}/...`.
+/// The workspace id of `/workspaces/{id}/...`, for log fields only: access is decided from
+/// the matched route's parameters (see [`Policy`]).
 pub(crate) fn workspace_of(uri: &Uri) -> Option<String> {
     let rest = uri.path().strip_prefix("/workspaces/")?;
     let id = rest.split('/').next().filter(|id| !id.is_empty())?;
@@ -160,52 +166,100 @@ pub(crate) fn workspace_of(uri: &Uri) -> Option<String> {
     )
 }
 
-/// Whether the path is one of the documentation routes (discovery, OpenAPI, Scalar).
-fn is_docs(uri: &Uri) -> bool {
-    matches!(
-        uri.path(),
-        "/" | "/openapi" | "/openapi/json" | "/openapi/scalar.js"
+/// What a route requires, attached to the route itself (as a `route_layer`), so access is
+/// decided from the route that matched and never from a string test on the raw path.
+/// Every route of [`Server::router`](super::Server::router) gets one; routes without an
+/// explicit policy (custom routes, metrics, anything added later) get [`Policy::ByMethod`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Reads (`GET`, `HEAD`, `OPTIONS`) need read access, every other method read-write.
+    ByMethod,
+    /// The sync upgrade: the verdict goes to the handler, which closes a denied socket
+    /// with 4401 (browsers see close codes, not statuses) and refuses a read-only one's
+    /// doc updates.
+    Sync,
+    /// Discovery, the OpenAPI document and the Scalar page: open with `public_docs`,
+    /// otherwise as [`Policy::ByMethod`].
+    Docs,
+}
+
+impl Policy {
+    /// The middleware enforcing this policy on the routes of `router`.
+    pub(crate) fn guard(
+        self,
+        state: &ServerState,
+        router: Router<ServerState>,
+    ) -> Router<ServerState> {
+        router.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), self),
+            check,
+        ))
+    }
+}
+
+/// The same guard around a handler, for the fallbacks (404, 405): without a token, even
+/// a wrong path gets 401, so paths cannot be probed.
+pub(crate) fn guard_handler<H, T>(
+    state: &ServerState,
+    handler: H,
+) -> impl axum::handler::Handler<T, ServerState>
+where
+    H: axum::handler::Handler<T, ServerState>,
+    T: 'static,
+{
+    axum::handler::Handler::layer(
+        handler,
+        axum::middleware::from_fn_with_state((state.clone(), Policy::ByMethod), check),
     )
 }
 
-/// Whether the path is a sync route.
-fn is_sync(uri: &Uri) -> bool {
-    uri.path().starts_with("/workspaces/") && uri.path().ends_with("/sync")
+/// Whether a method only reads.
+fn reads(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The middleware: decides access for every request (but open documentation routes).
-pub(crate) async fn check(
-    State(state): State<ServerState>,
+/// The middleware of a route: decides access under the route's [`Policy`], refuses what
+/// the access does not allow, and hands the verdict to the handler as an
+/// `Extension<Access>`.
+async fn check(
+    State((state, policy)): State<(ServerState, Policy)>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let options = &state.inner.sync.options;
-    if !options.auth.is_on() || (options.public_docs && is_docs(request.uri())) {
+    if !options.auth.is_on() || (policy == Policy::Docs && options.public_docs) {
+        request.extensions_mut().insert(Access::ReadWrite);
         return next.run(request).await;
     }
+    let workspace = params.ok().and_then(|params| {
+        params
+            .iter()
+            .find(|(name, _)| *name == "ws")
+            .map(|(_, value)| value.to_string())
+    });
     let asked = AuthRequest {
         token: token_of(&request),
-        workspace: workspace_of(request.uri()),
+        workspace,
         method: request.method().clone(),
         uri: request.uri().clone(),
         headers: request.headers().clone(),
     };
     let access = options.auth.decide(asked).await;
-    let sync = is_sync(request.uri());
     if access != Access::ReadWrite {
         tracing::info!(
             method = %request.method(),
             path = %request.uri().path(),
             ?access,
+            ?policy,
             "restricted request"
         );
     }
+    if policy == Policy::Sync {
+        request.extensions_mut().insert(access);
+        return next.run(request).await;
+    }
     match access {
-        // The sync route closes the socket with 4401 itself.
-        _ if sync => {
-            request.extensions_mut().insert(access);
-            next.run(request).await
-        }
         Access::Denied => {
             state
                 .inner
@@ -220,15 +274,13 @@ pub(crate) async fn check(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
-        Access::ReadOnly
-            if !matches!(
-                *request.method(),
-                Method::GET | Method::HEAD | Method::OPTIONS
-            ) =>
-        {
+        Access::ReadOnly if !reads(request.method()) => {
             ApiError::new(StatusCode::FORBIDDEN, "this token may only read").into_response()
         }
-        Access::ReadOnly | Access::ReadWrite => next.run(request).await,
+        Access::ReadOnly | Access::ReadWrite => {
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
     }
 }
 

@@ -197,30 +197,34 @@ impl Server {
     /// axum app (`app.nest("/api", server.router())`). Call [`Server::destroy`] when your
     /// app stops, so the clients are flushed and released.
     pub fn router(&self) -> Router {
-        let mut app = Router::new()
-            .route("/", get(discovery::discovery))
-            .route("/openapi", get(docs::scalar))
-            .route("/openapi/json", get(docs::openapi_json))
+        use auth::Policy;
+        let state = &self.state;
+        // Every route added here is guarded by method (reads need read access, other
+        // methods read-write); the routes below with another policy are added after it.
+        let mut guarded = Router::new()
             .merge(rest::routes())
-            .route("/workspaces/{ws}/sync", get(sync_route))
             .merge(self.custom.clone());
         if self.options.metrics {
-            app = app.route("/metrics", get(metrics::scrape));
+            guarded = guarded.route("/metrics", get(metrics::scrape));
         }
+        let mut docs = Router::new()
+            .route("/", get(discovery::discovery))
+            .route("/openapi", get(docs::scalar))
+            .route("/openapi/json", get(docs::openapi_json));
         if let ScalarAssets::File(path) = &self.options.scalar {
-            app = app.route_service(
+            docs = docs.route_service(
                 "/openapi/scalar.js",
                 tower_http::services::ServeFile::new(path),
             );
         }
-        let mut app = app
-            .fallback(error::no_route)
-            .method_not_allowed_fallback(error::wrong_method)
-            .layer(DefaultBodyLimit::max(self.options.body_limit))
-            .layer(axum::middleware::from_fn_with_state(
-                self.state.clone(),
-                auth::check,
-            ));
+        let sync = Router::new().route("/workspaces/{ws}/sync", get(sync_route));
+        let mut app = Policy::ByMethod
+            .guard(state, guarded)
+            .merge(Policy::Docs.guard(state, docs))
+            .merge(Policy::Sync.guard(state, sync))
+            .fallback(auth::guard_handler(state, error::no_route))
+            .method_not_allowed_fallback(auth::guard_handler(state, error::wrong_method))
+            .layer(DefaultBodyLimit::max(self.options.body_limit));
         // A span per request, with the workspace it is about.
         app = app.layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
@@ -461,7 +465,8 @@ async fn sync_route(
     upgrade: crate::sync::SyncUpgrade,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let access = access.map_or(Access::ReadWrite, |axum::Extension(access)| access);
+    // Set by the route's auth policy; without it (never expected), nothing is allowed.
+    let access = access.map_or(Access::Denied, |axum::Extension(access)| access);
     let hub = &state.inner.sync;
     if let (Some(allowed), Some(origin)) = (&hub.options.allowed_origins, &upgrade.origin) {
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {

@@ -711,7 +711,12 @@ pub(crate) fn document_auth(doc: &mut OpenApi, public_docs: bool) {
     ]);
     for (path, item) in doc.paths.paths.iter_mut() {
         let docs = matches!(path.as_str(), "/" | "/openapi" | "/openapi/json");
-        if path.ends_with("/sync") {
+        let sync = item
+            .get
+            .as_ref()
+            .and_then(|get| get.tags.as_ref())
+            .is_some_and(|tags| tags.iter().any(|tag| tag == SYNC_TAG));
+        if sync {
             // Refused sockets get 101, then the close code 4401 (documented there).
             continue;
         }
