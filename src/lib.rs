@@ -39,6 +39,7 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;

@@ -120,6 +120,7 @@ impl AwarenessStates {
     }
 
     /// How many states are present.
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.present.len()
     }
