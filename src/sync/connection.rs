@@ -25,7 +25,7 @@ use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use super::hub::{Stats, SyncHub};
+use super::hub::SyncHub;
 use super::protocol::{self, close, Inbound};
 use super::room::{Out, Outbox, Room};
 use super::upgrade::Socket;
@@ -212,6 +212,13 @@ async fn handle(
             room.send_awareness(out);
             Ok(())
         }
+        Ok(Inbound::SyncStatus) if frame.len() > protocol::MAX_SYNC_STATUS => Err((
+            close::MESSAGE_TOO_BIG,
+            format!(
+                "SYNC_STATUS too big: at most {} bytes",
+                protocol::MAX_SYNC_STATUS
+            ),
+        )),
         Ok(Inbound::SyncStatus) => {
             // Fixed now: resolves once everything applied before it is durable.
             out.push(Out::Ack(room.flushed(), frame));
@@ -318,7 +325,7 @@ impl Io {
             }
             self.ping_due = true;
         }
-        if let Err(e) = self.poll_write(cx, out.stats()) {
+        if let Err(e) = self.poll_write(cx, out) {
             return Poll::Ready(Event::Gone(format!("write failed: {e}")));
         }
         if self.direct.is_some() {
@@ -350,11 +357,7 @@ impl Io {
     }
 
     /// Sends what is waiting while the socket accepts it, then flushes.
-    fn poll_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        stats: &Stats,
-    ) -> Result<(), tungstenite::Error> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Result<(), tungstenite::Error> {
         loop {
             if self.direct.is_some() {
                 // What the socket buffered goes first.
@@ -377,7 +380,7 @@ impl Io {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(result) => result?,
             }
-            if let Some(message) = self.next_message(stats) {
+            if let Some(message) = self.next_message(out) {
                 self.socket.start_send_unpin(message)?;
                 self.unflushed = true;
             }
@@ -430,8 +433,9 @@ impl Io {
     }
 
     /// The next message to send (a ping, echoes, frames), or `None` when it is a big
-    /// one, set up to be written directly.
-    fn next_message(&mut self, stats: &Stats) -> Option<Message> {
+    /// one, set up to be written directly. An echo or frame leaves the queue's count here:
+    /// from now on the socket's bounded write buffer (or `direct`) holds it.
+    fn next_message(&mut self, out: &Outbox) -> Option<Message> {
         if std::mem::take(&mut self.ping_due) {
             return Some(Message::Ping(Bytes::new()));
         }
@@ -439,6 +443,8 @@ impl Io {
             Some(echo) => echo,
             None => self.frames.pop_front()?,
         };
+        out.written();
+        let stats = out.stats();
         stats.messages_out.fetch_add(1, Ordering::Relaxed);
         stats
             .bytes_out

@@ -24,6 +24,7 @@ pub(crate) mod awareness;
 mod connection;
 pub(crate) mod dynamic;
 mod hub;
+mod outbox;
 pub(crate) mod protocol;
 mod room;
 mod upgrade;

@@ -10,8 +10,14 @@ use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 use yrs::StateVector;
 
 /// Message type of SYNC_STATUS: its payload (the client's local version) is echoed back
-/// unchanged once everything the connection sent before it is applied and durable.
+/// unchanged once everything the connection sent before it is applied and durable. A
+/// SYNC_STATUS message may be at most 1 KiB (a version takes a few bytes); a larger one
+/// closes the connection with 1009, so the echoes a peer can make the server hold stay
+/// small.
 pub const MSG_SYNC_STATUS: u8 = 102;
+
+/// Largest SYNC_STATUS message, in bytes (see [`MSG_SYNC_STATUS`]).
+pub(crate) const MAX_SYNC_STATUS: usize = 1024;
 
 /// Close codes the server sends on sync connections.
 pub mod close {
@@ -23,12 +29,15 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message could not be decoded, or its update could not be applied.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// A frame or message was larger than the server's `max_frame_size` or `max_message_size`.
+    /// A frame or message was larger than the server's `max_frame_size` or
+    /// `max_message_size`, or a SYNC_STATUS message larger than 1 KiB.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server failed (storage could not load or save the doc).
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// The connection fell too far behind (its send queue overflowed). Retryable: the
-    /// client resyncs when it reconnects.
+    /// The connection fell too far behind: `send_queue` outputs were pending for it
+    /// (frames, and SYNC_STATUS echoes, whether waiting for durability or ready to send).
+    /// Also sent when a connection or room limit is reached. Retryable: the client resyncs
+    /// when it reconnects.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// No workspace has this id and dynamic docs are off. Final for y-websocket clients
     /// (4400–4499 stop their reconnect loop).

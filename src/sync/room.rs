@@ -1,10 +1,9 @@
 //! A room: the live sync state of one doc (a workspace's, or a dynamic one): its
 //! connections, its awareness, and the fan-out of every doc update.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
@@ -12,7 +11,7 @@ use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact};
 
 use super::awareness::{AwarenessStates, Change};
 use super::dynamic::DynamicDoc;
-use super::hub::Stats;
+pub(crate) use super::outbox::{Out, Outbox};
 use super::protocol::{self, close};
 use crate::error::StorageError;
 use crate::storage::BoxFuture;
@@ -41,114 +40,6 @@ fn conn_of(origin: &Origin) -> Option<u64> {
     if bytes.len() == 11 && bytes[..3] == ORIGIN_PREFIX[..] {
         Some(u64::from_be_bytes(bytes[3..].try_into().ok()?))
     } else {
-        None
-    }
-}
-
-/// One item of a connection's send queue.
-pub(crate) enum Out {
-    /// A frame to send as is.
-    Frame(Bytes),
-    /// A SYNC_STATUS echo, sent once the storage future resolves.
-    Ack(BoxFuture<Result<(), StorageError>>, Bytes),
-}
-
-/// A connection's send queue, as the rest of the server sees it: items are pushed without
-/// waiting, and the connection's task takes them. Also how the server tells a connection
-/// to close, and why.
-#[derive(Clone)]
-pub(crate) struct Outbox(Arc<Queue>);
-
-struct Queue {
-    limit: usize,
-    stats: Arc<Stats>,
-    state: Mutex<QueueState>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    items: VecDeque<Out>,
-    /// The connection's task, to wake when there is something for it.
-    waker: Option<Waker>,
-    /// Set once the server decides to close the connection: the close frame to send.
-    close: Option<(u16, String)>,
-}
-
-impl Outbox {
-    /// A queue that holds at most `limit` items.
-    pub fn new(limit: usize, stats: Arc<Stats>) -> Outbox {
-        Outbox(Arc::new(Queue {
-            limit: limit.max(1),
-            stats,
-            state: Mutex::default(),
-        }))
-    }
-
-    /// Queues an item without waiting. A full queue closes the connection with 1013
-    /// (never a silent skip: the client resyncs when it reconnects).
-    pub fn push(&self, item: Out) {
-        let mut state = lock(&self.0.state);
-        if state.close.is_some() {
-            return;
-        }
-        if state.items.len() >= self.0.limit {
-            self.0
-                .stats
-                .slow_consumer_closes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("send queue full; closing the connection (it resyncs on reconnect)");
-            state.close = Some((
-                close::TRY_AGAIN_LATER,
-                "send queue full: too slow to keep up".into(),
-            ));
-            state.items = VecDeque::new();
-        } else {
-            state.items.push_back(item);
-        }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// The server's sync counters.
-    pub fn stats(&self) -> &Stats {
-        &self.0.stats
-    }
-
-    /// Closes the connection with this close frame (the first reason given wins).
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
-        let mut state = lock(&self.0.state);
-        if state.close.is_none() {
-            state.close = Some((code, reason.into()));
-        }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// For the connection's task: swaps the queued items into `into` (when given and
-    /// empty), and registers the task to be woken by the next push. Returns the close
-    /// frame once the server is closing the connection.
-    pub fn poll_take(
-        &self,
-        cx: &Context<'_>,
-        into: Option<&mut VecDeque<Out>>,
-    ) -> Option<(u16, String)> {
-        let mut state = lock(&self.0.state);
-        if let Some(close) = &state.close {
-            return Some(close.clone());
-        }
-        if let Some(into) = into.filter(|into| into.is_empty()) {
-            std::mem::swap(&mut state.items, into);
-        }
-        match &mut state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            waker => *waker = Some(cx.waker().clone()),
-        }
         None
     }
 }
