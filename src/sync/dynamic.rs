@@ -64,7 +64,11 @@ impl DynamicDoc {
 
     /// Flushes and closes the storage; the doc can be opened again afterwards.
     pub async fn close(&self) -> Result<(), StorageError> {
-        let _ = self.doc.unobserve_update_v1(STORAGE_OBSERVER);
+        // Waits for the doc (a metrics scrape may be reading it): `unobserve_update_v1`
+        // only tries the lock, and would leave the observer writing to a closed storage.
+        yrs::AsyncTransact::transact_mut(&self.doc)
+            .await
+            .unobserve_update_v1(STORAGE_OBSERVER);
         self.storage.close().await
     }
 }

@@ -279,10 +279,7 @@ impl SyncHub {
                             None => return Err(JoinError::NotFound),
                         }
                     };
-                    let room = Room::new(id, doc).map_err(|e| {
-                        tracing::error!(room = id, error = %e, "cannot open a room");
-                        JoinError::LoadFailed
-                    })?;
+                    let room = Room::open(id, doc).await;
                     *slot = Slot::Live(room.clone());
                     lock(&self.live).insert(id.to_string());
                     tracing::debug!(room = id, dynamic = entry.dynamic, "room opened");

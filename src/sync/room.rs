@@ -82,8 +82,11 @@ pub(crate) struct Room {
 }
 
 impl Room {
-    /// Opens a room over `doc` and starts fanning out its updates.
-    pub fn new(id: &str, doc: RoomDoc) -> Result<Arc<Room>, String> {
+    /// Opens a room over `doc` and starts fanning out its updates. Waits for the doc when
+    /// something else holds it (a REST write, a metrics scrape): yrs's
+    /// `Doc::observe_update_v1` only tries the lock, and a join must not fail because the
+    /// doc is busy for a moment.
+    pub async fn open(id: &str, doc: RoomDoc) -> Arc<Room> {
         let room = Arc::new(Room {
             id: id.to_string(),
             awareness: Mutex::default(),
@@ -94,15 +97,15 @@ impl Room {
             epoch: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&room);
-        room.doc
-            .doc()
-            .observe_update_v1(ROOM_OBSERVER, move |txn, event| {
-                if let Some(room) = weak.upgrade() {
-                    room.fan_out(txn.origin(), &event.update);
-                }
-            })
-            .map_err(|e| format!("cannot observe the doc: {e}"))?;
-        Ok(room)
+        // An empty transaction: it commits nothing, so no observer fires for it.
+        let mut txn = yrs::AsyncTransact::transact_mut(room.doc.doc()).await;
+        txn.observe_update_v1(ROOM_OBSERVER, move |txn, event| {
+            if let Some(room) = weak.upgrade() {
+                room.fan_out(txn.origin(), &event.update);
+            }
+        });
+        drop(txn);
+        room
     }
 
     /// Runs inside the doc's commit, so every connection gets updates in commit order.
@@ -259,7 +262,10 @@ impl Room {
     /// Stops the fan-out; a dynamic doc is flushed and its storage closed. The rest of
     /// the room's state goes when the registry drops it.
     pub async fn release(&self) {
-        let _ = self.doc.doc().unobserve_update_v1(ROOM_OBSERVER);
+        // Waits for the doc like `open` (a try-lock could leave the observer behind).
+        let txn = yrs::AsyncTransact::transact_mut(self.doc.doc()).await;
+        txn.unobserve_update_v1(ROOM_OBSERVER);
+        drop(txn);
         if let RoomDoc::Dynamic(doc) = &self.doc {
             if let Err(e) = doc.close().await {
                 tracing::error!(room = %self.id, error = %e, "closing a dynamic doc failed");
