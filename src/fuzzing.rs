@@ -304,7 +304,9 @@ fn replica_contents(doc: &Doc) -> Contents {
 pub enum FrameOutcome {
     /// Handled; the connection stays open.
     Handled,
-    /// A doc update on a read-only connection: refused, the connection stays open.
+    /// A doc update on a read-only connection that would change the doc: refused (not
+    /// applied, not fanned out) and the connection closed with 4403; the harness then
+    /// reconnects. One that changes nothing is `Handled`.
     Refused,
     /// The connection is closed with this code. The harness then reconnects (a new
     /// connection to the same room) for the frames after it.
@@ -557,7 +559,18 @@ impl MirrorRoom {
         let mut conn = self.add();
         let mut outcomes = Vec::with_capacity(frames.len());
         for frame in frames {
+            let before = self.doc.doc().transact().state_vector();
             let outcome = match self.handle(conn, frame, read_only) {
+                Ok(FrameOutcome::Refused) => {
+                    assert_eq!(
+                        self.doc.doc().transact().state_vector(),
+                        before,
+                        "a refused update changed the doc"
+                    );
+                    self.remove(conn);
+                    conn = self.add();
+                    FrameOutcome::Refused
+                }
                 Ok(outcome) => outcome,
                 Err((code, reason)) => {
                     assert_eq!(
@@ -627,7 +640,13 @@ impl MirrorRoom {
                 self.step2(&sv);
                 Ok(FrameOutcome::Handled)
             }
-            Ok(Inbound::Update(_)) if read_only => Ok(FrameOutcome::Refused),
+            Ok(Inbound::Update(update)) if read_only => {
+                match crate::sync::read_only::changes(self.doc.doc(), &update) {
+                    Err(e) => Err((close::INVALID_PAYLOAD, format!("bad update: {e}"))),
+                    Ok(false) => Ok(FrameOutcome::Handled),
+                    Ok(true) => Ok(FrameOutcome::Refused),
+                }
+            }
             Ok(Inbound::Update(update)) => {
                 if let Ok(decoded) = crate::storage::decode_update(&update) {
                     let sv = self.doc.doc().transact().state_vector();

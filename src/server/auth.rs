@@ -5,8 +5,9 @@
 //! set headers on them), from `?token=<token>`. REST answers 401 without a valid token and
 //! 403 when read-only access tries to write. A sync connection without access is accepted
 //! and closed at once with 4401 `Unauthorized` (a browser sees close codes, not HTTP
-//! statuses); a read-only one receives updates and may use awareness, but its doc updates
-//! are refused (not applied, not broadcast) and logged.
+//! statuses); a read-only one receives updates and may use awareness, but a doc update that
+//! would change the doc is refused (not applied, not broadcast, logged) and closes it with
+//! 4403 (see [`close::FORBIDDEN`](crate::sync::close::FORBIDDEN)).
 
 use std::fmt;
 use std::future::Future;
@@ -54,7 +55,7 @@ pub struct AuthRequest {
 /// The token comes from `Authorization: Bearer <token>` or `?token=<token>`. REST answers
 /// 401 without a valid token and 403 when read-only access writes; a sync connection
 /// without access is closed with 4401 `Unauthorized`, and a read-only one may read and use
-/// awareness but its doc updates are refused.
+/// awareness, but a doc update that would change the doc closes it with 4403 `Forbidden`.
 #[derive(Clone, Default)]
 pub enum Auth {
     /// Everyone may read and write (the default).

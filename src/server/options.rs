@@ -75,9 +75,11 @@ pub struct ServerOptions {
     /// a larger one closes that connection with 1009. Never more than `max_message_size`.
     /// Default 16 MiB.
     pub max_frame_size: usize,
-    /// How many outgoing frames may wait for one connection; a connection that falls this
-    /// far behind is closed with 1013 (try again later) and resyncs when it reconnects.
-    /// Default 4096.
+    /// How many outputs may be pending for one connection: frames queued or not yet
+    /// written, and SYNC_STATUS echoes waiting for durability or ready to send. A connection
+    /// that falls this far behind (a peer that stops reading, however it keeps the
+    /// connection busy) is closed with 1013 (try again later) and resyncs when it
+    /// reconnects. Default 4096.
     pub send_queue: usize,
     /// How requests are authenticated (see [`Auth`]). Default: none.
     pub auth: Auth,

@@ -40,6 +40,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Until then the socket is kept (its queue is freed at once); a y-websocket client that
 /// hears nothing for 30 s reconnects by itself.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// Reason of the 4403 close of a read-only connection that wrote.
+const READ_ONLY: &str = "Forbidden: this connection may only read";
 /// Messages longer than this are written straight to the socket.
 const DIRECT: usize = 16 * 1024;
 /// Bytes the socket reads at a time; small, so idle connections stay cheap (a big frame
@@ -199,10 +201,15 @@ async fn handle(
             room.step2(sv, out).await;
             Ok(())
         }
-        Ok(Inbound::Update(_)) if read_only => {
-            tracing::warn!("read-only connection sent a doc update; refused");
-            Ok(())
-        }
+        Ok(Inbound::Update(update)) if read_only => match room.changes(&update) {
+            Err(e) => Err((close::INVALID_PAYLOAD, format!("bad update: {e}"))),
+            // What the doc already has: a read-only client's answer to step1.
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                tracing::warn!("read-only connection sent a doc update; refused");
+                Err((close::FORBIDDEN, READ_ONLY.into()))
+            }
+        },
         Ok(Inbound::Update(update)) => room.apply(conn, &update),
         Ok(Inbound::Awareness(update)) => {
             room.apply_awareness(conn, update, frame);

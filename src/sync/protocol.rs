@@ -44,6 +44,14 @@ pub mod close {
     pub const ROOM_NOT_FOUND: u16 = 4404;
     /// `Unauthorized`: no valid token (final for y-websocket clients).
     pub const UNAUTHORIZED: u16 = 4401;
+    /// `Forbidden: this connection may only read`: a read-only connection sent a doc
+    /// update that would change the doc (items or deletions it lacks). The update is
+    /// neither applied nor sent to anyone, and nothing the connection sent after it is
+    /// acknowledged, so no SYNC_STATUS echo ever covers it. Final for y-websocket clients
+    /// and for [`SyncProvider`](crate::client::SyncProvider) (its status becomes
+    /// `Error { code: 4403, .. }` and its local changes stay unsaved). An update holding
+    /// only what the doc has (a read-only client's usual answer to step1) is let through.
+    pub const FORBIDDEN: u16 = 4403;
 }
 
 /// An inbound message, decoded.

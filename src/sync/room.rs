@@ -231,6 +231,12 @@ impl Room {
         Ok(())
     }
 
+    /// Whether `update` would change the doc (see `read_only`): what a read-only
+    /// connection may not send.
+    pub fn changes(&self, update: &[u8]) -> Result<bool, String> {
+        super::read_only::changes(self.doc.doc(), update)
+    }
+
     /// Applies an awareness update from `conn` and sends it to every connection, the
     /// sender included (its own renewals coming back keep an idle y-websocket client
     /// from timing out).
