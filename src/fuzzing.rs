@@ -573,9 +573,14 @@ impl MirrorRoom {
                 }
                 Ok(outcome) => outcome,
                 Err((code, reason)) => {
-                    assert_eq!(
-                        code,
-                        close::INVALID_PAYLOAD,
+                    // Bad input, or too many awareness states, or an oversized SYNC_STATUS.
+                    assert!(
+                        matches!(
+                            code,
+                            close::INVALID_PAYLOAD
+                                | close::POLICY_VIOLATION
+                                | close::MESSAGE_TOO_BIG
+                        ),
                         "frame {frame:?} closed the connection with {code} ({reason})"
                     );
                     self.remove(conn);
@@ -656,12 +661,15 @@ impl MirrorRoom {
                 Ok(FrameOutcome::Handled)
             }
             Ok(Inbound::Awareness(update)) => {
-                self.apply_awareness(conn, update);
+                self.apply_awareness(conn, update)?;
                 Ok(FrameOutcome::Handled)
             }
             Ok(Inbound::QueryAwareness) => {
                 self.send_awareness();
                 Ok(FrameOutcome::Handled)
+            }
+            Ok(Inbound::SyncStatus) if frame.len() > protocol::MAX_SYNC_STATUS => {
+                Err((close::MESSAGE_TOO_BIG, "SYNC_STATUS too big".into()))
             }
             Ok(Inbound::SyncStatus) => {
                 // Echoed once everything before it is durable: that must resolve.
@@ -732,12 +740,23 @@ impl MirrorRoom {
         Ok(())
     }
 
-    /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received).
-    fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) {
-        let changes = self.awareness.apply(update);
-        if let Some(member) = self.members.get_mut(&conn) {
-            Change::track(changes, member);
+    /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received), with the
+    /// default `max_awareness_states`.
+    fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) -> Result<(), (u16, String)> {
+        let limit = crate::server::ServerOptions::default().max_awareness_states;
+        let Some(member) = self.members.get_mut(&conn) else {
+            return Ok(());
+        };
+        if self.awareness.announced_after(&update, member) > limit {
+            return Err((close::POLICY_VIOLATION, "too many awareness states".into()));
         }
+        let changes = self.awareness.apply(update);
+        Change::track(changes, member);
+        assert!(
+            member.len() <= limit,
+            "a connection has more states than allowed"
+        );
+        Ok(())
     }
 
     /// Mirrors `Room::send_awareness`.

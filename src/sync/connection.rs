@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,16 +60,32 @@ pub(crate) fn config(max_message_size: usize, max_frame_size: usize) -> WebSocke
         .max_frame_size(Some(max_frame_size.min(max_message_size)))
 }
 
-pub(crate) async fn run(socket: Box<Socket>, hub: Arc<SyncHub>, id: String, access: Access) {
+pub(crate) async fn run(
+    socket: Box<Socket>,
+    hub: Arc<SyncHub>,
+    id: String,
+    access: Access,
+    peer: Option<SocketAddr>,
+) {
     let conn = hub.next_conn_id();
     let span = tracing::info_span!("sync", room = %id, conn);
     hub.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-    serve(socket, &hub, id, conn, access).instrument(span).await;
+    let peer = peer.map(|peer| peer.ip());
+    serve(socket, &hub, id, conn, access, peer)
+        .instrument(span)
+        .await;
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, access: Access) {
+async fn serve(
+    socket: Box<Socket>,
+    hub: &Arc<SyncHub>,
+    id: String,
+    conn: u64,
+    access: Access,
+    peer: Option<IpAddr>,
+) {
     if access == Access::Denied {
         hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::info!("no valid token; closing with 4401");
@@ -100,7 +117,7 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
     let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
     // Futures awaited once or rarely are boxed, so an idle connection's task does not
     // carry their state.
-    let (entry, room) = match Box::pin(hub.join(&id, conn, out.clone())).await {
+    let (entry, room) = match Box::pin(hub.join(&id, conn, out.clone(), peer)).await {
         Ok(joined) => joined,
         Err(e) => {
             let (code, reason) = e.close_frame(&id);
@@ -211,10 +228,7 @@ async fn handle(
             }
         },
         Ok(Inbound::Update(update)) => room.apply(conn, &update),
-        Ok(Inbound::Awareness(update)) => {
-            room.apply_awareness(conn, update, frame);
-            Ok(())
-        }
+        Ok(Inbound::Awareness(update)) => room.apply_awareness(conn, update, frame),
         Ok(Inbound::QueryAwareness) => {
             room.send_awareness(out);
             Ok(())

@@ -25,6 +25,7 @@ pub(crate) mod awareness;
 mod connection;
 pub(crate) mod dynamic;
 mod hub;
+mod limits;
 mod outbox;
 pub(crate) mod protocol;
 pub(crate) mod read_only;

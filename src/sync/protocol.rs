@@ -25,7 +25,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame arrived; the protocol is binary.
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// No message within the handshake deadline.
+    /// No message within the handshake deadline, or an awareness update that would give the
+    /// connection more than `max_awareness_states` states (it is not applied).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message could not be decoded, or its update could not be applied.
     pub const INVALID_PAYLOAD: u16 = 1007;
@@ -36,9 +37,14 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The connection fell too far behind: `send_queue` outputs were pending for it
     /// (frames, and SYNC_STATUS echoes, whether waiting for durability or ready to send).
-    /// Also sent when a connection or room limit is reached. Retryable: the client resyncs
-    /// when it reconnects.
+    /// Also sent when a connection or room limit is reached, or when the client's address
+    /// opened `max_new_rooms_per_minute` dynamic rooms this minute. Retryable: the client
+    /// resyncs when it reconnects.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// `Bad room name: <why>`: no workspace has this id, and it is not a valid dynamic doc
+    /// name (1 to `max_room_name_len` ASCII letters, digits, `-`, `_`, `.`, not starting
+    /// with `.`). No doc is created. Final for y-websocket clients.
+    pub const BAD_ROOM_NAME: u16 = 4400;
     /// No workspace has this id and dynamic docs are off. Final for y-websocket clients
     /// (4400–4499 stop their reconnect loop).
     pub const ROOM_NOT_FOUND: u16 = 4404;

@@ -79,6 +79,8 @@ pub(crate) struct Room {
     full_state: tokio::sync::Mutex<Option<(u64, Bytes)>>,
     /// Bumped by every join; an eviction timer only fires if no one joined since.
     epoch: AtomicU64,
+    /// Most awareness states one connection may have present (`max_awareness_states`).
+    max_awareness: usize,
 }
 
 impl Room {
@@ -86,7 +88,7 @@ impl Room {
     /// something else holds it (a REST write, a metrics scrape): yrs's
     /// `Doc::observe_update_v1` only tries the lock, and a join must not fail because the
     /// doc is busy for a moment.
-    pub async fn open(id: &str, doc: RoomDoc) -> Arc<Room> {
+    pub async fn open(id: &str, doc: RoomDoc, max_awareness: usize) -> Arc<Room> {
         let room = Arc::new(Room {
             id: id.to_string(),
             awareness: Mutex::default(),
@@ -95,6 +97,7 @@ impl Room {
             version: AtomicU64::new(0),
             full_state: tokio::sync::Mutex::new(None),
             epoch: AtomicU64::new(0),
+            max_awareness,
         });
         let weak = Arc::downgrade(&room);
         // An empty transaction: it commits nothing, so no observer fires for it.
@@ -239,16 +242,36 @@ impl Room {
 
     /// Applies an awareness update from `conn` and sends it to every connection, the
     /// sender included (its own renewals coming back keep an idle y-websocket client
-    /// from timing out).
-    pub fn apply_awareness(&self, conn: u64, update: AwarenessUpdate, frame: Bytes) {
-        let changes = lock(&self.awareness).apply(update);
+    /// from timing out). An update that would give the connection more than
+    /// `max_awareness` present states is refused whole, with the close frame to send.
+    pub fn apply_awareness(
+        &self,
+        conn: u64,
+        update: AwarenessUpdate,
+        frame: Bytes,
+    ) -> Result<(), (u16, String)> {
+        // Lock order: awareness, then members (nothing takes them the other way round).
+        let mut awareness = lock(&self.awareness);
         let mut members = lock(&self.members);
-        if let Some(member) = members.get_mut(&conn) {
-            Change::track(changes, &mut member.awareness);
+        let Some(member) = members.get_mut(&conn) else {
+            return Ok(());
+        };
+        if awareness.announced_after(&update, &member.awareness) > self.max_awareness {
+            return Err((
+                close::POLICY_VIOLATION,
+                format!(
+                    "too many awareness states: at most {} per connection",
+                    self.max_awareness
+                ),
+            ));
         }
+        let changes = awareness.apply(update);
+        drop(awareness);
+        Change::track(changes, &mut member.awareness);
         for member in members.values() {
             member.out.push(Out::Frame(frame.clone()));
         }
+        Ok(())
     }
 
     /// Sends every awareness state to one connection (QUERY_AWARENESS).
