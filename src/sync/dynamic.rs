@@ -66,9 +66,12 @@ impl DynamicDoc {
     pub async fn close(&self) -> Result<(), StorageError> {
         // Waits for the doc (a metrics scrape may be reading it): `unobserve_update_v1`
         // only tries the lock, and would leave the observer writing to a closed storage.
-        yrs::AsyncTransact::transact_mut(&self.doc)
-            .await
-            .unobserve_update_v1(STORAGE_OBSERVER);
+        let unobserved = super::room::in_write_txn(&self.doc, |txn| {
+            txn.unobserve_update_v1(STORAGE_OBSERVER);
+        });
+        if let Err(e) = unobserved.await {
+            tracing::error!(error = %e, "cannot stop storing the doc's updates");
+        }
         self.storage.close().await
     }
 }

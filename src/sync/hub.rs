@@ -261,14 +261,15 @@ impl SyncHub {
                         if dynamic {
                             check_room_name(id, self.options.max_room_name_len)
                                 .map_err(JoinError::BadName)?;
-                            if peer.is_some_and(|peer| !self.opens.allow(peer)) {
-                                tracing::warn!(room = id, ?peer, "new room rate limit reached");
-                                return Err(JoinError::TooManyNewRooms);
-                            }
                             let count = self.dynamic_rooms.load(Ordering::Acquire);
                             if count >= self.options.max_dynamic_rooms {
                                 tracing::warn!(room = id, count, "dynamic room limit reached");
                                 return Err(JoinError::TooManyRooms);
+                            }
+                            // Counted last: only a room that is then opened uses the budget.
+                            if peer.is_some_and(|peer| !self.opens.allow(peer)) {
+                                tracing::warn!(room = id, ?peer, "new room rate limit reached");
+                                return Err(JoinError::TooManyNewRooms);
                             }
                             self.dynamic_rooms.fetch_add(1, Ordering::AcqRel);
                         }
@@ -302,7 +303,18 @@ impl SyncHub {
                             None => return Err(JoinError::NotFound),
                         }
                     };
-                    let room = Room::open(id, doc, self.options.max_awareness_states).await;
+                    let opened = Room::open(id, doc, self.options.max_awareness_states).await;
+                    let room = match opened {
+                        Ok(room) => room,
+                        Err(e) => {
+                            tracing::error!(room = id, error = %e, "cannot open a room");
+                            if entry.dynamic {
+                                *slot = Slot::Gone;
+                                self.forget(id, &entry);
+                            }
+                            return Err(JoinError::LoadFailed);
+                        }
+                    };
                     *slot = Slot::Live(room.clone());
                     lock(&self.live).insert(id.to_string());
                     tracing::debug!(room = id, dynamic = entry.dynamic, "room opened");

@@ -44,6 +44,22 @@ fn conn_of(origin: &Origin) -> Option<u64> {
     }
 }
 
+/// Runs `f` in a write transaction of `doc`, waiting for the doc as long as another
+/// transaction holds it. On a blocking thread, like the other writers (REST handlers block
+/// their thread for the doc): yrs's async `transact_mut` takes the lock in two steps and
+/// holds the first while its task waits to be polled, so with every worker thread blocked
+/// on that same lock nothing runs again. The transaction commits nothing unless `f`
+/// changes the doc, so no update observer fires for it.
+pub(crate) async fn in_write_txn<R: Send + 'static>(
+    doc: &Doc,
+    f: impl FnOnce(&mut yrs::TransactionMut) -> R + Send + 'static,
+) -> Result<R, String> {
+    let doc = doc.clone();
+    tokio::task::spawn_blocking(move || f(&mut doc.transact_mut()))
+        .await
+        .map_err(|e| format!("the doc's transaction did not finish: {e}"))
+}
+
 /// The doc a room serves.
 pub(crate) enum RoomDoc {
     /// A workspace's doc (its client settles LWW cells and stores updates).
@@ -88,7 +104,7 @@ impl Room {
     /// something else holds it (a REST write, a metrics scrape): yrs's
     /// `Doc::observe_update_v1` only tries the lock, and a join must not fail because the
     /// doc is busy for a moment.
-    pub async fn open(id: &str, doc: RoomDoc, max_awareness: usize) -> Arc<Room> {
+    pub async fn open(id: &str, doc: RoomDoc, max_awareness: usize) -> Result<Arc<Room>, String> {
         let room = Arc::new(Room {
             id: id.to_string(),
             awareness: Mutex::default(),
@@ -100,15 +116,15 @@ impl Room {
             max_awareness,
         });
         let weak = Arc::downgrade(&room);
-        // An empty transaction: it commits nothing, so no observer fires for it.
-        let mut txn = yrs::AsyncTransact::transact_mut(room.doc.doc()).await;
-        txn.observe_update_v1(ROOM_OBSERVER, move |txn, event| {
-            if let Some(room) = weak.upgrade() {
-                room.fan_out(txn.origin(), &event.update);
-            }
-        });
-        drop(txn);
-        room
+        in_write_txn(room.doc.doc(), move |txn| {
+            txn.observe_update_v1(ROOM_OBSERVER, move |txn, event| {
+                if let Some(room) = weak.upgrade() {
+                    room.fan_out(txn.origin(), &event.update);
+                }
+            });
+        })
+        .await?;
+        Ok(room)
     }
 
     /// Runs inside the doc's commit, so every connection gets updates in commit order.
@@ -292,9 +308,12 @@ impl Room {
     /// the room's state goes when the registry drops it.
     pub async fn release(&self) {
         // Waits for the doc like `open` (a try-lock could leave the observer behind).
-        let txn = yrs::AsyncTransact::transact_mut(self.doc.doc()).await;
-        txn.unobserve_update_v1(ROOM_OBSERVER);
-        drop(txn);
+        let unobserved = in_write_txn(self.doc.doc(), |txn| {
+            txn.unobserve_update_v1(ROOM_OBSERVER);
+        });
+        if let Err(e) = unobserved.await {
+            tracing::error!(room = %self.id, error = %e, "cannot stop the room's fan-out");
+        }
         if let RoomDoc::Dynamic(doc) = &self.doc {
             if let Err(e) = doc.close().await {
                 tracing::error!(room = %self.id, error = %e, "closing a dynamic doc failed");
