@@ -304,7 +304,9 @@ fn replica_contents(doc: &Doc) -> Contents {
 pub enum FrameOutcome {
     /// Handled; the connection stays open.
     Handled,
-    /// A doc update on a read-only connection: refused, the connection stays open.
+    /// A doc update on a read-only connection that would change the doc: refused (not
+    /// applied, not fanned out) and the connection closed with 4403; the harness then
+    /// reconnects. One that changes nothing is `Handled`.
     Refused,
     /// The connection is closed with this code. The harness then reconnects (a new
     /// connection to the same room) for the frames after it.
@@ -557,12 +559,28 @@ impl MirrorRoom {
         let mut conn = self.add();
         let mut outcomes = Vec::with_capacity(frames.len());
         for frame in frames {
+            let before = self.doc.doc().transact().state_vector();
             let outcome = match self.handle(conn, frame, read_only) {
+                Ok(FrameOutcome::Refused) => {
+                    assert_eq!(
+                        self.doc.doc().transact().state_vector(),
+                        before,
+                        "a refused update changed the doc"
+                    );
+                    self.remove(conn);
+                    conn = self.add();
+                    FrameOutcome::Refused
+                }
                 Ok(outcome) => outcome,
                 Err((code, reason)) => {
-                    assert_eq!(
-                        code,
-                        close::INVALID_PAYLOAD,
+                    // Bad input, or too many awareness states, or an oversized SYNC_STATUS.
+                    assert!(
+                        matches!(
+                            code,
+                            close::INVALID_PAYLOAD
+                                | close::POLICY_VIOLATION
+                                | close::MESSAGE_TOO_BIG
+                        ),
                         "frame {frame:?} closed the connection with {code} ({reason})"
                     );
                     self.remove(conn);
@@ -627,7 +645,13 @@ impl MirrorRoom {
                 self.step2(&sv);
                 Ok(FrameOutcome::Handled)
             }
-            Ok(Inbound::Update(_)) if read_only => Ok(FrameOutcome::Refused),
+            Ok(Inbound::Update(update)) if read_only => {
+                match crate::sync::read_only::changes(self.doc.doc(), &update) {
+                    Err(e) => Err((close::INVALID_PAYLOAD, format!("bad update: {e}"))),
+                    Ok(false) => Ok(FrameOutcome::Handled),
+                    Ok(true) => Ok(FrameOutcome::Refused),
+                }
+            }
             Ok(Inbound::Update(update)) => {
                 if let Ok(decoded) = crate::storage::decode_update(&update) {
                     let sv = self.doc.doc().transact().state_vector();
@@ -637,12 +661,15 @@ impl MirrorRoom {
                 Ok(FrameOutcome::Handled)
             }
             Ok(Inbound::Awareness(update)) => {
-                self.apply_awareness(conn, update);
+                self.apply_awareness(conn, update)?;
                 Ok(FrameOutcome::Handled)
             }
             Ok(Inbound::QueryAwareness) => {
                 self.send_awareness();
                 Ok(FrameOutcome::Handled)
+            }
+            Ok(Inbound::SyncStatus) if frame.len() > protocol::MAX_SYNC_STATUS => {
+                Err((close::MESSAGE_TOO_BIG, "SYNC_STATUS too big".into()))
             }
             Ok(Inbound::SyncStatus) => {
                 // Echoed once everything before it is durable: that must resolve.
@@ -713,12 +740,23 @@ impl MirrorRoom {
         Ok(())
     }
 
-    /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received).
-    fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) {
-        let changes = self.awareness.apply(update);
-        if let Some(member) = self.members.get_mut(&conn) {
-            Change::track(changes, member);
+    /// Mirrors `Room::apply_awareness` (the frame itself is echoed as received), with the
+    /// default `max_awareness_states`.
+    fn apply_awareness(&mut self, conn: u64, update: AwarenessUpdate) -> Result<(), (u16, String)> {
+        let limit = crate::server::ServerOptions::default().max_awareness_states;
+        let Some(member) = self.members.get_mut(&conn) else {
+            return Ok(());
+        };
+        if self.awareness.announced_after(&update, member) > limit {
+            return Err((close::POLICY_VIOLATION, "too many awareness states".into()));
         }
+        let changes = self.awareness.apply(update);
+        Change::track(changes, member);
+        assert!(
+            member.len() <= limit,
+            "a connection has more states than allowed"
+        );
+        Ok(())
     }
 
     /// Mirrors `Room::send_awareness`.

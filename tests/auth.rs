@@ -314,8 +314,19 @@ async fn read_only_sockets_receive_and_use_awareness_but_cannot_write() {
     round_trip(&mut reader, 1).await;
     round_trip(&mut writer, 1).await;
 
-    // The reader's update is neither applied nor broadcast; its connection stays open.
+    // The reader's update is neither applied nor broadcast, and closes it with 4403 (more
+    // in tests/read_only.rs); a new read-only connection goes on reading.
     reader.send(update_frame("from the reader")).await.unwrap();
+    loop {
+        match next(&mut reader).await {
+            First::Closed(code, reason) => {
+                assert_eq!(code, 4403, "{reason}");
+                break;
+            }
+            First::Frame(m) => assert!(!matches!(m, Message::Custom(102, _)), "acknowledged"),
+        }
+    }
+    let mut reader = served(socket(addr, Some("ro"), None).await).await;
     round_trip(&mut reader, 2).await;
     let got = round_trip(&mut writer, 2).await;
     assert!(

@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use epicenter_server::server::{create_server, Server, ServerOptions};
+use epicenter_server::server::{create_server, Access, Auth, Server, ServerOptions};
 use epicenter_server::workspace::{
     boolean, id, integer, text, WorkspaceClient, WorkspaceDefinition,
 };
@@ -327,6 +327,33 @@ async fn four_mib_update_arrives_intact() {
         out["liveMs"], out["lateMs"]
     );
     assert_connections(&server, 3);
+    server.destroy().await.expect("the server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_providers_read_and_one_that_edits_is_refused_for_good() {
+    if !js_ready("read_only_providers_read_and_one_that_edits_is_refused_for_good") {
+        return;
+    }
+    let auth = Auth::verify(|request| async move {
+        match request.token.as_deref() {
+            Some("rw") => Access::ReadWrite,
+            Some("ro") => Access::ReadOnly,
+            _ => Access::Denied,
+        }
+    });
+    let options = ServerOptions::default().port(0).auth(auth);
+    let server = create_server(Vec::<WorkspaceClient>::new(), options).expect("a server");
+    let addr = server.start().await.expect("the server starts");
+    let out = run("read_only.mjs", &[&server_url(addr, "read-only"), "sync"]).await;
+    assert_eq!(out["code"], json!(4403), "{out}");
+    assert_eq!(
+        out["reason"],
+        json!("Forbidden: this connection may only read")
+    );
+    assert_eq!(out["text"], json!("from the writer and marker"));
+    // Writer, reader, editor (once: it did not reconnect) and the late writer.
+    assert_connections(&server, 4);
     server.destroy().await.expect("the server stops");
 }
 

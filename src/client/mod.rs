@@ -6,8 +6,9 @@
 //!   server's step2); [`SyncProvider::status`] is a `watch` of the latest, and
 //!   [`SyncProvider::status_events`] a stream of every change.
 //! - **Reconnect** with backoff `500 ms × min(10, 1.1^failures)`, reset once a session
-//!   reaches connected. Close codes 4400–4499 (auth refused, unknown room) are final:
-//!   status [`Status::Error`], no more attempts until [`SyncProvider::connect`] is called.
+//!   reaches connected. Close codes 4400–4499 (auth refused, a read-only connection that
+//!   sent an edit, unknown room, bad room name) are final: status [`Status::Error`], no
+//!   more attempts until [`SyncProvider::connect`] is called.
 //! - **Auth**: none, a static token, or an async callback asked again after every 3 failed
 //!   attempts; the token goes in `?token=`.
 //! - **Heartbeat**: after 2 s without a frame the provider sends a SYNC_STATUS (102)
@@ -76,7 +77,10 @@ pub enum Status {
     /// In sync: the server's state is applied, and local changes go out as they happen.
     Connected,
     /// The server refused for good (close code 4400–4499): no more attempts until
-    /// `connect()` is called again.
+    /// `connect()` is called again. The codes are in
+    /// [`sync::close`](crate::sync::close): 4401 no valid token; 4403 the connection is
+    /// read-only and sent a local edit, which the server refused (it stays a local change:
+    /// `has_local_changes` remains true); 4404 no such room; 4400 a bad room name.
     Error {
         /// The close code.
         code: u16,

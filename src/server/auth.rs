@@ -5,8 +5,9 @@
 //! set headers on them), from `?token=<token>`. REST answers 401 without a valid token and
 //! 403 when read-only access tries to write. A sync connection without access is accepted
 //! and closed at once with 4401 `Unauthorized` (a browser sees close codes, not HTTP
-//! statuses); a read-only one receives updates and may use awareness, but its doc updates
-//! are refused (not applied, not broadcast) and logged.
+//! statuses); a read-only one receives updates and may use awareness, but a doc update that
+//! would change the doc is refused (not applied, not broadcast, logged) and closes it with
+//! 4403 (see [`close::FORBIDDEN`](crate::sync::close::FORBIDDEN)).
 //!
 //! Access is decided per matched route: every route of the server's router carries a
 //! [`Policy`] as a route layer (REST and custom routes by method, the sync upgrade and the
@@ -59,7 +60,7 @@ pub struct AuthRequest {
 /// The token comes from `Authorization: Bearer <token>` or `?token=<token>`. REST answers
 /// 401 without a valid token and 403 when read-only access writes; a sync connection
 /// without access is closed with 4401 `Unauthorized`, and a read-only one may read and use
-/// awareness but its doc updates are refused.
+/// awareness, but a doc update that would change the doc closes it with 4403 `Forbidden`.
 #[derive(Clone, Default)]
 pub enum Auth {
     /// Everyone may read and write (the default).

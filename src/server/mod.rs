@@ -383,8 +383,12 @@ async fn serve(
         let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = served.clone();
         let app = app.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            // The client's address, for per-client limits (as `axum::serve` provides it).
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             tower::ServiceExt::oneshot(app.clone(), request)
         });
         let builder = builder.clone();

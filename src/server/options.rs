@@ -75,9 +75,11 @@ pub struct ServerOptions {
     /// a larger one closes that connection with 1009. Never more than `max_message_size`.
     /// Default 16 MiB.
     pub max_frame_size: usize,
-    /// How many outgoing frames may wait for one connection; a connection that falls this
-    /// far behind is closed with 1013 (try again later) and resyncs when it reconnects.
-    /// Default 4096.
+    /// How many outputs may be pending for one connection: frames queued or not yet
+    /// written, and SYNC_STATUS echoes waiting for durability or ready to send. A connection
+    /// that falls this far behind (a peer that stops reading, however it keeps the
+    /// connection busy) is closed with 1013 (try again later) and resyncs when it
+    /// reconnects. Default 4096.
     pub send_queue: usize,
     /// How requests are authenticated (see [`Auth`]). Default: none.
     pub auth: Auth,
@@ -94,6 +96,25 @@ pub struct ServerOptions {
     pub max_room_connections: usize,
     /// Most dynamic rooms at once; a new one beyond is closed with 1013. Default 10,000.
     pub max_dynamic_rooms: usize,
+    /// Longest name of a dynamic doc (the `{id}` of `/workspaces/{id}/sync` when no
+    /// workspace has it), in bytes. A dynamic doc's name is 1 to this many ASCII letters,
+    /// digits, `-`, `_` and `.`, not starting with `.`: it is also its storage name (a file
+    /// name with `SqliteStorage`). A connection to another unknown name is closed with
+    /// 4400 `Bad room name: ...`, before any doc is created. Workspace ids are not
+    /// checked. Default 128.
+    pub max_room_name_len: usize,
+    /// Most dynamic rooms one client address may open (create, or load again after
+    /// eviction) per minute; joining a room that is loaded is not counted. Beyond it the
+    /// connection is closed with 1013 (try again later). An IPv6 address counts by its /64
+    /// prefix. Behind a reverse proxy every client has the proxy's address: raise it
+    /// there. Without a peer address (a router served by another accept loop without
+    /// `ConnectInfo<SocketAddr>`) it does not apply. `usize::MAX` turns it off. Default 60.
+    pub max_new_rooms_per_minute: usize,
+    /// Most awareness states one sync connection may have present at once (a y-websocket
+    /// client has one). An awareness update that would take a connection past it is not
+    /// applied and closes the connection with 1008 (policy violation); the states the
+    /// connection had are removed as when it leaves. Default 16.
+    pub max_awareness_states: usize,
     /// How long a new sync connection may stay silent before its first message; then it
     /// is closed with 1008. Default 10 s.
     pub handshake_timeout: Duration,
@@ -128,6 +149,9 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_connections", &self.max_connections)
             .field("max_room_connections", &self.max_room_connections)
             .field("max_dynamic_rooms", &self.max_dynamic_rooms)
+            .field("max_room_name_len", &self.max_room_name_len)
+            .field("max_new_rooms_per_minute", &self.max_new_rooms_per_minute)
+            .field("max_awareness_states", &self.max_awareness_states)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("metrics", &self.metrics)
@@ -158,6 +182,9 @@ impl Default for ServerOptions {
             max_connections: 100_000,
             max_room_connections: 20_000,
             max_dynamic_rooms: 10_000,
+            max_room_name_len: 128,
+            max_new_rooms_per_minute: 60,
+            max_awareness_states: 16,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             metrics: false,
@@ -282,6 +309,24 @@ impl ServerOptions {
     /// Sets the most dynamic rooms at once.
     pub fn max_dynamic_rooms(mut self, n: usize) -> Self {
         self.max_dynamic_rooms = n;
+        self
+    }
+
+    /// Sets the longest dynamic doc name, in bytes.
+    pub fn max_room_name_len(mut self, bytes: usize) -> Self {
+        self.max_room_name_len = bytes;
+        self
+    }
+
+    /// Sets how many dynamic rooms one client address may open per minute.
+    pub fn max_new_rooms_per_minute(mut self, n: usize) -> Self {
+        self.max_new_rooms_per_minute = n;
+        self
+    }
+
+    /// Sets how many awareness states one sync connection may have present at once.
+    pub fn max_awareness_states(mut self, n: usize) -> Self {
+        self.max_awareness_states = n;
         self
     }
 

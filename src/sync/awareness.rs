@@ -61,8 +61,42 @@ impl Change {
 }
 
 impl AwarenessStates {
-    /// Applies a peer's update with y-protocols' rule: an entry wins with a higher clock
-    /// than the one known, or with the same clock when it removes a present state.
+    /// y-protocols' rule: an entry wins with a higher clock than the one known, or with the
+    /// same clock when it removes a present state.
+    fn wins(&self, id: &ClientID, entry: &AwarenessUpdateEntry) -> bool {
+        let removing = &*entry.json == NULL;
+        match (self.present.get(id), self.removed.get(id)) {
+            (Some(state), _) => {
+                state.clock < entry.clock || (state.clock == entry.clock && removing)
+            }
+            (None, Some((clock, _))) => *clock < entry.clock,
+            (None, None) => true,
+        }
+    }
+
+    /// How many states a connection that has `announced` present would have once `update`
+    /// (from it) is applied: the ids it makes present that are not announced yet are added,
+    /// the announced ones it removes taken away. Changes nothing.
+    pub fn announced_after(
+        &self,
+        update: &AwarenessUpdate,
+        announced: &HashSet<ClientID>,
+    ) -> usize {
+        let mut count = announced.len();
+        for (id, entry) in &update.clients {
+            if !self.wins(id, entry) {
+                continue;
+            }
+            match (&*entry.json == NULL, announced.contains(id)) {
+                (false, false) => count += 1,
+                (true, true) => count -= 1,
+                _ => {}
+            }
+        }
+        count
+    }
+
+    /// Applies a peer's update with y-protocols' rule (see `wins`).
     pub fn apply(&mut self, update: AwarenessUpdate) -> Vec<(ClientID, Change)> {
         let now = Instant::now();
         let changes = update
@@ -70,14 +104,7 @@ impl AwarenessStates {
             .into_iter()
             .map(|(id, entry)| {
                 let removing = &*entry.json == NULL;
-                let wins = match (self.present.get(&id), self.removed.get(&id)) {
-                    (Some(state), _) => {
-                        state.clock < entry.clock || (state.clock == entry.clock && removing)
-                    }
-                    (None, Some((clock, _))) => *clock < entry.clock,
-                    (None, None) => true,
-                };
-                if !wins {
+                if !self.wins(&id, &entry) {
                     return (id, Change::Stale);
                 }
                 if removing {
@@ -225,6 +252,28 @@ mod tests {
             states.apply(update(&[(1, 5, "{}")])),
             [(id(1), Change::Stale)]
         );
+    }
+
+    #[test]
+    fn announced_after_counts_the_states_an_update_would_add_or_remove() {
+        let mut states = AwarenessStates::default();
+        let mut mine = HashSet::new();
+        Change::track(
+            states.apply(update(&[(1, 1, "{}"), (2, 1, "{}")])),
+            &mut mine,
+        );
+        states.apply(update(&[(9, 5, "{}")])); // another connection's
+        assert_eq!(states.announced_after(&update(&[]), &mine), 2);
+        // A new id, a renewal, a removal of one of mine; a stale update changes nothing.
+        let next = update(&[(3, 1, "{}"), (1, 2, "{}"), (2, 1, NULL)]);
+        assert_eq!(states.announced_after(&next, &mine), 2);
+        assert_eq!(states.announced_after(&update(&[(1, 0, "{}")]), &mine), 2);
+        assert_eq!(states.announced_after(&update(&[(4, 1, "{}")]), &mine), 3);
+        // Another connection's state renewed by this one counts too; removing it does not
+        // take one of mine away.
+        assert_eq!(states.announced_after(&update(&[(9, 6, "{}")]), &mine), 3);
+        assert_eq!(states.announced_after(&update(&[(9, 6, NULL)]), &mine), 2);
+        assert_eq!(states.len(), 3, "nothing was applied");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use super::hub::{Stats, SyncHub};
+use super::hub::SyncHub;
 use super::protocol::{self, close, Inbound};
 use super::room::{Out, Outbox, Room};
 use super::upgrade::Socket;
@@ -40,6 +41,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Until then the socket is kept (its queue is freed at once); a y-websocket client that
 /// hears nothing for 30 s reconnects by itself.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// Reason of the 4403 close of a read-only connection that wrote.
+const READ_ONLY: &str = "Forbidden: this connection may only read";
 /// Messages longer than this are written straight to the socket.
 const DIRECT: usize = 16 * 1024;
 /// Bytes the socket reads at a time; small, so idle connections stay cheap (a big frame
@@ -57,16 +60,32 @@ pub(crate) fn config(max_message_size: usize, max_frame_size: usize) -> WebSocke
         .max_frame_size(Some(max_frame_size.min(max_message_size)))
 }
 
-pub(crate) async fn run(socket: Box<Socket>, hub: Arc<SyncHub>, id: String, access: Access) {
+pub(crate) async fn run(
+    socket: Box<Socket>,
+    hub: Arc<SyncHub>,
+    id: String,
+    access: Access,
+    peer: Option<SocketAddr>,
+) {
     let conn = hub.next_conn_id();
     let span = tracing::info_span!("sync", room = %id, conn);
     hub.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-    serve(socket, &hub, id, conn, access).instrument(span).await;
+    let peer = peer.map(|peer| peer.ip());
+    serve(socket, &hub, id, conn, access, peer)
+        .instrument(span)
+        .await;
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, access: Access) {
+async fn serve(
+    socket: Box<Socket>,
+    hub: &Arc<SyncHub>,
+    id: String,
+    conn: u64,
+    access: Access,
+    peer: Option<IpAddr>,
+) {
     if access == Access::Denied {
         hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::info!("no valid token; closing with 4401");
@@ -98,7 +117,7 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
     let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
     // Futures awaited once or rarely are boxed, so an idle connection's task does not
     // carry their state.
-    let (entry, room) = match Box::pin(hub.join(&id, conn, out.clone())).await {
+    let (entry, room) = match Box::pin(hub.join(&id, conn, out.clone(), peer)).await {
         Ok(joined) => joined,
         Err(e) => {
             let (code, reason) = e.close_frame(&id);
@@ -199,19 +218,28 @@ async fn handle(
             room.step2(sv, out).await;
             Ok(())
         }
-        Ok(Inbound::Update(_)) if read_only => {
-            tracing::warn!("read-only connection sent a doc update; refused");
-            Ok(())
-        }
+        Ok(Inbound::Update(update)) if read_only => match room.changes(&update) {
+            Err(e) => Err((close::INVALID_PAYLOAD, format!("bad update: {e}"))),
+            // What the doc already has: a read-only client's answer to step1.
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                tracing::warn!("read-only connection sent a doc update; refused");
+                Err((close::FORBIDDEN, READ_ONLY.into()))
+            }
+        },
         Ok(Inbound::Update(update)) => room.apply(conn, &update),
-        Ok(Inbound::Awareness(update)) => {
-            room.apply_awareness(conn, update, frame);
-            Ok(())
-        }
+        Ok(Inbound::Awareness(update)) => room.apply_awareness(conn, update, frame),
         Ok(Inbound::QueryAwareness) => {
             room.send_awareness(out);
             Ok(())
         }
+        Ok(Inbound::SyncStatus) if frame.len() > protocol::MAX_SYNC_STATUS => Err((
+            close::MESSAGE_TOO_BIG,
+            format!(
+                "SYNC_STATUS too big: at most {} bytes",
+                protocol::MAX_SYNC_STATUS
+            ),
+        )),
         Ok(Inbound::SyncStatus) => {
             // Fixed now: resolves once everything applied before it is durable.
             out.push(Out::Ack(room.flushed(), frame));
@@ -318,7 +346,7 @@ impl Io {
             }
             self.ping_due = true;
         }
-        if let Err(e) = self.poll_write(cx, out.stats()) {
+        if let Err(e) = self.poll_write(cx, out) {
             return Poll::Ready(Event::Gone(format!("write failed: {e}")));
         }
         if self.direct.is_some() {
@@ -350,11 +378,7 @@ impl Io {
     }
 
     /// Sends what is waiting while the socket accepts it, then flushes.
-    fn poll_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        stats: &Stats,
-    ) -> Result<(), tungstenite::Error> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Result<(), tungstenite::Error> {
         loop {
             if self.direct.is_some() {
                 // What the socket buffered goes first.
@@ -377,7 +401,7 @@ impl Io {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(result) => result?,
             }
-            if let Some(message) = self.next_message(stats) {
+            if let Some(message) = self.next_message(out) {
                 self.socket.start_send_unpin(message)?;
                 self.unflushed = true;
             }
@@ -430,8 +454,9 @@ impl Io {
     }
 
     /// The next message to send (a ping, echoes, frames), or `None` when it is a big
-    /// one, set up to be written directly.
-    fn next_message(&mut self, stats: &Stats) -> Option<Message> {
+    /// one, set up to be written directly. An echo or frame leaves the queue's count here:
+    /// from now on the socket's bounded write buffer (or `direct`) holds it.
+    fn next_message(&mut self, out: &Outbox) -> Option<Message> {
         if std::mem::take(&mut self.ping_due) {
             return Some(Message::Ping(Bytes::new()));
         }
@@ -439,6 +464,8 @@ impl Io {
             Some(echo) => echo,
             None => self.frames.pop_front()?,
         };
+        out.written();
+        let stats = out.stats();
         stats.messages_out.fetch_add(1, Ordering::Relaxed);
         stats
             .bytes_out

@@ -64,7 +64,14 @@ impl DynamicDoc {
 
     /// Flushes and closes the storage; the doc can be opened again afterwards.
     pub async fn close(&self) -> Result<(), StorageError> {
-        let _ = self.doc.unobserve_update_v1(STORAGE_OBSERVER);
+        // Waits for the doc (a metrics scrape may be reading it): `unobserve_update_v1`
+        // only tries the lock, and would leave the observer writing to a closed storage.
+        let unobserved = super::room::in_write_txn(&self.doc, |txn| {
+            txn.unobserve_update_v1(STORAGE_OBSERVER);
+        });
+        if let Err(e) = unobserved.await {
+            tracing::error!(error = %e, "cannot stop storing the doc's updates");
+        }
         self.storage.close().await
     }
 }

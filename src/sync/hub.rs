@@ -3,6 +3,7 @@
 //! shutdown can close and wait for them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::dynamic::DynamicDoc;
+use super::limits::{check_room_name, OpenRate};
 use super::protocol::close;
 use super::room::{Outbox, Room, RoomDoc};
 use super::upgrade::SyncUpgrade;
@@ -79,6 +81,10 @@ pub(crate) enum JoinError {
     RoomFull,
     /// `max_dynamic_rooms` dynamic rooms exist.
     TooManyRooms,
+    /// The client's address opened `max_new_rooms_per_minute` rooms this minute.
+    TooManyNewRooms,
+    /// Not a valid dynamic doc name (why).
+    BadName(String),
     ShuttingDown,
     LoadFailed,
 }
@@ -92,6 +98,11 @@ impl JoinError {
                 "room full: too many connections".into(),
             ),
             JoinError::TooManyRooms => (close::TRY_AGAIN_LATER, "too many rooms".into()),
+            JoinError::TooManyNewRooms => (
+                close::TRY_AGAIN_LATER,
+                "too many new rooms from this address: try again in a minute".into(),
+            ),
+            JoinError::BadName(why) => (close::BAD_ROOM_NAME, format!("Bad room name: {why}")),
             JoinError::ShuttingDown => (close::GOING_AWAY, "server shutting down".into()),
             JoinError::LoadFailed => (close::INTERNAL_ERROR, "cannot load the doc".into()),
         }
@@ -112,6 +123,8 @@ pub struct SyncHub {
     next_conn: AtomicU64,
     /// Dynamic rooms registered now (loaded, or loading).
     dynamic_rooms: AtomicUsize,
+    /// Dynamic rooms opened per client address this minute.
+    opens: OpenRate,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     events: broadcast::Sender<RoomEvent>,
@@ -130,6 +143,7 @@ impl SyncHub {
     pub(crate) fn new(options: ServerOptions, clients: BTreeMap<String, WorkspaceClient>) -> Self {
         SyncHub {
             dynamic_docs: options.dynamic_docs.unwrap_or(clients.is_empty()),
+            opens: OpenRate::new(options.max_new_rooms_per_minute),
             options,
             clients,
             rooms: Mutex::default(),
@@ -212,18 +226,21 @@ impl SyncHub {
         let hub = self.clone();
         let config =
             super::connection::config(self.options.max_message_size, self.options.max_frame_size);
+        let peer = upgrade.peer;
         upgrade.accept(&self.tracker, config, move |socket| {
-            super::connection::run(socket, hub, id, access)
+            super::connection::run(socket, hub, id, access, peer)
         })
     }
 
-    /// Joins connection `conn` to room `id`, loading the room if needed (once, however
-    /// many connections arrive together).
+    /// Joins connection `conn` (from `peer`, when known) to room `id`, loading the room if
+    /// needed (once, however many connections arrive together). A dynamic room that is not
+    /// registered needs a valid name and counts against `peer`'s rooms per minute.
     pub(crate) async fn join(
         &self,
         id: &str,
         conn: u64,
         out: Outbox,
+        peer: Option<IpAddr>,
     ) -> Result<(Arc<Entry>, Arc<Room>), JoinError> {
         loop {
             let entry = {
@@ -242,10 +259,17 @@ impl SyncHub {
                             return Err(JoinError::NotFound);
                         };
                         if dynamic {
+                            check_room_name(id, self.options.max_room_name_len)
+                                .map_err(JoinError::BadName)?;
                             let count = self.dynamic_rooms.load(Ordering::Acquire);
                             if count >= self.options.max_dynamic_rooms {
                                 tracing::warn!(room = id, count, "dynamic room limit reached");
                                 return Err(JoinError::TooManyRooms);
+                            }
+                            // Counted last: only a room that is then opened uses the budget.
+                            if peer.is_some_and(|peer| !self.opens.allow(peer)) {
+                                tracing::warn!(room = id, ?peer, "new room rate limit reached");
+                                return Err(JoinError::TooManyNewRooms);
                             }
                             self.dynamic_rooms.fetch_add(1, Ordering::AcqRel);
                         }
@@ -279,10 +303,18 @@ impl SyncHub {
                             None => return Err(JoinError::NotFound),
                         }
                     };
-                    let room = Room::new(id, doc).map_err(|e| {
-                        tracing::error!(room = id, error = %e, "cannot open a room");
-                        JoinError::LoadFailed
-                    })?;
+                    let opened = Room::open(id, doc, self.options.max_awareness_states).await;
+                    let room = match opened {
+                        Ok(room) => room,
+                        Err(e) => {
+                            tracing::error!(room = id, error = %e, "cannot open a room");
+                            if entry.dynamic {
+                                *slot = Slot::Gone;
+                                self.forget(id, &entry);
+                            }
+                            return Err(JoinError::LoadFailed);
+                        }
+                    };
                     *slot = Slot::Live(room.clone());
                     lock(&self.live).insert(id.to_string());
                     tracing::debug!(room = id, dynamic = entry.dynamic, "room opened");

@@ -18,13 +18,17 @@
 //! connection, with 1003, 1007 or 1009; silence past the handshake deadline with 1008. A
 //! connection whose send queue overflows, or that would exceed a connection or room
 //! limit, is closed with 1013 and resyncs when it reconnects; one without a valid token
-//! with 4401. See [`close`] for every code.
+//! with 4401; a read-only one that sends an edit with 4403 (its edit is neither applied nor
+//! acknowledged). See [`close`] for every code.
 
 pub(crate) mod awareness;
 mod connection;
 pub(crate) mod dynamic;
 mod hub;
+mod limits;
+mod outbox;
 pub(crate) mod protocol;
+pub(crate) mod read_only;
 mod room;
 mod upgrade;
 

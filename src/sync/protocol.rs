@@ -10,8 +10,14 @@ use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 use yrs::StateVector;
 
 /// Message type of SYNC_STATUS: its payload (the client's local version) is echoed back
-/// unchanged once everything the connection sent before it is applied and durable.
+/// unchanged once everything the connection sent before it is applied and durable. A
+/// SYNC_STATUS message may be at most 1 KiB (a version takes a few bytes); a larger one
+/// closes the connection with 1009, so the echoes a peer can make the server hold stay
+/// small.
 pub const MSG_SYNC_STATUS: u8 = 102;
+
+/// Largest SYNC_STATUS message, in bytes (see [`MSG_SYNC_STATUS`]).
+pub(crate) const MAX_SYNC_STATUS: usize = 1024;
 
 /// Close codes the server sends on sync connections.
 pub mod close {
@@ -19,22 +25,39 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame arrived; the protocol is binary.
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// No message within the handshake deadline.
+    /// No message within the handshake deadline, or an awareness update that would give the
+    /// connection more than `max_awareness_states` states (it is not applied).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message could not be decoded, or its update could not be applied.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// A frame or message was larger than the server's `max_frame_size` or `max_message_size`.
+    /// A frame or message was larger than the server's `max_frame_size` or
+    /// `max_message_size`, or a SYNC_STATUS message larger than 1 KiB.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server failed (storage could not load or save the doc).
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// The connection fell too far behind (its send queue overflowed). Retryable: the
-    /// client resyncs when it reconnects.
+    /// The connection fell too far behind: `send_queue` outputs were pending for it
+    /// (frames, and SYNC_STATUS echoes, whether waiting for durability or ready to send).
+    /// Also sent when a connection or room limit is reached, or when the client's address
+    /// opened `max_new_rooms_per_minute` dynamic rooms this minute. Retryable: the client
+    /// resyncs when it reconnects.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// `Bad room name: <why>`: no workspace has this id, and it is not a valid dynamic doc
+    /// name (1 to `max_room_name_len` ASCII letters, digits, `-`, `_`, `.`, not starting
+    /// with `.`). No doc is created. Final for y-websocket clients.
+    pub const BAD_ROOM_NAME: u16 = 4400;
     /// No workspace has this id and dynamic docs are off. Final for y-websocket clients
     /// (4400–4499 stop their reconnect loop).
     pub const ROOM_NOT_FOUND: u16 = 4404;
     /// `Unauthorized`: no valid token (final for y-websocket clients).
     pub const UNAUTHORIZED: u16 = 4401;
+    /// `Forbidden: this connection may only read`: a read-only connection sent a doc
+    /// update that would change the doc (items or deletions it lacks). The update is
+    /// neither applied nor sent to anyone, and nothing the connection sent after it is
+    /// acknowledged, so no SYNC_STATUS echo ever covers it. Final for y-websocket clients
+    /// and for [`SyncProvider`](crate::client::SyncProvider) (its status becomes
+    /// `Error { code: 4403, .. }` and its local changes stay unsaved). An update holding
+    /// only what the doc has (a read-only client's usual answer to step1) is let through.
+    pub const FORBIDDEN: u16 = 4403;
 }
 
 /// An inbound message, decoded.

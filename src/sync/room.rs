@@ -1,10 +1,9 @@
 //! A room: the live sync state of one doc (a workspace's, or a dynamic one): its
 //! connections, its awareness, and the fan-out of every doc update.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
@@ -12,7 +11,7 @@ use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact};
 
 use super::awareness::{AwarenessStates, Change};
 use super::dynamic::DynamicDoc;
-use super::hub::Stats;
+pub(crate) use super::outbox::{Out, Outbox};
 use super::protocol::{self, close};
 use crate::error::StorageError;
 use crate::storage::BoxFuture;
@@ -45,112 +44,20 @@ fn conn_of(origin: &Origin) -> Option<u64> {
     }
 }
 
-/// One item of a connection's send queue.
-pub(crate) enum Out {
-    /// A frame to send as is.
-    Frame(Bytes),
-    /// A SYNC_STATUS echo, sent once the storage future resolves.
-    Ack(BoxFuture<Result<(), StorageError>>, Bytes),
-}
-
-/// A connection's send queue, as the rest of the server sees it: items are pushed without
-/// waiting, and the connection's task takes them. Also how the server tells a connection
-/// to close, and why.
-#[derive(Clone)]
-pub(crate) struct Outbox(Arc<Queue>);
-
-struct Queue {
-    limit: usize,
-    stats: Arc<Stats>,
-    state: Mutex<QueueState>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    items: VecDeque<Out>,
-    /// The connection's task, to wake when there is something for it.
-    waker: Option<Waker>,
-    /// Set once the server decides to close the connection: the close frame to send.
-    close: Option<(u16, String)>,
-}
-
-impl Outbox {
-    /// A queue that holds at most `limit` items.
-    pub fn new(limit: usize, stats: Arc<Stats>) -> Outbox {
-        Outbox(Arc::new(Queue {
-            limit: limit.max(1),
-            stats,
-            state: Mutex::default(),
-        }))
-    }
-
-    /// Queues an item without waiting. A full queue closes the connection with 1013
-    /// (never a silent skip: the client resyncs when it reconnects).
-    pub fn push(&self, item: Out) {
-        let mut state = lock(&self.0.state);
-        if state.close.is_some() {
-            return;
-        }
-        if state.items.len() >= self.0.limit {
-            self.0
-                .stats
-                .slow_consumer_closes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("send queue full; closing the connection (it resyncs on reconnect)");
-            state.close = Some((
-                close::TRY_AGAIN_LATER,
-                "send queue full: too slow to keep up".into(),
-            ));
-            state.items = VecDeque::new();
-        } else {
-            state.items.push_back(item);
-        }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// The server's sync counters.
-    pub fn stats(&self) -> &Stats {
-        &self.0.stats
-    }
-
-    /// Closes the connection with this close frame (the first reason given wins).
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
-        let mut state = lock(&self.0.state);
-        if state.close.is_none() {
-            state.close = Some((code, reason.into()));
-        }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// For the connection's task: swaps the queued items into `into` (when given and
-    /// empty), and registers the task to be woken by the next push. Returns the close
-    /// frame once the server is closing the connection.
-    pub fn poll_take(
-        &self,
-        cx: &Context<'_>,
-        into: Option<&mut VecDeque<Out>>,
-    ) -> Option<(u16, String)> {
-        let mut state = lock(&self.0.state);
-        if let Some(close) = &state.close {
-            return Some(close.clone());
-        }
-        if let Some(into) = into.filter(|into| into.is_empty()) {
-            std::mem::swap(&mut state.items, into);
-        }
-        match &mut state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            waker => *waker = Some(cx.waker().clone()),
-        }
-        None
-    }
+/// Runs `f` in a write transaction of `doc`, waiting for the doc as long as another
+/// transaction holds it. On a blocking thread, like the other writers (REST handlers block
+/// their thread for the doc): yrs's async `transact_mut` takes the lock in two steps and
+/// holds the first while its task waits to be polled, so with every worker thread blocked
+/// on that same lock nothing runs again. The transaction commits nothing unless `f`
+/// changes the doc, so no update observer fires for it.
+pub(crate) async fn in_write_txn<R: Send + 'static>(
+    doc: &Doc,
+    f: impl FnOnce(&mut yrs::TransactionMut) -> R + Send + 'static,
+) -> Result<R, String> {
+    let doc = doc.clone();
+    tokio::task::spawn_blocking(move || f(&mut doc.transact_mut()))
+        .await
+        .map_err(|e| format!("the doc's transaction did not finish: {e}"))
 }
 
 /// The doc a room serves.
@@ -188,11 +95,16 @@ pub(crate) struct Room {
     full_state: tokio::sync::Mutex<Option<(u64, Bytes)>>,
     /// Bumped by every join; an eviction timer only fires if no one joined since.
     epoch: AtomicU64,
+    /// Most awareness states one connection may have present (`max_awareness_states`).
+    max_awareness: usize,
 }
 
 impl Room {
-    /// Opens a room over `doc` and starts fanning out its updates.
-    pub fn new(id: &str, doc: RoomDoc) -> Result<Arc<Room>, String> {
+    /// Opens a room over `doc` and starts fanning out its updates. Waits for the doc when
+    /// something else holds it (a REST write, a metrics scrape): yrs's
+    /// `Doc::observe_update_v1` only tries the lock, and a join must not fail because the
+    /// doc is busy for a moment.
+    pub async fn open(id: &str, doc: RoomDoc, max_awareness: usize) -> Result<Arc<Room>, String> {
         let room = Arc::new(Room {
             id: id.to_string(),
             awareness: Mutex::default(),
@@ -201,16 +113,17 @@ impl Room {
             version: AtomicU64::new(0),
             full_state: tokio::sync::Mutex::new(None),
             epoch: AtomicU64::new(0),
+            max_awareness,
         });
         let weak = Arc::downgrade(&room);
-        room.doc
-            .doc()
-            .observe_update_v1(ROOM_OBSERVER, move |txn, event| {
+        in_write_txn(room.doc.doc(), move |txn| {
+            txn.observe_update_v1(ROOM_OBSERVER, move |txn, event| {
                 if let Some(room) = weak.upgrade() {
                     room.fan_out(txn.origin(), &event.update);
                 }
-            })
-            .map_err(|e| format!("cannot observe the doc: {e}"))?;
+            });
+        })
+        .await?;
         Ok(room)
     }
 
@@ -337,18 +250,44 @@ impl Room {
         Ok(())
     }
 
+    /// Whether `update` would change the doc (see `read_only`): what a read-only
+    /// connection may not send.
+    pub fn changes(&self, update: &[u8]) -> Result<bool, String> {
+        super::read_only::changes(self.doc.doc(), update)
+    }
+
     /// Applies an awareness update from `conn` and sends it to every connection, the
     /// sender included (its own renewals coming back keep an idle y-websocket client
-    /// from timing out).
-    pub fn apply_awareness(&self, conn: u64, update: AwarenessUpdate, frame: Bytes) {
-        let changes = lock(&self.awareness).apply(update);
+    /// from timing out). An update that would give the connection more than
+    /// `max_awareness` present states is refused whole, with the close frame to send.
+    pub fn apply_awareness(
+        &self,
+        conn: u64,
+        update: AwarenessUpdate,
+        frame: Bytes,
+    ) -> Result<(), (u16, String)> {
+        // Lock order: awareness, then members (nothing takes them the other way round).
+        let mut awareness = lock(&self.awareness);
         let mut members = lock(&self.members);
-        if let Some(member) = members.get_mut(&conn) {
-            Change::track(changes, &mut member.awareness);
+        let Some(member) = members.get_mut(&conn) else {
+            return Ok(());
+        };
+        if awareness.announced_after(&update, &member.awareness) > self.max_awareness {
+            return Err((
+                close::POLICY_VIOLATION,
+                format!(
+                    "too many awareness states: at most {} per connection",
+                    self.max_awareness
+                ),
+            ));
         }
+        let changes = awareness.apply(update);
+        drop(awareness);
+        Change::track(changes, &mut member.awareness);
         for member in members.values() {
             member.out.push(Out::Frame(frame.clone()));
         }
+        Ok(())
     }
 
     /// Sends every awareness state to one connection (QUERY_AWARENESS).
@@ -368,7 +307,13 @@ impl Room {
     /// Stops the fan-out; a dynamic doc is flushed and its storage closed. The rest of
     /// the room's state goes when the registry drops it.
     pub async fn release(&self) {
-        let _ = self.doc.doc().unobserve_update_v1(ROOM_OBSERVER);
+        // Waits for the doc like `open` (a try-lock could leave the observer behind).
+        let unobserved = in_write_txn(self.doc.doc(), |txn| {
+            txn.unobserve_update_v1(ROOM_OBSERVER);
+        });
+        if let Err(e) = unobserved.await {
+            tracing::error!(room = %self.id, error = %e, "cannot stop the room's fan-out");
+        }
         if let RoomDoc::Dynamic(doc) = &self.doc {
             if let Err(e) = doc.close().await {
                 tracing::error!(room = %self.id, error = %e, "closing a dynamic doc failed");

@@ -3,8 +3,9 @@
 //! (no per-connection copy of a whole message) and serve both directions from one task.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -21,6 +22,8 @@ pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 pub(crate) struct SyncUpgrade {
     /// The request's `Origin`, if it has one.
     pub origin: Option<String>,
+    /// The client's address, when the server put it in the request (as `ConnectInfo`).
+    pub peer: Option<SocketAddr>,
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
@@ -81,8 +84,13 @@ impl<S: Send + Sync> FromRequestParts<S> for SyncUpgrade {
             .headers
             .get(header::ORIGIN)
             .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| *peer);
         Ok(SyncUpgrade {
             origin,
+            peer,
             key,
             on_upgrade,
         })

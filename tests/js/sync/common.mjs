@@ -73,12 +73,19 @@ export function run(main) {
 /**
  * A stock `WebsocketProvider` on a fresh doc. BroadcastChannel is off: Node 20 has a global
  * BroadcastChannel, and in-process providers would otherwise sync through it without the server.
+ * `params` go in the URL's query (e.g. `{ token }`). A final close (4400-4499) fails the script
+ * unless `finalCloseExpected`.
  */
-export function connect(serverUrl, roomname, { doc = new Y.Doc(), connect = true, state } = {}) {
+export function connect(
+  serverUrl,
+  roomname,
+  { doc = new Y.Doc(), connect = true, state, params, finalCloseExpected = false } = {},
+) {
   const provider = new WebsocketProvider(serverUrl, roomname, doc, {
     WebSocketPolyfill: WebSocket,
     disableBc: true,
     connect,
+    params,
   });
   if (state !== undefined) provider.awareness.setLocalState(state);
   providers.add(provider);
@@ -93,7 +100,7 @@ export function connect(serverUrl, roomname, { doc = new Y.Doc(), connect = true
     process.stderr.write(`connection error on ${provider.url}: ${event?.message ?? event}\n`);
   });
   provider.on('closed', ({ code, reason }) => {
-    fail(`the server closed ${provider.url} for good: ${code} ${reason}`);
+    if (!finalCloseExpected) fail(`the server closed ${provider.url} for good: ${code} ${reason}`);
   });
   return provider;
 }
