@@ -260,3 +260,44 @@ async fn sync_echoes_wait_for_a_fault_and_updates_past_the_bound_close_with_1013
     drop((ws, other));
     server.destroy().await.unwrap();
 }
+
+#[tokio::test]
+async fn destroy_during_a_fault_that_never_clears_fails_naming_what_was_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        close_timeout: Duration::from_millis(50),
+        ..SqliteOptions::default()
+    };
+    let (client, storage) = client(dir.path(), options).await;
+    storage.fault_switch().set(true);
+    client
+        .table("posts")
+        .unwrap()
+        .upsert(json!({"id": "a", "title": "A"}))
+        .unwrap();
+    let err = tokio::time::timeout(GUARD, client.destroy())
+        .await
+        .expect("destroy gives up in time")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("1 updates were not stored"),
+        "{err}"
+    );
+    storage.fault_switch().set(false);
+    assert!(stored_ids(dir.path()).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_update_appended_after_close_makes_flush_fail() {
+    use epicenter_server::storage::StorageProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = SqliteStorage::new(dir.path()).open("d", None).unwrap();
+    storage.append(vec![0, 0], Vec::new());
+    storage.close().await.unwrap();
+    assert!(
+        storage.flush().await.is_ok(),
+        "everything before close is durable"
+    );
+    storage.append(vec![0, 0], Vec::new());
+    assert!(matches!(storage.flush().await, Err(StorageError::Closed)));
+}

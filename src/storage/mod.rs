@@ -6,6 +6,13 @@
 //! sync layer waits on before it acknowledges, and what `destroy()` waits on before it
 //! returns. Two providers ship: [`MemoryStorage`] and, with the `sqlite` feature,
 //! [`SqliteStorage`].
+//!
+//! Before every write the client asks [`DocStorage::admit`], with the doc's write lock
+//! held: a storage that cannot take more (commits failing and retried, too much waiting)
+//! refuses the write before it touches the doc. A write that was admitted is applied and
+//! visible at once, and the storage keeps it until it is durable: a failing commit that
+//! can succeed later is retried, so what was visible is stored once storage recovers
+//! (only a crash, or a close that gives up after its timeout and says so, loses it).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -15,7 +15,8 @@ pub const MSG_SYNC_STATUS: u8 = 102;
 
 /// Close codes the server sends on sync connections.
 pub mod close {
-    /// The server is shutting down.
+    /// The server is shutting down, or the doc is being closed (an update arriving then is
+    /// not applied).
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame arrived; the protocol is binary.
     pub const UNSUPPORTED_DATA: u16 = 1003;
@@ -27,8 +28,10 @@ pub mod close {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server failed (storage could not load or save the doc).
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// The connection fell too far behind (its send queue overflowed). Retryable: the
-    /// client resyncs when it reconnects.
+    /// The connection fell too far behind (its send queue overflowed), a connection or room
+    /// limit was reached, or the doc's storage cannot take the update now (commits fail
+    /// and `SqliteOptions::max_pending_bytes` already wait; the update was not applied).
+    /// Retryable: the client resyncs when it reconnects, sending its update again.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// No workspace has this id and dynamic docs are off. Final for y-websocket clients
     /// (4400–4499 stop their reconnect loop).

@@ -239,7 +239,9 @@ impl WorkspaceClient {
         self.inner.core.settle()
     }
 
-    /// Resolves once every change made so far is durable in storage.
+    /// Resolves once every change made so far is durable in storage. While commits fail
+    /// and are retried (disk full, say) it keeps waiting; it fails only when a change can
+    /// no longer become durable (damaged storage, or a storage that was closed).
     pub async fn flush(&self) -> Result<(), WorkspaceError> {
         Ok(self.inner.storage.flush().await?)
     }
@@ -273,6 +275,9 @@ impl WorkspaceClient {
     /// its own `flush()` succeeds), or fails with [`WorkspaceError::Destroyed`] without
     /// touching the doc: writes check the flag with the doc's write lock held, and the flag
     /// is set and the storage unhooked under that same lock.
+    ///
+    /// While storage is failing it keeps retrying (for SQLite, up to
+    /// `SqliteOptions::close_timeout`), then fails saying how many updates were not stored.
     pub async fn destroy(&self) -> Result<(), WorkspaceError> {
         let mut done = self.inner.destroy.lock().await;
         if *done {
