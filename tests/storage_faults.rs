@@ -269,6 +269,7 @@ async fn destroy_during_a_fault_that_never_clears_fails_naming_what_was_not_stor
         ..SqliteOptions::default()
     };
     let (client, storage) = client(dir.path(), options).await;
+    flushed(&client).await;
     storage.fault_switch().set(true);
     client
         .table("posts")

@@ -198,7 +198,11 @@ impl Writer {
             let deadline =
                 *give_up_at.get_or_insert_with(|| Instant::now() + self.options.close_timeout);
             if Instant::now() >= deadline {
-                let lost = inbox.work.iter().filter(|m| m.seq().is_some()).count();
+                let lost = inbox
+                    .work
+                    .iter()
+                    .filter(|m| matches!(m, Msg::Append { .. }))
+                    .count();
                 let why = self.committed.borrow().retrying.clone().unwrap_or_default();
                 let message = format!(
                     "closed while storage was failing: {lost} updates were not stored ({why})"
