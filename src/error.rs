@@ -78,7 +78,15 @@ pub enum StorageError {
     /// The storage's writer stopped after an error; later writes are not durable.
     #[error("storage writer failed: {0}")]
     WriterFailed(String),
-    /// The storage was closed.
+    /// The storage cannot take more writes for now: commits are failing and are being
+    /// retried, and as much as it may hold in memory already waits. Nothing was applied;
+    /// try again later (REST answers 503 with `Retry-After`, sync closes with 1013).
+    #[error("storage is unavailable, try again later: {reason}")]
+    Unavailable {
+        /// Why (the error commits are failing with, and how much waits).
+        reason: String,
+    },
+    /// The storage was closed (or an update arrived after it was).
     #[error("storage is closed")]
     Closed,
 }

@@ -477,7 +477,17 @@ impl DynamicDoc {
 
     /// Mirrors `DynamicDoc::apply`.
     fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, String> {
-        crate::sync::dynamic::apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin)
+        crate::sync::dynamic::apply_and_keep(
+            &self.doc,
+            self.storage.as_ref(),
+            bytes,
+            origin,
+            || Ok(()),
+        )
+        .map_err(|e| match e {
+            crate::WorkspaceError::BadUpdate(m) => m,
+            e => e.to_string(),
+        })
     }
 
     fn close(&self) {

@@ -9,8 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::error::WorkspaceError;
+use crate::error::{StorageError, WorkspaceError};
+use crate::storage::StorageStatus;
 use crate::workspace::Issue;
+
+/// The `Retry-After` of a write refused or not durable because storage is failing: about
+/// the longest wait between two retries of a failing commit.
+const STORAGE_RETRY_AFTER: u64 = 1;
 
 /// An HTTP error with its JSON envelope.
 #[derive(Debug, Clone)]
@@ -21,6 +26,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra members of the `error` object (`issues`, `row`, ...).
     pub details: Map<String, Value>,
+    /// Seconds to send in a `Retry-After` header, if any.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -30,7 +37,38 @@ impl ApiError {
             status,
             message: message.into(),
             details: Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// Sends `Retry-After: <seconds>` with the error.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 503 for a write that was applied but is not durable within the server's
+    /// `write_durability_timeout`: storage is failing and retrying. The change stays
+    /// applied (readers see it) and is stored once storage recovers; `"applied": true`
+    /// tells it from a write refused before it was applied.
+    pub fn not_durable(status: &StorageStatus) -> Self {
+        let why = status
+            .retrying
+            .as_deref()
+            .unwrap_or("the disk is slower than the writes");
+        tracing::warn!(
+            reason = why,
+            "a REST write is not durable in time; answered 503"
+        );
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the change is applied but not durable yet ({why}); it is stored once storage \
+                 recovers"
+            ),
+        )
+        .with("applied", Value::Bool(true))
+        .retry_after(STORAGE_RETRY_AFTER)
     }
 
     /// 404 with a message.
@@ -71,10 +109,18 @@ impl From<WorkspaceError> for ApiError {
                 ApiError::invalid("the data does not match the schema", issues)
             }
             WorkspaceError::BadUpdate(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
-            WorkspaceError::Destroyed => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
-            ),
+            WorkspaceError::Destroyed | WorkspaceError::Storage(StorageError::Closed) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is shutting down",
+                )
+            }
+            WorkspaceError::Storage(StorageError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "a REST write refused: storage is unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .with("applied", Value::Bool(false))
+                    .retry_after(STORAGE_RETRY_AFTER)
+            }
             WorkspaceError::Storage(_) | WorkspaceError::Definition(_) => {
                 tracing::error!(error = %e, "request failed on the server side");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -88,7 +134,13 @@ impl IntoResponse for ApiError {
         let mut error = Map::new();
         error.insert("message".into(), Value::String(self.message));
         error.extend(self.details);
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

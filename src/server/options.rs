@@ -125,6 +125,11 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Serves `GET /metrics` (Prometheus text; behind auth like every route). Default off.
     pub metrics: bool,
+    /// How long a REST write waits for its change to be durable before answering. A
+    /// write still not durable by then (storage is failing and retrying) is answered 503
+    /// with `Retry-After`; the change stays applied and is stored once storage recovers.
+    /// Default 5 s.
+    pub write_durability_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -155,6 +160,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("metrics", &self.metrics)
+            .field("write_durability_timeout", &self.write_durability_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +194,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             metrics: false,
+            write_durability_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -345,6 +352,12 @@ impl ServerOptions {
     /// Turns the `/metrics` route on or off.
     pub fn metrics(mut self, on: bool) -> Self {
         self.metrics = on;
+        self
+    }
+
+    /// Sets how long a REST write waits for durability before answering 503.
+    pub fn write_durability_timeout(mut self, timeout: Duration) -> Self {
+        self.write_durability_timeout = timeout;
         self
     }
 

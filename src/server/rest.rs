@@ -2,7 +2,10 @@
 //!
 //! Handlers are thin: extract (mapping every rejection to the JSON envelope), call the
 //! table handle, and for writes wait until the change is durable before answering, so a
-//! 2xx means the row is on disk.
+//! 2xx means the row is on disk. While storage cannot commit, a write is refused before it
+//! is applied (503, `"applied": false`) once too much waits, or answered 503
+//! (`"applied": true`) when it is not durable within `write_durability_timeout`; both with
+//! `Retry-After`.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -58,6 +61,17 @@ fn data(status: StatusCode, value: Value) -> Response {
     }
     body.push(b'}');
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Waits until the client's changes so far are durable, for at most the server's
+/// `write_durability_timeout`; past it, 503 with `Retry-After` (the change stays applied
+/// and is stored once storage recovers).
+async fn durable(state: &ServerState, client: &WorkspaceClient) -> Result<(), ApiError> {
+    let timeout = state.sync().options.write_durability_timeout;
+    match tokio::time::timeout(timeout, client.flushed()).await {
+        Ok(flushed) => flushed.map_err(|e| crate::WorkspaceError::from(e).into()),
+        Err(_) => Err(ApiError::not_durable(&client.storage_status())),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,7 +133,7 @@ async fn create(
         .map(str::to_string)
         .unwrap_or_default();
     let created = table.upsert(body)?;
-    client.flush().await?;
+    durable(&state, &client).await?;
     let row = match table.get(&id) {
         RowResult::Valid(row) => Value::Object(row),
         _ => Value::Null,
@@ -145,7 +159,7 @@ async fn update(
         fields.remove(table.definition().id_field());
     }
     let row = table.update(&id, body)?;
-    client.flush().await?;
+    durable(&state, &client).await?;
     Ok(data(StatusCode::OK, Value::Object(row)))
 }
 
@@ -160,6 +174,6 @@ async fn remove(
             "no row `{id}` in table `{name}`"
         )));
     }
-    client.flush().await?;
+    durable(&state, &client).await?;
     Ok(data(StatusCode::OK, json!({ "id": id })))
 }

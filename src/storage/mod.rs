@@ -6,6 +6,13 @@
 //! sync layer waits on before it acknowledges, and what `destroy()` waits on before it
 //! returns. Two providers ship: [`MemoryStorage`] and, with the `sqlite` feature,
 //! [`SqliteStorage`].
+//!
+//! Before every write the client asks [`DocStorage::admit`], with the doc's write lock
+//! held: a storage that cannot take more (commits failing and retried, too much waiting)
+//! refuses the write before it touches the doc. A write that was admitted is applied and
+//! visible at once, and the storage keeps it until it is durable: a failing commit that
+//! can succeed later is retried, so what was visible is stored once storage recovers
+//! (only a crash, or a close that gives up after its timeout and says so, loses it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +27,9 @@ mod stats;
 pub(crate) mod untrusted;
 
 pub use memory::MemoryStorage;
+#[cfg(feature = "sqlite")]
+#[doc(hidden)]
+pub use sqlite::FaultSwitch;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStorage};
 pub use stats::{CommitSnapshot, CommitStats, COMMITS};
@@ -148,6 +158,27 @@ pub(crate) fn replay<'a>(
     Ok(())
 }
 
+/// How a doc's storage is doing, from [`DocStorage::status`] (and
+/// [`WorkspaceClient::storage_status`](crate::workspace::WorkspaceClient::storage_status)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageStatus {
+    /// Bytes of updates handed to the storage and not yet durable.
+    pub pending_bytes: u64,
+    /// Set while commits fail and are retried (disk full, I/O error, busy): the last
+    /// error. Pending updates commit once a retry succeeds.
+    pub retrying: Option<String>,
+    /// Set once the storage failed for good (damaged data): nothing more becomes durable.
+    pub failed: Option<String>,
+}
+
+impl StorageStatus {
+    /// Whether commits go through (no retry in progress, no final failure).
+    pub fn is_healthy(&self) -> bool {
+        self.retrying.is_none() && self.failed.is_none()
+    }
+}
+
 /// A boxed future, as the object-safe storage traits return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -204,11 +235,28 @@ pub trait DocStorage: Send + Sync + 'static {
     /// [`DocStorage::wants_row_reset`] says so).
     fn reset_rows(&self, _tables: Vec<(String, Vec<Row>)>) {}
 
+    /// Whether a new write may be applied to the doc now. Asked with the doc's write
+    /// transaction held, before the write touches the doc, so it must not block. Errs with
+    /// [`StorageError::Unavailable`] while the storage cannot take more (the write is then
+    /// refused, never applied), or with the error that stopped it for good. Default: yes.
+    fn admit(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// How the storage is doing. Default: healthy, nothing pending.
+    fn status(&self) -> StorageStatus {
+        StorageStatus::default()
+    }
+
     /// Queues one update (and the rows it changed) for writing. Called inside the doc's
     /// commit, so it must not block; durability is awaited with [`DocStorage::flush`].
+    /// An update appended after [`DocStorage::close`] is not stored, and every later
+    /// `flush()` fails with [`StorageError::Closed`] instead of claiming durability.
     fn append(&self, update: Vec<u8>, rows: Vec<RowChange>);
 
-    /// Resolves once everything appended before the call is durable.
+    /// Resolves once everything appended before the call is durable. While a provider
+    /// retries a failing disk it keeps waiting; it fails only when something appended can
+    /// no longer become durable.
     fn flush(&self) -> BoxFuture<Result<(), StorageError>>;
 
     /// Folds the update log into a snapshot now.

@@ -1,11 +1,12 @@
 //! Dynamic docs: plain Yjs docs created on demand for sync rooms that are not workspaces,
 //! loaded from and stored by the server's storage provider.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use yrs::{Doc, Options, Origin, Transact};
 
-use crate::error::StorageError;
+use crate::error::{StorageError, WorkspaceError};
 use crate::storage::{BoxFuture, DocStorage, StorageProvider};
 
 const STORAGE_OBSERVER: &str = "epicenter-storage";
@@ -14,6 +15,8 @@ const STORAGE_OBSERVER: &str = "epicenter-storage";
 pub(crate) struct DynamicDoc {
     doc: Doc,
     storage: Arc<dyn DocStorage>,
+    /// Set by `close()` with the doc's write lock held; updates check it under that lock.
+    closed: Arc<AtomicBool>,
 }
 
 impl DynamicDoc {
@@ -42,7 +45,11 @@ impl DynamicDoc {
             s.append(event.update.clone(), Vec::new());
         })
         .map_err(|e| format!("cannot observe the doc: {e}"))?;
-        Ok(DynamicDoc { doc, storage })
+        Ok(DynamicDoc {
+            doc,
+            storage,
+            closed: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The doc.
@@ -52,9 +59,16 @@ impl DynamicDoc {
 
     /// Applies a v1 update with `origin`. Returns whether the update the doc emitted may
     /// leave part of it out (see `storage::apply_untrusted`); it is then stored as received
-    /// too.
-    pub fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, String> {
-        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin)
+    /// too. Refused, without touching the doc, once the doc is closed
+    /// ([`WorkspaceError::Destroyed`]) or while its storage cannot take more
+    /// ([`StorageError::Unavailable`]).
+    pub fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, WorkspaceError> {
+        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin, || {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(WorkspaceError::Destroyed);
+            }
+            Ok(())
+        })
     }
 
     /// Resolves once everything applied so far is durable.
@@ -62,11 +76,16 @@ impl DynamicDoc {
         self.storage.flush()
     }
 
-    /// Flushes and closes the storage; the doc can be opened again afterwards.
+    /// Flushes and closes the storage; the doc can be opened again afterwards. An update
+    /// racing it is either stored before the storage closes or refused.
     pub async fn close(&self) -> Result<(), StorageError> {
-        // Waits for the doc (a metrics scrape may be reading it): `unobserve_update_v1`
-        // only tries the lock, and would leave the observer writing to a closed storage.
-        let unobserved = super::room::in_write_txn(&self.doc, |txn| {
+        // Waits for the doc on a blocking thread (a metrics scrape may be reading it):
+        // `Doc::unobserve_update_v1` only tries the lock, and would leave the observer
+        // writing to a closed storage. The flag is set under the same lock, so an update
+        // racing the close is either stored before it or refused.
+        let closed = self.closed.clone();
+        let unobserved = super::room::in_write_txn(&self.doc, move |txn| {
+            closed.store(true, Ordering::Release);
             txn.unobserve_update_v1(STORAGE_OBSERVER);
         });
         if let Err(e) = unobserved.await {
@@ -77,16 +96,22 @@ impl DynamicDoc {
 }
 
 /// Applies an untrusted update to a plain doc whose storage gets what the doc emits; an
-/// update the emitted one may leave part of is stored as received too. Returns whether it
-/// was.
+/// update the emitted one may leave part of is stored as received too. `alive` is checked,
+/// and the storage asked to admit the write, with the doc's write lock held, before the
+/// update touches the doc. Returns whether the update was stored as received.
 pub(crate) fn apply_and_keep(
     doc: &Doc,
     storage: &dyn DocStorage,
     bytes: &[u8],
     origin: Origin,
-) -> Result<bool, String> {
-    let update = crate::storage::decode_update(bytes)?;
-    let incomplete = crate::storage::apply_untrusted(&mut doc.transact_mut_with(origin), update)?;
+    alive: impl FnOnce() -> Result<(), WorkspaceError>,
+) -> Result<bool, WorkspaceError> {
+    let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
+    let mut txn = doc.transact_mut_with(origin);
+    alive()?;
+    storage.admit()?;
+    let incomplete =
+        crate::storage::apply_untrusted(&mut txn, update).map_err(WorkspaceError::BadUpdate)?;
     if incomplete {
         storage.append(bytes.to_vec(), Vec::new());
     }

@@ -21,7 +21,8 @@ pub(crate) const MAX_SYNC_STATUS: usize = 1024;
 
 /// Close codes the server sends on sync connections.
 pub mod close {
-    /// The server is shutting down.
+    /// The server is shutting down, or the doc is being closed (an update arriving then is
+    /// not applied).
     pub const GOING_AWAY: u16 = 1001;
     /// A text frame arrived; the protocol is binary.
     pub const UNSUPPORTED_DATA: u16 = 1003;
@@ -37,9 +38,11 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The connection fell too far behind: `send_queue` outputs were pending for it
     /// (frames, and SYNC_STATUS echoes, whether waiting for durability or ready to send).
-    /// Also sent when a connection or room limit is reached, or when the client's address
-    /// opened `max_new_rooms_per_minute` dynamic rooms this minute. Retryable: the client
-    /// resyncs when it reconnects.
+    /// Also sent when a connection or room limit is reached, when the client's address
+    /// opened `max_new_rooms_per_minute` dynamic rooms this minute, or when the doc's storage
+    /// cannot take the update now (commits fail and `SqliteOptions::max_pending_bytes`
+    /// already wait; the update was not applied). Retryable: the client resyncs when it
+    /// reconnects, sending its update again.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// `Bad room name: <why>`: no workspace has this id, and it is not a valid dynamic doc
     /// name (1 to `max_room_name_len` ASCII letters, digits, `-`, `_`, `.`, not starting

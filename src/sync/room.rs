@@ -227,23 +227,24 @@ impl Room {
     /// update the doc's own emitted update leaves part of (see
     /// `storage::apply_untrusted`) is also fanned out as received.
     pub fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
+        use crate::WorkspaceError as E;
         let origin = origin_of(conn);
-        let incomplete = match &self.doc {
-            RoomDoc::Workspace(client) => client
-                .apply_update_from(update, origin.clone())
-                .map_err(|e| match e {
-                    crate::WorkspaceError::BadUpdate(m) => {
-                        (close::INVALID_PAYLOAD, format!("bad update: {m}"))
-                    }
-                    crate::WorkspaceError::Destroyed => {
-                        (close::GOING_AWAY, "the workspace is closing".into())
-                    }
-                    e => (close::INTERNAL_ERROR, e.to_string()),
-                })?,
-            RoomDoc::Dynamic(doc) => doc
-                .apply(update, origin.clone())
-                .map_err(|m| (close::INVALID_PAYLOAD, format!("bad update: {m}")))?,
+        let applied = match &self.doc {
+            RoomDoc::Workspace(client) => client.apply_update_from(update, origin.clone()),
+            RoomDoc::Dynamic(doc) => doc.apply(update, origin.clone()),
         };
+        let incomplete = applied.map_err(|e| match e {
+            E::BadUpdate(m) => (close::INVALID_PAYLOAD, format!("bad update: {m}")),
+            E::Destroyed | E::Storage(StorageError::Closed) => {
+                (close::GOING_AWAY, "the doc is closing".into())
+            }
+            // Not applied: the client keeps the update and sends it again when it resyncs.
+            E::Storage(StorageError::Unavailable { .. }) => (
+                close::TRY_AGAIN_LATER,
+                "storage is unavailable; try again later".into(),
+            ),
+            e => (close::INTERNAL_ERROR, e.to_string()),
+        })?;
         if incomplete {
             self.fan_out(Some(&origin), update);
         }

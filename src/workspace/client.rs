@@ -95,6 +95,7 @@ fn open_and_load(
             s.append(event.update.clone(), rows);
         })
         .map_err(|e| WorkspaceError::BadUpdate(format!("cannot observe the doc: {e}")))?;
+    let _ = core.storage.set(storage.clone());
     // Arrays index_all could not read are rebuilt now, so the repair is stored.
     core.settle();
     if storage.mirrors_rows() && storage.wants_row_reset() {
@@ -110,17 +111,13 @@ fn open_and_load(
     })
 }
 
+/// Dropped without `destroy()`: the storage stays hooked to the doc for as long as the doc
+/// lives (table handles and clones of the doc keep it), so whatever it commits is still
+/// stored; it is closed when the doc goes.
 struct ClientInner {
     core: Arc<Core>,
     storage: Arc<dyn DocStorage>,
     destroy: tokio::sync::Mutex<bool>,
-}
-
-impl Drop for ClientInner {
-    fn drop(&mut self) {
-        // The observer holds the storage; unhooking it lets the storage drop and finish.
-        let _ = self.core.doc.unobserve_update_v1(UPDATE_OBSERVER);
-    }
 }
 
 /// A live workspace: its doc, table and KV handles, and its storage. Cheap to clone; all
@@ -217,16 +214,21 @@ impl WorkspaceClient {
         bytes: &[u8],
         origin: impl Into<yrs::Origin>,
     ) -> Result<bool, WorkspaceError> {
-        self.inner.core.check_alive()?;
+        let core = &self.inner.core;
+        core.check_alive()?;
         let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
-        let incomplete = crate::storage::apply_untrusted(
-            &mut self.inner.core.doc.transact_mut_with(origin),
-            update,
-        )
-        .map_err(WorkspaceError::BadUpdate)?;
-        if incomplete {
-            self.inner.storage.append(bytes.to_vec(), Vec::new());
-        }
+        let incomplete = {
+            let mut txn = core.doc.transact_mut_with(origin);
+            // Under the write lock, so destroy() cannot be halfway (see Core::admit_write).
+            core.admit_write()?;
+            let incomplete = crate::storage::apply_untrusted(&mut txn, update)
+                .map_err(WorkspaceError::BadUpdate)?;
+            if incomplete {
+                // Still under the lock: stored before destroy() can close the storage.
+                self.inner.storage.append(bytes.to_vec(), Vec::new());
+            }
+            incomplete
+        };
         self.settle();
         Ok(incomplete)
     }
@@ -237,7 +239,9 @@ impl WorkspaceClient {
         self.inner.core.settle()
     }
 
-    /// Resolves once every change made so far is durable in storage.
+    /// Resolves once every change made so far is durable in storage. While commits fail
+    /// and are retried (disk full, say) it keeps waiting; it fails only when a change can
+    /// no longer become durable (damaged storage, or a storage that was closed).
     pub async fn flush(&self) -> Result<(), WorkspaceError> {
         Ok(self.inner.storage.flush().await?)
     }
@@ -246,6 +250,12 @@ impl WorkspaceClient {
     /// the `async fn`, the point it waits for is fixed now, not when first polled).
     pub(crate) fn flushed(&self) -> crate::storage::BoxFuture<Result<(), StorageError>> {
         self.inner.storage.flush()
+    }
+
+    /// How the storage is doing: how much waits for the disk, and whether commits are
+    /// failing (and being retried) or failed for good. For health checks.
+    pub fn storage_status(&self) -> crate::storage::StorageStatus {
+        self.inner.storage.status()
     }
 
     /// Folds the storage's update log into a snapshot now (it also happens on its own).
@@ -260,17 +270,26 @@ impl WorkspaceClient {
 
     /// Flushes everything to storage and releases it. Later writes fail with
     /// [`WorkspaceError::Destroyed`]. Calling it again does nothing.
+    ///
+    /// A write racing it either commits first, and is then flushed before this returns (so
+    /// its own `flush()` succeeds), or fails with [`WorkspaceError::Destroyed`] without
+    /// touching the doc: writes check the flag with the doc's write lock held, and the flag
+    /// is set and the storage unhooked under that same lock.
+    ///
+    /// While storage is failing it keeps retrying (for SQLite, up to
+    /// `SqliteOptions::close_timeout`), then fails saying how many updates were not stored.
     pub async fn destroy(&self) -> Result<(), WorkspaceError> {
         let mut done = self.inner.destroy.lock().await;
         if *done {
             return Ok(());
         }
-        // Wait for any write in progress to commit, and stop new ones.
         {
-            let _txn = self.inner.core.doc.transact_mut_with(LOCAL_ORIGIN);
+            // Waits for a write in progress to commit (and reach the storage).
+            let txn = self.inner.core.doc.transact_mut_with(LOCAL_ORIGIN);
             self.inner.core.destroyed.store(true, Ordering::Release);
+            // Under the lock: `Doc::unobserve_update_v1` only tries the lock and may fail.
+            txn.unobserve_update_v1(UPDATE_OBSERVER);
         }
-        let _ = self.inner.core.doc.unobserve_update_v1(UPDATE_OBSERVER);
         *done = true;
         self.inner.storage.close().await?;
         Ok(())

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use yrs::{Any, Array, ArrayRef, Doc, Observable, Transact};
 
@@ -262,7 +262,10 @@ pub(crate) struct Core {
     /// Set once the storage wants row changes (after the initial load).
     pub mirror_rows: Arc<AtomicBool>,
     pub pending_rows: Arc<PendingRows>,
+    /// Set (with the doc's write transaction held) by `destroy()`.
     pub destroyed: AtomicBool,
+    /// The storage, once loading is done: asked before every write whether it can take it.
+    pub storage: OnceLock<Arc<dyn crate::storage::DocStorage>>,
 }
 
 /// One array's share of a write: entries to add and keys whose entries go.
@@ -322,6 +325,7 @@ impl Core {
             mirror_rows: Arc::new(AtomicBool::new(false)),
             pending_rows: Arc::default(),
             destroyed: AtomicBool::new(false),
+            storage: OnceLock::new(),
         })
     }
 
@@ -366,8 +370,7 @@ impl Core {
     /// (the `{key, val, ts}` maps, in order) are inserted again, so storage and peers get
     /// the repair like any other write, and the index (fed by the deltas) ends up with
     /// exactly the entries. The text, and anything else that is not an entry, is dropped.
-    /// Returns whether anything was rebuilt.
-    pub fn repair(&self) -> bool {
+    pub fn repair(&self) {
         let broken = self.arrays_with_wide_text();
         for (name, array) in &broken {
             let entries = entries_of(&self.doc, name);
@@ -379,11 +382,15 @@ impl Core {
                  rebuilt it from its entries"
             );
             let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
+            if self.admit_write().is_err() {
+                // Not now (destroyed, or storage cannot take it): the next write or load
+                // rebuilds it, and no write goes through until then.
+                return;
+            }
             let len = AsRef::<yrs::branch::Branch>::as_ref(array).content_len();
             array.remove_range(&mut txn, 0, len);
             array.insert_range(&mut txn, 0, entries);
         }
-        !broken.is_empty()
     }
 
     /// Wires the array observers that keep the indexes current from here on (local,
@@ -442,6 +449,18 @@ impl Core {
         }
     }
 
+    /// Whether a write may be applied now: the client is alive and its storage can take
+    /// it (see [`crate::storage::DocStorage::admit`]). Called with the doc's write
+    /// transaction held: `destroy()` sets the flag and unhooks the storage under that same
+    /// lock, so a write that passes here is handed to the storage before it closes.
+    pub fn admit_write(&self) -> Result<(), WorkspaceError> {
+        self.check_alive()?;
+        if let Some(storage) = self.storage.get() {
+            storage.admit()?;
+        }
+        Ok(())
+    }
+
     /// Runs `plan` in one transaction. `prepare` runs first inside the transaction (the
     /// doc is then stable), so read-modify-write checks see exactly what they replace.
     pub fn write<F>(&self, prepare: F) -> Result<(), WorkspaceError>
@@ -452,6 +471,7 @@ impl Core {
         // Positions in an array with wide text are not the index's: rebuild it first.
         self.repair();
         let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
+        self.admit_write()?;
         let plan = prepare(self)?;
         let targets: Vec<(Option<usize>, &ArrayRef)> = self
             .tables

@@ -11,24 +11,33 @@
 //!   transactions as the log, so `sqlite3 <dir>/blog.db 'select * from posts'` shows the rows.
 //!
 //! Exclusive ownership is an OS file lock on `<doc id>.db.lock`, held for as long as the
-//! storage is open, by this process or any other.
+//! storage is open, by this process or any other. A doc opened without a definition (a
+//! dynamic room) that holds nothing when it is closed leaves neither file behind.
+//!
+//! A commit that fails for a reason that can pass (disk full, I/O error, busy) is retried
+//! until it succeeds, with what arrived meanwhile; see [`writer`] for the details.
 
+mod doc;
+mod faults;
+mod files;
 mod mirror;
 mod writer;
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use super::{BoxFuture, DocStorage, RowChange, StorageProvider};
+use super::{DocStorage, StorageProvider};
 use crate::error::StorageError;
-use crate::workspace::core::lock;
-use crate::workspace::{Row, WorkspaceDefinition};
-use writer::{Committed, Msg, Writer};
+use crate::workspace::WorkspaceDefinition;
+use doc::SqliteDoc;
+#[doc(hidden)]
+pub use faults::FaultSwitch;
+use writer::{Committed, Writer};
 
 /// Tuning for [`SqliteStorage`].
 #[derive(Debug, Clone)]
@@ -42,6 +51,15 @@ pub struct SqliteOptions {
     pub compact_after_bytes: u64,
     /// Most updates one write transaction takes. Default: 10,000.
     pub max_batch: usize,
+    /// Most bytes of updates that may wait in memory for the disk (while commits fail and
+    /// are retried, or fall behind). A write arriving when this much waits is refused
+    /// before it is applied, with [`StorageError::Unavailable`]: REST answers 503 with
+    /// `Retry-After`, a sync connection is closed with 1013. Default: 64 MiB.
+    pub max_pending_bytes: u64,
+    /// How long closing a doc keeps retrying updates that cannot be committed (the disk
+    /// is full, say) before giving up on them; `close()` then fails, saying how many were
+    /// not stored. Default: 10 s.
+    pub close_timeout: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -51,6 +69,8 @@ impl Default for SqliteOptions {
             compact_after_updates: 10_000,
             compact_after_bytes: 16 << 20,
             max_batch: 10_000,
+            max_pending_bytes: 64 << 20,
+            close_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -73,6 +93,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStorage {
     dir: PathBuf,
     options: SqliteOptions,
+    faults: FaultSwitch,
 }
 
 impl SqliteStorage {
@@ -86,7 +107,15 @@ impl SqliteStorage {
         SqliteStorage {
             dir: dir.into(),
             options,
+            faults: FaultSwitch::default(),
         }
+    }
+
+    /// The switch that makes every commit of the docs opened from this provider (and its
+    /// clones) fail with an I/O error while on; for tests of storage faults.
+    #[doc(hidden)]
+    pub fn fault_switch(&self) -> FaultSwitch {
+        self.faults.clone()
     }
 
     /// The file a doc is stored in: the id with characters outside `[A-Za-z0-9_.-]`
@@ -124,30 +153,6 @@ fn damaged(path: &Path, detail: impl Into<String>) -> StorageError {
     StorageError::Damaged {
         path: path.display().to_string(),
         detail: detail.into(),
-    }
-}
-
-/// Takes the exclusive lock beside the database file.
-fn take_lock(path: &Path) -> Result<File, StorageError> {
-    let lock_path = path.with_extension("db.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| StorageError::Io {
-            path: lock_path.display().to_string(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::InUse {
-            path: path.display().to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(StorageError::Io {
-            path: lock_path.display().to_string(),
-            source,
-        }),
     }
 }
 
@@ -213,7 +218,7 @@ impl StorageProvider for SqliteStorage {
             source,
         })?;
         let path = self.path_for(doc_id);
-        let lock_file = take_lock(&path)?;
+        let lock_file = files::take_lock(&path)?;
         let err = sql_err(&path);
         let conn = Connection::open(&path).map_err(&err)?;
         let mode: String = conn
@@ -257,13 +262,14 @@ impl StorageProvider for SqliteStorage {
             options: self.options.clone(),
             mirror,
             committed: committed.clone(),
+            faults: self.faults.clone(),
             next_seq: last_seq + 1,
             log_count: log_count as u64,
             log_bytes: log_bytes as u64,
             lock_file,
         };
         std::thread::Builder::new()
-            .name(format!("epicenter-sqlite-{doc_id}"))
+            .name("epicenter-sqlite".into())
             .spawn(move || writer.run(rx))
             .map_err(|source| StorageError::Io {
                 path: path.display().to_string(),
@@ -275,117 +281,10 @@ impl StorageProvider for SqliteStorage {
             loaded: Mutex::new(Some(updates)),
             sender: Mutex::new(Some(tx)),
             appended: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
+            dropped: AtomicBool::new(false),
             committed,
+            max_pending_bytes: self.options.max_pending_bytes,
         }))
-    }
-}
-
-struct SqliteDoc {
-    mirrors: bool,
-    mirror_fresh: bool,
-    loaded: Mutex<Option<Vec<Vec<u8>>>>,
-    /// `None` once closed. The mutex also keeps sequence numbers in channel order.
-    sender: Mutex<Option<mpsc::Sender<Msg>>>,
-    appended: AtomicU64,
-    committed: Arc<watch::Sender<Committed>>,
-}
-
-impl SqliteDoc {
-    fn send(&self, msg: Msg) -> bool {
-        match &*lock(&self.sender) {
-            Some(tx) => tx.send(msg).is_ok(),
-            None => false,
-        }
-    }
-
-    /// Sends a message that `flush()` waits for, numbered in channel order.
-    fn send_numbered(&self, msg: impl FnOnce(u64) -> Msg) {
-        let sender = lock(&self.sender);
-        if let Some(tx) = &*sender {
-            let seq = self
-                .appended
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                + 1;
-            let _ = tx.send(msg(seq));
-        }
-    }
-
-    fn wait_for(&self, target: u64) -> BoxFuture<Result<(), StorageError>> {
-        let mut rx = self.committed.subscribe();
-        Box::pin(async move {
-            let state = rx
-                .wait_for(|c| c.seq >= target || c.error.is_some())
-                .await
-                .map_err(|_| StorageError::Closed)?;
-            match &state.error {
-                Some(e) => Err(StorageError::WriterFailed(e.clone())),
-                None => Ok(()),
-            }
-        })
-    }
-}
-
-impl DocStorage for SqliteDoc {
-    fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
-        Ok(lock(&self.loaded).take().unwrap_or_default())
-    }
-
-    fn mirrors_rows(&self) -> bool {
-        self.mirrors
-    }
-
-    fn wants_row_reset(&self) -> bool {
-        self.mirror_fresh
-    }
-
-    fn reset_rows(&self, tables: Vec<(String, Vec<Row>)>) {
-        self.send_numbered(|seq| Msg::Reset { seq, tables });
-    }
-
-    fn append(&self, update: Vec<u8>, rows: Vec<RowChange>) {
-        self.send_numbered(|seq| Msg::Append { seq, update, rows });
-    }
-
-    fn flush(&self) -> BoxFuture<Result<(), StorageError>> {
-        let target = self.appended.load(std::sync::atomic::Ordering::Acquire);
-        self.wait_for(target)
-    }
-
-    fn compact(&self) -> BoxFuture<Result<(), StorageError>> {
-        let (ack, done) = oneshot::channel();
-        let sent = self.send(Msg::Compact(ack));
-        Box::pin(async move {
-            if !sent {
-                return Err(StorageError::Closed);
-            }
-            done.await
-                .map_err(|_| StorageError::Closed)?
-                .map_err(StorageError::WriterFailed)
-        })
-    }
-
-    fn close(&self) -> BoxFuture<Result<(), StorageError>> {
-        let (ack, done) = oneshot::channel();
-        let flushed = self.flush();
-        let sent = match lock(&self.sender).take() {
-            Some(tx) => tx.send(Msg::Close(Some(ack))).is_ok(),
-            None => false,
-        };
-        Box::pin(async move {
-            let result = flushed.await;
-            if sent {
-                // The writer acknowledges after it released the file and the lock.
-                let _ = done.await;
-            }
-            result
-        })
-    }
-}
-
-impl Drop for SqliteDoc {
-    fn drop(&mut self) {
-        if let Some(tx) = lock(&self.sender).take() {
-            let _ = tx.send(Msg::Close(None));
-        }
     }
 }
