@@ -8,6 +8,7 @@
 
 mod auth;
 mod discovery;
+mod doc_sizes;
 mod docs;
 mod error;
 mod linger;
