@@ -3,6 +3,10 @@
 //! Handlers are thin: extract (mapping every rejection to the JSON envelope), call the
 //! table handle, and for writes wait until the change is durable before answering, so a
 //! 2xx means the row is on disk.
+//!
+//! Writes wait for the doc's lock, which a big sync update can hold for seconds, so they
+//! run on a blocking thread; reads run on the spot unless a commit is indexing the table,
+//! and then on a blocking thread too. The async workers never wait for a doc.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -45,6 +49,25 @@ fn table(
     Ok((client.clone(), table))
 }
 
+/// Runs table work that may wait for the doc on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        tracing::error!(error = %e, "a table operation failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed")
+    })
+}
+
+/// One row, read on the spot unless a commit holds the table's rows.
+async fn get_row(table: &TableHandle, id: &str) -> Result<RowResult, ApiError> {
+    if let Some(row) = table.try_get(id) {
+        return Ok(row);
+    }
+    let (table, id) = (table.clone(), id.to_string());
+    blocking(move || table.get(&id)).await
+}
+
 /// The success envelope `{"data": ...}`, written straight into the body.
 fn data(status: StatusCode, value: Value) -> Response {
     let mut body = Vec::with_capacity(256);
@@ -78,7 +101,11 @@ async fn list(
     let Path((ws, name)) = path.map_err(ApiError::from_rejection)?;
     let Query(page) = page.map_err(ApiError::from_rejection)?;
     let (_, table) = table(&state, &ws, &name)?;
-    let rows = table.page_valid(page.offset.unwrap_or(0), page.limit.unwrap_or(usize::MAX));
+    let (offset, limit) = (page.offset.unwrap_or(0), page.limit.unwrap_or(usize::MAX));
+    let rows = match table.try_page_valid(offset, limit) {
+        Some(rows) => rows,
+        None => blocking(move || table.page_valid(offset, limit)).await?,
+    };
     Ok(data(
         StatusCode::OK,
         Value::Array(rows.into_iter().map(Value::Object).collect()),
@@ -91,7 +118,7 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
     let (_, table) = table(&state, &ws, &name)?;
-    match table.get(&id) {
+    match get_row(&table, &id).await? {
         RowResult::Valid(row) => Ok(data(StatusCode::OK, Value::Object(row))),
         RowResult::Invalid { row, issues, .. } => Err(ApiError::invalid(
             format!("row `{id}` is stored but does not match the schema of `{name}`"),
@@ -118,9 +145,10 @@ async fn create(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_default();
-    let created = table.upsert(body)?;
+    let writer = table.clone();
+    let created = blocking(move || writer.upsert(body)).await??;
     client.flush().await?;
-    let row = match table.get(&id) {
+    let row = match get_row(&table, &id).await? {
         RowResult::Valid(row) => Value::Object(row),
         _ => Value::Null,
     };
@@ -144,7 +172,7 @@ async fn update(
     if let Value::Object(fields) = &mut body {
         fields.remove(table.definition().id_field());
     }
-    let row = table.update(&id, body)?;
+    let row = blocking(move || table.update(&id, body)).await??;
     client.flush().await?;
     Ok(data(StatusCode::OK, Value::Object(row)))
 }
@@ -155,7 +183,8 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
     let (client, table) = table(&state, &ws, &name)?;
-    if !table.delete(&id)? {
+    let (writer, row) = (table.clone(), id.clone());
+    if !blocking(move || writer.delete(&row)).await?? {
         return Err(ApiError::not_found(format!(
             "no row `{id}` in table `{name}`"
         )));

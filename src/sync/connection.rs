@@ -187,7 +187,7 @@ async fn serve(socket: Box<Socket>, hub: &Arc<SyncHub>, id: String, conn: u64, a
 
 /// Handles one inbound frame.
 async fn handle(
-    room: &Room,
+    room: &Arc<Room>,
     conn: u64,
     out: &Outbox,
     frame: Bytes,
@@ -203,7 +203,7 @@ async fn handle(
             tracing::warn!("read-only connection sent a doc update; refused");
             Ok(())
         }
-        Ok(Inbound::Update(update)) => room.apply(conn, &update),
+        Ok(Inbound::Update(update)) => room.apply(conn, update).await,
         Ok(Inbound::Awareness(update)) => {
             room.apply_awareness(conn, update, frame);
             Ok(())

@@ -57,6 +57,20 @@ impl DynamicDoc {
         apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin)
     }
 
+    /// [`DynamicDoc::apply`] if no transaction is open on the doc now; `None` (nothing
+    /// done) otherwise.
+    pub fn try_apply(&self, bytes: &[u8], origin: Origin) -> Option<Result<bool, String>> {
+        let applied = {
+            let mut txn = self.doc.try_transact_mut_with(origin).ok()?;
+            crate::storage::decode_update(bytes)
+                .and_then(|update| crate::storage::apply_untrusted(&mut txn, update))
+        };
+        if let Ok(true) = applied {
+            self.storage.append(bytes.to_vec(), Vec::new());
+        }
+        Some(applied)
+    }
+
     /// Resolves once everything applied so far is durable.
     pub fn flushed(&self) -> BoxFuture<Result<(), StorageError>> {
         self.storage.flush()

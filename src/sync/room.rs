@@ -8,7 +8,7 @@ use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
-use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact};
+use yrs::{ClientID, Doc, Origin, ReadTxn, Transact};
 
 use super::awareness::{AwarenessStates, Change};
 use super::dynamic::DynamicDoc;
@@ -19,6 +19,8 @@ use crate::storage::BoxFuture;
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
+mod doc_work;
+
 /// Key of the room's update observer on its doc.
 const ROOM_OBSERVER: &str = "epicenter-sync";
 
@@ -28,6 +30,9 @@ const ORIGIN_PREFIX: &[u8; 3] = b"\xECws";
 
 /// A v1 update with no items and no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// `Room::size` before the doc's size is known.
+const UNKNOWN_SIZE: u64 = u64::MAX;
 
 fn origin_of(conn: u64) -> Origin {
     let mut bytes = [0u8; 11];
@@ -186,6 +191,10 @@ pub(crate) struct Room {
     version: AtomicU64,
     /// The full state as a step2 frame, for joiners with an empty state vector.
     full_state: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    /// About the doc's full state's encoded size: measured at each full encoding, plus the
+    /// bytes of every update since (`UNKNOWN_SIZE` until measured). Written only under the
+    /// doc's lock (in a commit, or with a read transaction open).
+    size: AtomicU64,
     /// Bumped by every join; an eviction timer only fires if no one joined since.
     epoch: AtomicU64,
 }
@@ -200,6 +209,7 @@ impl Room {
             members: Mutex::default(),
             version: AtomicU64::new(0),
             full_state: tokio::sync::Mutex::new(None),
+            size: AtomicU64::new(UNKNOWN_SIZE),
             epoch: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&room);
@@ -217,6 +227,11 @@ impl Room {
     /// Runs inside the doc's commit, so every connection gets updates in commit order.
     fn fan_out(&self, origin: Option<&Origin>, update: &[u8]) {
         self.version.fetch_add(1, Ordering::AcqRel);
+        let size = self.size.load(Ordering::Acquire);
+        if size != UNKNOWN_SIZE {
+            self.size
+                .store(size.saturating_add(update.len() as u64), Ordering::Release);
+        }
         if update == EMPTY_UPDATE {
             // Nothing the peers lack (a transaction that changed nothing, or one whose
             // items are not covered by the state vector: those go out as received).
@@ -283,58 +298,6 @@ impl Room {
     /// The join counter (see `epoch`).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Answers step1: the updates the peer lacks, queued while no update can commit, so
-    /// later updates reach the peer after it. Joiners with an empty state vector share one
-    /// encoding of the full state.
-    pub async fn step2(&self, sv: StateVector, out: &Outbox) {
-        if sv == StateVector::default() {
-            let mut cache = self.full_state.lock().await;
-            let txn = self.doc.doc().transact();
-            let version = self.version.load(Ordering::Acquire);
-            let frame = match &*cache {
-                Some((v, frame)) if *v == version => frame.clone(),
-                _ => {
-                    let frame = protocol::step2(&txn.encode_state_as_update_v1(&sv));
-                    *cache = Some((version, frame.clone()));
-                    frame
-                }
-            };
-            out.push(Out::Frame(frame));
-        } else {
-            let txn = self.doc.doc().transact();
-            out.push(Out::Frame(protocol::step2(
-                &txn.encode_state_as_update_v1(&sv),
-            )));
-        }
-    }
-
-    /// Applies an update from connection `conn`; the fan-out skips that connection. An
-    /// update the doc's own emitted update leaves part of (see
-    /// `storage::apply_untrusted`) is also fanned out as received.
-    pub fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
-        let origin = origin_of(conn);
-        let incomplete = match &self.doc {
-            RoomDoc::Workspace(client) => client
-                .apply_update_from(update, origin.clone())
-                .map_err(|e| match e {
-                    crate::WorkspaceError::BadUpdate(m) => {
-                        (close::INVALID_PAYLOAD, format!("bad update: {m}"))
-                    }
-                    crate::WorkspaceError::Destroyed => {
-                        (close::GOING_AWAY, "the workspace is closing".into())
-                    }
-                    e => (close::INTERNAL_ERROR, e.to_string()),
-                })?,
-            RoomDoc::Dynamic(doc) => doc
-                .apply(update, origin.clone())
-                .map_err(|m| (close::INVALID_PAYLOAD, format!("bad update: {m}")))?,
-        };
-        if incomplete {
-            self.fan_out(Some(&origin), update);
-        }
-        Ok(())
     }
 
     /// Applies an awareness update from `conn` and sends it to every connection, the

@@ -231,6 +231,36 @@ impl WorkspaceClient {
         Ok(incomplete)
     }
 
+    /// [`WorkspaceClient::apply_update_from`] if no transaction is open on the doc now;
+    /// `None` (nothing done) otherwise, so an async worker never waits for the doc. It does
+    /// not settle: see [`WorkspaceClient::is_settled`].
+    pub(crate) fn try_apply_update_from(
+        &self,
+        bytes: &[u8],
+        origin: impl Into<yrs::Origin>,
+    ) -> Option<Result<bool, WorkspaceError>> {
+        let core = &self.inner.core;
+        if let Err(e) = core.check_alive() {
+            return Some(Err(e));
+        }
+        let applied = {
+            let mut txn = core.doc.try_transact_mut_with(origin).ok()?;
+            crate::storage::decode_update(bytes)
+                .and_then(|update| crate::storage::apply_untrusted(&mut txn, update))
+                .map_err(WorkspaceError::BadUpdate)
+        };
+        if let Ok(true) = applied {
+            self.inner.storage.append(bytes.to_vec(), Vec::new());
+        }
+        Some(applied)
+    }
+
+    /// Whether [`WorkspaceClient::settle`] has nothing to do, if that can be told without
+    /// waiting for the doc (`None` while a transaction is open).
+    pub(crate) fn is_settled(&self) -> Option<bool> {
+        self.inner.core.is_settled()
+    }
+
     /// Deletes LWW losers left by updates applied to the doc directly. Table and KV writes
     /// and [`WorkspaceClient::apply_update`] do this on their own.
     pub fn settle(&self) {
