@@ -192,8 +192,8 @@ pub(crate) struct Room {
     /// The full state as a step2 frame, for joiners with an empty state vector.
     full_state: tokio::sync::Mutex<Option<(u64, Bytes)>>,
     /// About the doc's full state's encoded size: measured at each full encoding, plus the
-    /// bytes of every update since (`UNKNOWN_SIZE` until measured). Written only under the
-    /// doc's lock (in a commit, or with a read transaction open).
+    /// bytes of every update since (`UNKNOWN_SIZE` until measured). Only an estimate: an
+    /// update fanned out as received (outside the commit) may race and be left out.
     size: AtomicU64,
     /// Bumped by every join; an eviction timer only fires if no one joined since.
     epoch: AtomicU64,
