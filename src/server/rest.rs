@@ -192,3 +192,52 @@ async fn remove(
     client.flush().await?;
     Ok(data(StatusCode::OK, json!({ "id": id })))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::workspace::core::lock;
+    use crate::workspace::{id, text, WorkspaceDefinition};
+
+    const GUARD: Duration = Duration::from_secs(10);
+
+    /// While a commit is indexing a table (here: its rows' lock held by another thread), a
+    /// read of it waits off the only worker, which goes on serving other tasks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_read_of_a_table_a_commit_holds_waits_off_the_worker() {
+        let client = WorkspaceDefinition::builder("blog")
+            .table("posts", [("id", id()), ("title", text())])
+            .build()
+            .unwrap()
+            .in_memory()
+            .create()
+            .await
+            .unwrap();
+        let table = client.table("posts").unwrap();
+        table.upsert(json!({"id": "p1", "title": "t"})).unwrap();
+        let (release, released) = mpsc::channel::<()>();
+        let (held, is_held) = mpsc::channel();
+        let core = table.core.clone();
+        let holder = std::thread::spawn(move || {
+            let _rows = lock(&core.tables[0].state);
+            held.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_held.recv().unwrap();
+        let reader = table.clone();
+        let read = tokio::spawn(async move { get_row(&reader, "p1").await });
+        // Waited for on this (non-worker) thread: a parked worker would never run it.
+        let (ran, has_run) = mpsc::channel();
+        tokio::spawn(async move { ran.send(()).unwrap() });
+        let other_task = has_run.recv_timeout(GUARD);
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(other_task.is_ok(), "the worker was parked by the read");
+        let row = tokio::time::timeout(GUARD, read).await.unwrap().unwrap();
+        assert!(matches!(row, Ok(RowResult::Valid(_))), "{row:?}");
+        client.destroy().await.unwrap();
+    }
+}
