@@ -161,3 +161,87 @@ async fn metrics_are_off_by_default_and_behind_auth() {
     );
     server.destroy().await.unwrap();
 }
+
+/// Connects to room `room` (already percent-encoded) and writes `text` into its doc,
+/// waiting for the SYNC_STATUS echo so it is applied.
+async fn write_room(addr: std::net::SocketAddr, room: &str, text: &str) {
+    use yrs::{ReadTxn, Text, Transact};
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/{room}/sync"))
+            .await
+            .unwrap();
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    t.insert(&mut doc.transact_mut(), 0, text);
+    let update = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let update = Message::Sync(SyncMessage::Update(update)).encode_v1();
+    let status = Message::Custom(102, vec![1]).encode_v1();
+    ws.send(Ws::Binary(update.into())).await.unwrap();
+    ws.send(Ws::Binary(status.clone().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(b))) if b[..] == status[..] => break,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_room_names_neither_break_the_scrape_nor_add_series() {
+    use openmetrics_parser::{openmetrics::parse_openmetrics, OpenMetricsValue};
+    // A workspace id is the server's choice, but may hold any character: escaped.
+    let odd = "odd\"}\\ws\nx";
+    let client = WorkspaceDefinition::builder(odd)
+        .table("posts", [("id", id())])
+        .build()
+        .unwrap()
+        .in_memory()
+        .create()
+        .await
+        .unwrap();
+    let options = ServerOptions::default()
+        .port(0)
+        .metrics(true)
+        .dynamic_docs(true);
+    let server = create_server([client], options).unwrap();
+    let addr = server.start().await.unwrap();
+    // `x"} 1\nepicenter_forged 1\n` and `a\b`, then 30 more client-chosen names.
+    write_room(addr, "x%22%7D%201%0Aepicenter_forged%201%0A", "hostile").await;
+    write_room(addr, "a%5Cb", "backslash").await;
+    for i in 0..30 {
+        write_room(addr, &format!("room-{i}"), "plain").await;
+    }
+
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e:?} in:\n{text}"));
+    assert!(
+        !scrape.families.keys().any(|name| name.contains("forged")),
+        "{text}"
+    );
+    let docs = &scrape.families["epicenter_doc_bytes"];
+    let series: Vec<_> = docs.iter_samples().collect();
+    assert_eq!(series.len(), 1, "only the workspace has a series: {text}");
+    let labels = series[0].get_labelset().unwrap();
+    assert_eq!(
+        labels.get_label_value("doc"),
+        Some(odd),
+        "read back unescaped"
+    );
+    let dynamic = &scrape.families["epicenter_dynamic_doc_bytes"];
+    let samples: Vec<_> = dynamic.iter_samples().collect();
+    assert_eq!(samples.len(), 1, "{text}");
+    let OpenMetricsValue::Gauge(total) = &samples[0].value else {
+        panic!("{:?}", samples[0].value)
+    };
+    // 32 docs of at least their text each.
+    assert!(total.as_f64() >= 32.0 * 5.0, "{text}");
+    server.destroy().await.unwrap();
+}

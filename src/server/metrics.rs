@@ -1,6 +1,11 @@
 //! The opt-in `/metrics` route: Prometheus (OpenMetrics) text with the server's rooms,
 //! connections, messages and bytes, slow-consumer closes, auth failures, REST requests
 //! by status, storage commits (latency histogram, failures) and doc sizes.
+//!
+//! Label values are escaped (the encoder writes them as given), and only names the server
+//! chose become labels: each workspace's doc has its own series, while dynamic docs, named
+//! by whoever connects, are summed into one (a series per room name would let clients grow
+//! the scrape without bound). A scrape runs on a blocking thread: it may measure docs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::doc_sizes::DocSizes;
 use super::ServerState;
 use crate::storage::COMMITS;
 use crate::sync::SyncHub;
@@ -38,7 +44,10 @@ impl Metrics {
             "HTTP requests answered, by status",
             http.clone(),
         );
-        registry.register_collector(Box::new(SyncCollector { hub }));
+        registry.register_collector(Box::new(SyncCollector {
+            hub,
+            sizes: DocSizes::default(),
+        }));
         Metrics { registry, http }
     }
 
@@ -50,9 +59,29 @@ impl Metrics {
 }
 
 /// Reads the sync and storage counters at each scrape.
-#[derive(Debug)]
 struct SyncCollector {
     hub: Arc<SyncHub>,
+    sizes: DocSizes,
+}
+
+impl std::fmt::Debug for SyncCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncCollector").finish_non_exhaustive()
+    }
+}
+
+/// A label value escaped as the text format wants it (backslash, double quote, newline).
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn counter(
@@ -155,25 +184,38 @@ impl Collector for SyncCollector {
             None,
         )?;
 
-        let sizes = self.hub.doc_sizes();
+        let sizes = self.sizes.sizes(self.hub.docs());
         let mut family = encoder.encode_descriptor(
             "doc_bytes",
-            "Size of each loaded doc's full state, encoded",
+            "Size of each workspace doc's full state, encoded (re-measured at most once a \
+             minute; in between, plus the bytes of the updates since)",
             None,
             MetricType::Gauge,
         )?;
-        for (doc, bytes) in sizes {
-            let labels: Labels = vec![("doc".into(), doc)];
+        let mut dynamic = 0;
+        for (doc, is_dynamic, bytes) in sizes {
+            if is_dynamic {
+                dynamic += bytes;
+                continue;
+            }
+            let labels: Labels = vec![("doc".into(), escape(&doc))];
             ConstGauge::new(bytes as i64).encode(family.encode_family(&labels)?)?;
         }
+        gauge(
+            &mut encoder,
+            "dynamic_doc_bytes",
+            "Size of all loaded dynamic docs together, measured as doc_bytes",
+            dynamic as i64,
+        )?;
         Ok(())
     }
 }
 
 /// `GET /metrics`.
 pub(crate) async fn scrape(State(state): State<ServerState>) -> Response {
-    match state.inner.metrics.render() {
-        Ok(text) => (
+    let rendered = tokio::task::spawn_blocking(move || state.inner.metrics.render()).await;
+    match rendered {
+        Ok(Ok(text)) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -181,7 +223,7 @@ pub(crate) async fn scrape(State(state): State<ServerState>) -> Response {
             text,
         )
             .into_response(),
-        Err(_) => super::ApiError::new(
+        Ok(Err(_)) | Err(_) => super::ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "cannot encode the metrics",
         )

@@ -8,8 +8,10 @@
 
 mod auth;
 mod discovery;
+mod doc_sizes;
 mod docs;
 mod error;
+mod linger;
 mod metrics;
 pub(crate) mod openapi;
 mod options;
@@ -347,7 +349,9 @@ impl Server {
 /// Accepts connections and serves `app` on each (HTTP/1 with upgrades, or HTTP/2) until
 /// `stop` turns true; then stops accepting, lets every connection finish the requests it
 /// is serving, and returns once they are done (upgraded sync connections are the hub's).
-/// Like `axum::serve`, plus TCP_NODELAY and a deadline for request headers.
+/// Like `axum::serve`, plus TCP_NODELAY, a deadline for request headers, and a lingering
+/// close (see [`linger`]), so a client still sending a body the server refused reads the
+/// answer instead of a reset.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -404,19 +408,25 @@ async fn serve(
                 );
                 return;
             }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            let mut connection = std::pin::pin!(connection);
-            let finished = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                _ = stop.wait_for(|stopped| *stopped) => None,
-            };
-            let result = match finished {
-                Some(result) => result,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let (tcp, returned) = linger::Returning::new(tcp);
+            // In a block, so hyper's connection (and with it the stream) is dropped before
+            // the linger.
+            let result = {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                let mut connection = std::pin::pin!(connection);
+                let finished = tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    _ = stop.wait_for(|stopped| *stopped) => None,
+                };
+                match finished {
+                    Some(result) => result,
+                    None => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
             };
+            linger::linger(&returned, &mut stop).await;
             let Err(e) = result else { return };
             let timed_out = e
                 .downcast_ref::<hyper::Error>()

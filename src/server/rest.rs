@@ -6,6 +6,10 @@
 //! is applied (503, `"applied": false`) once too much waits, or answered 503
 //! (`"applied": true`) when it is not durable within `write_durability_timeout`; both with
 //! `Retry-After`.
+//!
+//! Writes wait for the doc's lock, which a big sync update can hold for seconds, so they
+//! run on a blocking thread; reads run on the spot unless a commit is indexing the table,
+//! and then on a blocking thread too. The async workers never wait for a doc.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -46,6 +50,25 @@ fn table(
         .table(name)
         .map_err(|_| ApiError::not_found(format!("unknown table `{name}` in workspace `{ws}`")))?;
     Ok((client.clone(), table))
+}
+
+/// Runs table work that may wait for the doc on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        tracing::error!(error = %e, "a table operation failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed")
+    })
+}
+
+/// One row, read on the spot unless a commit holds the table's rows.
+async fn get_row(table: &TableHandle, id: &str) -> Result<RowResult, ApiError> {
+    if let Some(row) = table.try_get(id) {
+        return Ok(row);
+    }
+    let (table, id) = (table.clone(), id.to_string());
+    blocking(move || table.get(&id)).await
 }
 
 /// The success envelope `{"data": ...}`, written straight into the body.
@@ -92,7 +115,11 @@ async fn list(
     let Path((ws, name)) = path.map_err(ApiError::from_rejection)?;
     let Query(page) = page.map_err(ApiError::from_rejection)?;
     let (_, table) = table(&state, &ws, &name)?;
-    let rows = table.page_valid(page.offset.unwrap_or(0), page.limit.unwrap_or(usize::MAX));
+    let (offset, limit) = (page.offset.unwrap_or(0), page.limit.unwrap_or(usize::MAX));
+    let rows = match table.try_page_valid(offset, limit) {
+        Some(rows) => rows,
+        None => blocking(move || table.page_valid(offset, limit)).await?,
+    };
     Ok(data(
         StatusCode::OK,
         Value::Array(rows.into_iter().map(Value::Object).collect()),
@@ -105,7 +132,7 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
     let (_, table) = table(&state, &ws, &name)?;
-    match table.get(&id) {
+    match get_row(&table, &id).await? {
         RowResult::Valid(row) => Ok(data(StatusCode::OK, Value::Object(row))),
         RowResult::Invalid { row, issues, .. } => Err(ApiError::invalid(
             format!("row `{id}` is stored but does not match the schema of `{name}`"),
@@ -132,9 +159,10 @@ async fn create(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_default();
-    let created = table.upsert(body)?;
+    let writer = table.clone();
+    let created = blocking(move || writer.upsert(body)).await??;
     durable(&state, &client).await?;
-    let row = match table.get(&id) {
+    let row = match get_row(&table, &id).await? {
         RowResult::Valid(row) => Value::Object(row),
         _ => Value::Null,
     };
@@ -158,7 +186,7 @@ async fn update(
     if let Value::Object(fields) = &mut body {
         fields.remove(table.definition().id_field());
     }
-    let row = table.update(&id, body)?;
+    let row = blocking(move || table.update(&id, body)).await??;
     durable(&state, &client).await?;
     Ok(data(StatusCode::OK, Value::Object(row)))
 }
@@ -169,11 +197,61 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let Path((ws, name, id)) = path.map_err(ApiError::from_rejection)?;
     let (client, table) = table(&state, &ws, &name)?;
-    if !table.delete(&id)? {
+    let (writer, row) = (table.clone(), id.clone());
+    if !blocking(move || writer.delete(&row)).await?? {
         return Err(ApiError::not_found(format!(
             "no row `{id}` in table `{name}`"
         )));
     }
     durable(&state, &client).await?;
     Ok(data(StatusCode::OK, json!({ "id": id })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::workspace::core::lock;
+    use crate::workspace::{id, text, WorkspaceDefinition};
+
+    const GUARD: Duration = Duration::from_secs(10);
+
+    /// While a commit is indexing a table (here: its rows' lock held by another thread), a
+    /// read of it waits off the only worker, which goes on serving other tasks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_read_of_a_table_a_commit_holds_waits_off_the_worker() {
+        let client = WorkspaceDefinition::builder("blog")
+            .table("posts", [("id", id()), ("title", text())])
+            .build()
+            .unwrap()
+            .in_memory()
+            .create()
+            .await
+            .unwrap();
+        let table = client.table("posts").unwrap();
+        table.upsert(json!({"id": "p1", "title": "t"})).unwrap();
+        let (release, released) = mpsc::channel::<()>();
+        let (held, is_held) = mpsc::channel();
+        let core = table.core.clone();
+        let holder = std::thread::spawn(move || {
+            let _rows = lock(&core.tables[0].state);
+            held.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_held.recv().unwrap();
+        let reader = table.clone();
+        let read = tokio::spawn(async move { get_row(&reader, "p1").await });
+        // Waited for on this (non-worker) thread: a parked worker would never run it.
+        let (ran, has_run) = mpsc::channel();
+        tokio::spawn(async move { ran.send(()).unwrap() });
+        let other_task = has_run.recv_timeout(GUARD);
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(other_task.is_ok(), "the worker was parked by the read");
+        let row = tokio::time::timeout(GUARD, read).await.unwrap().unwrap();
+        assert!(matches!(row, Ok(RowResult::Valid(_))), "{row:?}");
+        client.destroy().await.unwrap();
+    }
 }

@@ -206,7 +206,7 @@ async fn serve(
 
 /// Handles one inbound frame.
 async fn handle(
-    room: &Room,
+    room: &Arc<Room>,
     conn: u64,
     out: &Outbox,
     frame: Bytes,
@@ -227,7 +227,7 @@ async fn handle(
                 Err((close::FORBIDDEN, READ_ONLY.into()))
             }
         },
-        Ok(Inbound::Update(update)) => room.apply(conn, &update),
+        Ok(Inbound::Update(update)) => room.apply(conn, update).await,
         Ok(Inbound::Awareness(update)) => room.apply_awareness(conn, update, frame),
         Ok(Inbound::QueryAwareness) => {
             room.send_awareness(out);

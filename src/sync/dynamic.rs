@@ -63,12 +63,27 @@ impl DynamicDoc {
     /// ([`WorkspaceError::Destroyed`]) or while its storage cannot take more
     /// ([`StorageError::Unavailable`]).
     pub fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, WorkspaceError> {
-        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin, || {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(WorkspaceError::Destroyed);
-            }
-            Ok(())
-        })
+        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin, || self.alive())
+    }
+
+    /// [`DynamicDoc::apply`] if no transaction is open on the doc now; `None` (nothing
+    /// done) otherwise.
+    pub fn try_apply(&self, bytes: &[u8], origin: Origin) -> Option<Result<bool, WorkspaceError>> {
+        let update = match crate::storage::decode_update(bytes) {
+            Ok(update) => update,
+            Err(e) => return Some(Err(WorkspaceError::BadUpdate(e))),
+        };
+        let mut txn = self.doc.try_transact_mut_with(origin).ok()?;
+        Some(keep_in(&mut txn, self.storage.as_ref(), bytes, update, || {
+            self.alive()
+        }))
+    }
+
+    fn alive(&self) -> Result<(), WorkspaceError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(WorkspaceError::Destroyed);
+        }
+        Ok(())
     }
 
     /// Resolves once everything applied so far is durable.
@@ -107,11 +122,27 @@ pub(crate) fn apply_and_keep(
     alive: impl FnOnce() -> Result<(), WorkspaceError>,
 ) -> Result<bool, WorkspaceError> {
     let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
-    let mut txn = doc.transact_mut_with(origin);
+    keep_in(
+        &mut doc.transact_mut_with(origin),
+        storage,
+        bytes,
+        update,
+        alive,
+    )
+}
+
+/// [`apply_and_keep`] in an open write transaction.
+fn keep_in(
+    txn: &mut yrs::TransactionMut,
+    storage: &dyn DocStorage,
+    bytes: &[u8],
+    update: yrs::Update,
+    alive: impl FnOnce() -> Result<(), WorkspaceError>,
+) -> Result<bool, WorkspaceError> {
     alive()?;
     storage.admit()?;
     let incomplete =
-        crate::storage::apply_untrusted(&mut txn, update).map_err(WorkspaceError::BadUpdate)?;
+        crate::storage::apply_untrusted(txn, update).map_err(WorkspaceError::BadUpdate)?;
     if incomplete {
         storage.append(bytes.to_vec(), Vec::new());
     }

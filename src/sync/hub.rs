@@ -157,18 +157,13 @@ impl SyncHub {
         }
     }
 
-    /// The encoded full-state size of every workspace doc and loaded dynamic doc.
-    pub(crate) fn doc_sizes(&self) -> Vec<(String, usize)> {
-        use yrs::{ReadTxn, StateVector, Transact};
-        let size = |doc: &yrs::Doc| {
-            doc.transact()
-                .encode_state_as_update_v1(&StateVector::default())
-                .len()
-        };
-        let mut sizes: Vec<(String, usize)> = self
+    /// Every workspace doc and every loaded dynamic doc, with its id and whether it is
+    /// dynamic (for the metrics, which measure them off the async workers).
+    pub(crate) fn docs(&self) -> Vec<(String, bool, yrs::Doc)> {
+        let mut docs: Vec<(String, bool, yrs::Doc)> = self
             .clients
             .iter()
-            .map(|(id, client)| (id.clone(), size(client.doc())))
+            .map(|(id, client)| (id.clone(), false, client.doc().clone()))
             .collect();
         let entries: Vec<(String, Arc<Entry>)> = lock(&self.rooms)
             .iter()
@@ -179,11 +174,11 @@ impl SyncHub {
             // A room being loaded or evicted is skipped this time.
             if let Ok(slot) = entry.slot.try_lock() {
                 if let Slot::Live(room) = &*slot {
-                    sizes.push((id, size(room.doc())));
+                    docs.push((id, true, room.doc().clone()));
                 }
             }
         }
-        sizes
+        docs
     }
 
     /// Ids of the rooms loaded now, sorted.

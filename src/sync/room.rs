@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
-use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact};
+use yrs::{ClientID, Doc, Origin, ReadTxn, Transact};
 
 use super::awareness::{AwarenessStates, Change};
 use super::dynamic::DynamicDoc;
@@ -18,6 +18,8 @@ use crate::storage::BoxFuture;
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
+mod doc_work;
+
 /// Key of the room's update observer on its doc.
 const ROOM_OBSERVER: &str = "epicenter-sync";
 
@@ -27,6 +29,9 @@ const ORIGIN_PREFIX: &[u8; 3] = b"\xECws";
 
 /// A v1 update with no items and no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// `Room::size` before the doc's size is known.
+const UNKNOWN_SIZE: u64 = u64::MAX;
 
 fn origin_of(conn: u64) -> Origin {
     let mut bytes = [0u8; 11];
@@ -93,6 +98,10 @@ pub(crate) struct Room {
     version: AtomicU64,
     /// The full state as a step2 frame, for joiners with an empty state vector.
     full_state: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    /// About the doc's full state's encoded size: measured at each full encoding, plus the
+    /// bytes of every update since (`UNKNOWN_SIZE` until measured). Only an estimate: an
+    /// update fanned out as received (outside the commit) may race and be left out.
+    size: AtomicU64,
     /// Bumped by every join; an eviction timer only fires if no one joined since.
     epoch: AtomicU64,
     /// Most awareness states one connection may have present (`max_awareness_states`).
@@ -112,6 +121,7 @@ impl Room {
             members: Mutex::default(),
             version: AtomicU64::new(0),
             full_state: tokio::sync::Mutex::new(None),
+            size: AtomicU64::new(UNKNOWN_SIZE),
             epoch: AtomicU64::new(0),
             max_awareness,
         });
@@ -130,6 +140,11 @@ impl Room {
     /// Runs inside the doc's commit, so every connection gets updates in commit order.
     fn fan_out(&self, origin: Option<&Origin>, update: &[u8]) {
         self.version.fetch_add(1, Ordering::AcqRel);
+        let size = self.size.load(Ordering::Acquire);
+        if size != UNKNOWN_SIZE {
+            self.size
+                .store(size.saturating_add(update.len() as u64), Ordering::Release);
+        }
         if update == EMPTY_UPDATE {
             // Nothing the peers lack (a transaction that changed nothing, or one whose
             // items are not covered by the state vector: those go out as received).
@@ -196,59 +211,6 @@ impl Room {
     /// The join counter (see `epoch`).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Answers step1: the updates the peer lacks, queued while no update can commit, so
-    /// later updates reach the peer after it. Joiners with an empty state vector share one
-    /// encoding of the full state.
-    pub async fn step2(&self, sv: StateVector, out: &Outbox) {
-        if sv == StateVector::default() {
-            let mut cache = self.full_state.lock().await;
-            let txn = self.doc.doc().transact();
-            let version = self.version.load(Ordering::Acquire);
-            let frame = match &*cache {
-                Some((v, frame)) if *v == version => frame.clone(),
-                _ => {
-                    let frame = protocol::step2(&txn.encode_state_as_update_v1(&sv));
-                    *cache = Some((version, frame.clone()));
-                    frame
-                }
-            };
-            out.push(Out::Frame(frame));
-        } else {
-            let txn = self.doc.doc().transact();
-            out.push(Out::Frame(protocol::step2(
-                &txn.encode_state_as_update_v1(&sv),
-            )));
-        }
-    }
-
-    /// Applies an update from connection `conn`; the fan-out skips that connection. An
-    /// update the doc's own emitted update leaves part of (see
-    /// `storage::apply_untrusted`) is also fanned out as received.
-    pub fn apply(&self, conn: u64, update: &[u8]) -> Result<(), (u16, String)> {
-        use crate::WorkspaceError as E;
-        let origin = origin_of(conn);
-        let applied = match &self.doc {
-            RoomDoc::Workspace(client) => client.apply_update_from(update, origin.clone()),
-            RoomDoc::Dynamic(doc) => doc.apply(update, origin.clone()),
-        };
-        let incomplete = applied.map_err(|e| match e {
-            E::BadUpdate(m) => (close::INVALID_PAYLOAD, format!("bad update: {m}")),
-            E::Destroyed | E::Storage(StorageError::Closed) => {
-                (close::GOING_AWAY, "the doc is closing".into())
-            }
-            // Not applied: the client keeps the update and sends it again when it resyncs.
-            E::Storage(StorageError::Unavailable { .. }) => (
-                close::TRY_AGAIN_LATER,
-                "storage is unavailable; try again later".into(),
-            ),
-            e => (close::INTERNAL_ERROR, e.to_string()),
-        })?;
-        if incomplete {
-            self.fan_out(Some(&origin), update);
-        }
-        Ok(())
     }
 
     /// Whether `update` would change the doc (see `read_only`): what a read-only

@@ -217,20 +217,54 @@ impl WorkspaceClient {
         let core = &self.inner.core;
         core.check_alive()?;
         let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
-        let incomplete = {
-            let mut txn = core.doc.transact_mut_with(origin);
-            // Under the write lock, so destroy() cannot be halfway (see Core::admit_write).
-            core.admit_write()?;
-            let incomplete = crate::storage::apply_untrusted(&mut txn, update)
-                .map_err(WorkspaceError::BadUpdate)?;
-            if incomplete {
-                // Still under the lock: stored before destroy() can close the storage.
-                self.inner.storage.append(bytes.to_vec(), Vec::new());
-            }
-            incomplete
-        };
+        let incomplete = self.apply_in(&mut core.doc.transact_mut_with(origin), bytes, update)?;
         self.settle();
         Ok(incomplete)
+    }
+
+    /// [`WorkspaceClient::apply_update_from`] if no transaction is open on the doc now;
+    /// `None` (nothing done) otherwise, so an async worker never waits for the doc. It does
+    /// not settle: see [`WorkspaceClient::is_settled`].
+    pub(crate) fn try_apply_update_from(
+        &self,
+        bytes: &[u8],
+        origin: impl Into<yrs::Origin>,
+    ) -> Option<Result<bool, WorkspaceError>> {
+        let core = &self.inner.core;
+        if let Err(e) = core.check_alive() {
+            return Some(Err(e));
+        }
+        let update = match crate::storage::decode_update(bytes) {
+            Ok(update) => update,
+            Err(e) => return Some(Err(WorkspaceError::BadUpdate(e))),
+        };
+        let mut txn = core.doc.try_transact_mut_with(origin).ok()?;
+        Some(self.apply_in(&mut txn, bytes, update))
+    }
+
+    /// Applies a decoded update in `txn` (the doc's write lock), checking first, under that
+    /// lock, that the client is alive and its storage admits the write, so destroy() cannot
+    /// be halfway (see `Core::admit_write`); an update the emitted one may leave part of is
+    /// stored as received, still under the lock.
+    fn apply_in(
+        &self,
+        txn: &mut yrs::TransactionMut,
+        bytes: &[u8],
+        update: yrs::Update,
+    ) -> Result<bool, WorkspaceError> {
+        self.inner.core.admit_write()?;
+        let incomplete =
+            crate::storage::apply_untrusted(txn, update).map_err(WorkspaceError::BadUpdate)?;
+        if incomplete {
+            self.inner.storage.append(bytes.to_vec(), Vec::new());
+        }
+        Ok(incomplete)
+    }
+
+    /// Whether [`WorkspaceClient::settle`] has nothing to do, if that can be told without
+    /// waiting for the doc (`None` while a transaction is open).
+    pub(crate) fn is_settled(&self) -> Option<bool> {
+        self.inner.core.is_settled()
     }
 
     /// Deletes LWW losers left by updates applied to the doc directly. Table and KV writes

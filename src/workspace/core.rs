@@ -28,6 +28,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`lock`] without waiting: `None` while another thread holds the mutex.
+pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 type RowCallback = Arc<dyn Fn(&BTreeSet<String>) + Send + Sync>;
 
 /// A registered observer; dropping it unregisters the callback.
@@ -508,6 +517,26 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Whether [`Core::settle`] has nothing to do (no array holds wide text, no index holds
+    /// LWW losers), if that can be told without waiting: `None` while a transaction is open.
+    /// With the read transaction held no commit runs, so the index locks are free but for
+    /// a reader's moment.
+    pub fn is_settled(&self) -> Option<bool> {
+        let _txn = self.doc.try_transact().ok()?;
+        let wide = self
+            .tables
+            .iter()
+            .map(|t| &t.array)
+            .chain(std::iter::once(&self.kv.array))
+            .any(holds_wide_text);
+        let dirty = self
+            .tables
+            .iter()
+            .any(|t| lock(&t.state).index.has_duplicates())
+            || lock(&self.kv.state).has_duplicates();
+        Some(!wide && !dirty)
     }
 
     /// Deletes LWW losers left by remote or loaded updates (one transaction, if any).

@@ -4,8 +4,8 @@
 //! ([`id`], [`text`], ...) or read from JSON ([`WorkspaceDefinition::from_json`]), and it
 //! drives everything generated at runtime: validation, the REST routes, OpenAPI and the
 //! SQL mirror. Building checks the rules that would otherwise surface far away (exactly one
-//! `id` field per table, defaults that match their field), and every error names the table
-//! and field it is about.
+//! `id` field per table, defaults that match their field, names SQL can tell apart), and
+//! every error names the table and field it is about.
 
 use serde_json::{Map, Value};
 
@@ -280,7 +280,25 @@ impl WorkspaceDefinition {
         self.kv.iter().find(|k| k.key == key)
     }
 
-    /// Checks every rule a definition must follow.
+    /// Checks every rule a definition must follow: a non-empty workspace id; table, field
+    /// and KV names non-empty and unique; exactly one `id` field per table, neither
+    /// nullable nor defaulted; valid `select` options, JSON Schemas and defaults. Because
+    /// tables and fields are also SQL tables and columns (the SQLite mirror), and SQL takes
+    /// names that differ only in ASCII letter case for one, two tables, or two fields of one
+    /// table, may not differ only in letter case (`Posts` and `posts`), and table names may
+    /// not start with `_epicenter` or `sqlite_` in any letter case (the storage's and
+    /// SQLite's own tables). Errors name the table, field or key.
+    ///
+    /// ```
+    /// use epicenter_server::workspace::{id, WorkspaceDefinition};
+    ///
+    /// let err = WorkspaceDefinition::builder("blog")
+    ///     .table("Posts", [("id", id())])
+    ///     .table("posts", [("id", id())])
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().starts_with("table `posts`: the name differs from table `Posts`"));
+    /// ```
     pub fn check(&self) -> Result<(), DefinitionError> {
         if self.id.is_empty() {
             return Err(DefinitionError::Workspace(
@@ -298,6 +316,18 @@ impl WorkspaceDefinition {
             }
             if !seen.insert(table.name.as_str()) {
                 return Err(terr("the table is defined twice".into()));
+            }
+            if let Some(prefix) = reserved_prefix(&table.name) {
+                return Err(terr(format!(
+                    "table names starting with `{prefix}` (in any letter case) are reserved \
+                     for the storage's own SQL tables"
+                )));
+            }
+            if let Some(other) = same_sql_name(&self.tables, table, |t| &t.name) {
+                return Err(terr(format!(
+                    "the name differs from table `{other}` only in letter case, and SQL \
+                     (the SQLite mirror) would take both for one table"
+                )));
             }
             let ids = table
                 .fields
@@ -321,6 +351,12 @@ impl WorkspaceDefinition {
                 }
                 if !names.insert(field.name.as_str()) {
                     return Err(ferr("the field is defined twice".into()));
+                }
+                if let Some(other) = same_sql_name(&table.fields, field, |f| &f.name) {
+                    return Err(ferr(format!(
+                        "the name differs from field `{other}` only in letter case, and SQL \
+                         (the SQLite mirror) would take both for one column"
+                    )));
                 }
                 if field.spec.kind == FieldType::Id
                     && (field.spec.nullable || field.spec.default.is_some())
@@ -443,6 +479,29 @@ impl WorkspaceDefinition {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&self.to_value()).unwrap_or_default()
     }
+}
+
+/// Prefixes of table names the SQLite storage keeps for itself: its own tables
+/// (`_epicenter_log`, ...) and SQLite's (`sqlite_master`, ...). SQL compares names
+/// ignoring ASCII letter case, so the prefixes are matched that way too.
+const RESERVED_TABLE_PREFIXES: [&str; 2] = ["_epicenter", "sqlite_"];
+
+/// The reserved prefix `name` starts with, if any.
+fn reserved_prefix(name: &str) -> Option<&'static str> {
+    RESERVED_TABLE_PREFIXES.into_iter().find(|prefix| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    })
+}
+
+/// An item declared before `item` whose name SQL would take for the same identifier
+/// (SQLite folds ASCII letter case in identifiers, nothing else).
+fn same_sql_name<'a, T>(items: &'a [T], item: &T, name: impl Fn(&T) -> &str) -> Option<&'a str> {
+    items
+        .iter()
+        .take_while(|other| !std::ptr::eq(*other, item))
+        .map(&name)
+        .find(|other| other.eq_ignore_ascii_case(name(item)))
 }
 
 fn check_spec(spec: &FieldSpec) -> Result<(), String> {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::core::{lock, Core, RowResult, Subscription, TableCore, WritePlan};
+use super::core::{
+    lock, try_lock, Core, RowResult, Subscription, TableCore, TableState, WritePlan,
+};
 use super::definition::TableDefinition;
 use super::validate::{complete_row, validate_row, Issue, Row};
 use super::value::json_to_any;
@@ -228,17 +230,22 @@ impl TableHandle {
     /// Valid rows ordered by id, skipping `offset` and returning at most `limit`.
     pub fn page_valid(&self, offset: usize, limit: usize) -> Vec<Row> {
         let table = self.table();
-        let state = lock(&table.state);
-        state
-            .rows
-            .iter()
-            .filter_map(|(id, cells)| match table.read(id, Some(cells)) {
-                RowResult::Valid(row) => Some(row),
-                _ => None,
-            })
-            .skip(offset)
-            .take(limit)
-            .collect()
+        page(table, &lock(&table.state), offset, limit)
+    }
+
+    /// [`TableHandle::get`] if the rows are free now: `None` while a commit is indexing
+    /// this table (a big one takes a while), so an async task can go elsewhere to wait.
+    pub(crate) fn try_get(&self, id: &str) -> Option<RowResult> {
+        let table = self.table();
+        let state = try_lock(&table.state)?;
+        Some(table.read(id, state.rows.get(id)))
+    }
+
+    /// [`TableHandle::page_valid`] if the rows are free now (see [`TableHandle::try_get`]).
+    pub(crate) fn try_page_valid(&self, offset: usize, limit: usize) -> Option<Vec<Row>> {
+        let table = self.table();
+        let state = try_lock(&table.state)?;
+        Some(page(table, &state, offset, limit))
     }
 
     /// Every stored row that does not match the schema, as [`RowResult::Invalid`].
@@ -312,4 +319,17 @@ impl TableHandle {
     {
         self.table().observers.add(Arc::new(f))
     }
+}
+
+fn page(table: &TableCore, state: &TableState, offset: usize, limit: usize) -> Vec<Row> {
+    state
+        .rows
+        .iter()
+        .filter_map(|(id, cells)| match table.read(id, Some(cells)) {
+            RowResult::Valid(row) => Some(row),
+            _ => None,
+        })
+        .skip(offset)
+        .take(limit)
+        .collect()
 }
