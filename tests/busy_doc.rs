@@ -76,10 +76,15 @@ fn setup() -> Setup {
 
 async fn open(addr: SocketAddr, room: &str) -> Socket {
     let url = format!("ws://{addr}/workspaces/{room}/sync");
-    let (ws, _) = tokio::time::timeout(GUARD, tokio_tungstenite::connect_async(url))
+    let (mut ws, _) = tokio::time::timeout(GUARD, tokio_tungstenite::connect_async(url))
         .await
         .expect("connected in time")
         .unwrap();
+    // The server's step 1 says the connection has joined its room.
+    assert!(
+        next_binary(&mut ws).await.starts_with(&[0, 0]),
+        "step 1 first"
+    );
     ws
 }
 

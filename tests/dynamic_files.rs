@@ -89,7 +89,7 @@ async fn visit_all(provider: Arc<dyn StorageProvider>, ids: &[&str], kept: &str)
     server.destroy().await.unwrap();
 }
 
-const IDS: [&str; 4] = ["r1", "r2", "kept", "r%20x"];
+const IDS: [&str; 4] = ["r1", "r2", "kept", "r-x.y"];
 
 #[tokio::test]
 async fn never_written_dynamic_docs_leave_no_file() {

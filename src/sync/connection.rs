@@ -218,7 +218,7 @@ async fn handle(
             room.step2(sv, out).await;
             Ok(())
         }
-        Ok(Inbound::Update(update)) if read_only => match room.changes(&update) {
+        Ok(Inbound::Update(update)) if read_only => match room.changes(update).await {
             Err(e) => Err((close::INVALID_PAYLOAD, format!("bad update: {e}"))),
             // What the doc already has: a read-only client's answer to step1.
             Ok(false) => Ok(()),

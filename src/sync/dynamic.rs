@@ -63,7 +63,9 @@ impl DynamicDoc {
     /// ([`WorkspaceError::Destroyed`]) or while its storage cannot take more
     /// ([`StorageError::Unavailable`]).
     pub fn apply(&self, bytes: &[u8], origin: Origin) -> Result<bool, WorkspaceError> {
-        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin, || self.alive())
+        apply_and_keep(&self.doc, self.storage.as_ref(), bytes, origin, || {
+            self.alive()
+        })
     }
 
     /// [`DynamicDoc::apply`] if no transaction is open on the doc now; `None` (nothing
@@ -74,9 +76,13 @@ impl DynamicDoc {
             Err(e) => return Some(Err(WorkspaceError::BadUpdate(e))),
         };
         let mut txn = self.doc.try_transact_mut_with(origin).ok()?;
-        Some(keep_in(&mut txn, self.storage.as_ref(), bytes, update, || {
-            self.alive()
-        }))
+        Some(keep_in(
+            &mut txn,
+            self.storage.as_ref(),
+            bytes,
+            update,
+            || self.alive(),
+        ))
     }
 
     fn alive(&self) -> Result<(), WorkspaceError> {

@@ -324,7 +324,7 @@ impl SyncHub {
                 tracing::warn!(room = id, "room connection limit reached");
                 return Err(JoinError::RoomFull);
             }
-            room.add(conn, out);
+            room.add(conn, out).await;
             return Ok((entry.clone(), room));
         }
     }

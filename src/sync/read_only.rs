@@ -11,9 +11,14 @@ use yrs::{Doc, ReadTxn, Transact};
 
 /// Whether applying `bytes` (a v1 update from a peer) would change `doc`. Malformed input is
 /// an error, as it is for a connection that may write.
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) fn changes(doc: &Doc, bytes: &[u8]) -> Result<bool, String> {
+    changes_in(&doc.transact(), bytes)
+}
+
+/// Whether applying `bytes` would change the doc `txn` reads.
+pub(crate) fn changes_in(txn: &yrs::Transaction, bytes: &[u8]) -> Result<bool, String> {
     let update = crate::storage::decode_update(bytes)?;
-    let txn = doc.transact();
     let have = txn.state_vector();
     // Items, deleted ones and garbage-collected ranges included: any clock past what the
     // doc has is new to it.

@@ -65,6 +65,28 @@ pub(crate) async fn in_write_txn<R: Send + 'static>(
         .map_err(|e| format!("the doc's transaction did not finish: {e}"))
 }
 
+/// Untrusted updates up to this size are read on the async worker when the doc is free.
+const INLINE_READ: usize = 64 * 1024;
+
+/// Runs `f` in a read transaction: on the spot when `inline` and no write transaction is
+/// open on the doc, else on a blocking thread, so an async worker never waits for the doc's
+/// lock (a big update can hold it for seconds).
+pub(crate) async fn with_read_txn<R: Send + 'static>(
+    doc: &Doc,
+    inline: bool,
+    f: impl FnOnce(&yrs::Transaction) -> R + Send + 'static,
+) -> Result<R, String> {
+    if inline {
+        if let Ok(txn) = doc.try_transact() {
+            return Ok(f(&txn));
+        }
+    }
+    let doc = doc.clone();
+    tokio::task::spawn_blocking(move || f(&doc.transact()))
+        .await
+        .map_err(|e| format!("the doc's transaction did not finish: {e}"))
+}
+
 /// The doc a room serves.
 pub(crate) enum RoomDoc {
     /// A workspace's doc (its client settles LWW cells and stores updates).
@@ -164,10 +186,17 @@ impl Room {
         }
     }
 
-    /// Adds a connection: sends it step1 and the awareness states.
-    pub fn add(&self, conn: u64, out: Outbox) {
+    /// Adds a connection: sends it step1 and the awareness states. Never waits for the doc
+    /// on an async worker.
+    pub async fn add(&self, conn: u64, out: Outbox) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        let sv = self.doc.doc().transact().state_vector();
+        let sv = match with_read_txn(self.doc.doc(), true, |txn| txn.state_vector()).await {
+            Ok(sv) => sv,
+            Err(e) => {
+                tracing::error!(room = %self.id, error = %e, "cannot read the state vector");
+                yrs::StateVector::default()
+            }
+        };
         out.push(Out::Frame(protocol::step1(&sv)));
         let all = lock(&self.awareness).all();
         if !all.clients.is_empty() {
@@ -214,9 +243,13 @@ impl Room {
     }
 
     /// Whether `update` would change the doc (see `read_only`): what a read-only
-    /// connection may not send.
-    pub fn changes(&self, update: &[u8]) -> Result<bool, String> {
-        super::read_only::changes(self.doc.doc(), update)
+    /// connection may not send. Never waits for the doc on an async worker.
+    pub async fn changes(&self, update: Vec<u8>) -> Result<bool, String> {
+        let inline = update.len() <= INLINE_READ;
+        with_read_txn(self.doc.doc(), inline, move |txn| {
+            super::read_only::changes_in(txn, &update)
+        })
+        .await?
     }
 
     /// Applies an awareness update from `conn` and sends it to every connection, the

@@ -128,9 +128,7 @@ impl Room {
             RoomDoc::Workspace(client) => client
                 .apply_update_from(update, origin.clone())
                 .map_err(workspace_error)?,
-            RoomDoc::Dynamic(doc) => doc
-                .apply(update, origin.clone())
-                .map_err(workspace_error)?,
+            RoomDoc::Dynamic(doc) => doc.apply(update, origin.clone()).map_err(workspace_error)?,
         };
         if incomplete {
             self.fan_out(Some(&origin), update);
