@@ -7,7 +7,7 @@
 #   DURATION=120 WARMUP=30 bash benches/soak/run.sh
 #   DATA=map AWARENESS_IDS=worker bash benches/soak/run.sh
 #
-# It runs the `churn` scenario of examples/sync_load.rs against a freshly started server
+# It runs the `churn` scenario of the load generator (loadgen/) against a freshly started server
 # (empty data directory), in four phases:
 #   1. warm-up   WARMUP=60 s of the same churn as phase 3 (allocator pools, the SQLite cache,
 #                the room's buffers reach their working size).
@@ -72,8 +72,10 @@ OUT=${OUT:-$(mktemp -t sync-soak.XXXXXX.jsonl)}
 ulimit -n "$(ulimit -Hn)"
 
 echo "building (release)..." >&2
-cargo build --release --example sync_load --example blog >&2
+cargo build --release -p epicenter-server --example blog >&2
+cargo build --release -p epicenter-loadgen >&2
 bin=${CARGO_TARGET_DIR:-target}/release/examples
+loadgen=${CARGO_TARGET_DIR:-target}/release/sync_load
 
 data=$(mktemp -d)
 server=
@@ -109,7 +111,7 @@ url="ws://127.0.0.1:$PORT/workspaces/blog/sync"
 echo "== churn against ours ($url): ${WARMUP} s warm-up, ${DURATION} s churn; server env: ${SERVER_ENV:-none}" >&2
 status=0
 # shellcheck disable=SC2086 # EXTRA_ARGS is split into flags on purpose
-"$bin/sync_load" churn --url "$url" --server-pid "$server" --threads "$THREADS" \
+"$loadgen" churn --url "$url" --server-pid "$server" --threads "$THREADS" \
   --workers "$WORKERS" --duration "$DURATION" --warmup "$WARMUP" --idle "$IDLE" \
   --edits "$EDITS" --data "$DATA" --keys "$KEYS" --awareness-ids "$AWARENESS_IDS" \
   --abrupt-every "$ABRUPT_EVERY" --sample-s "$SAMPLE" $EXTRA_ARGS | tee -a "$OUT" || status=1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WebSocket sync load: runs the `sync_load` example (examples/sync_load.rs) against our
+# WebSocket sync load: runs the load generator (`loadgen/`, binary `sync_load`) against our
 # server (the release `blog` example, workspace `blog`) or the reference y-websocket server
 # (@y/websocket-server from tests/js/node_modules: `npm ci --prefix tests/js` first).
 #
@@ -79,8 +79,10 @@ if [ "$target" = reference ] && [ ! -f "$reference_server" ]; then
 fi
 
 echo "building (release)..." >&2
-cargo build --release --example sync_load --example blog >&2
+cargo build --release -p epicenter-server --example blog >&2
+cargo build --release -p epicenter-loadgen >&2
 bin=${CARGO_TARGET_DIR:-target}/release/examples
+loadgen=${CARGO_TARGET_DIR:-target}/release/sync_load
 
 server=
 data=
@@ -146,7 +148,7 @@ for scenario in "${scenarios[@]}"; do
   fi
   echo "== $scenario against $target ($url)" >&2
   # shellcheck disable=SC2086 # EXTRA_ARGS is split into flags on purpose
-  if ! "$bin/sync_load" "$scenario" --url "$url" --server-pid "$server" --threads "$THREADS" \
+  if ! "$loadgen" "$scenario" --url "$url" --server-pid "$server" --threads "$THREADS" \
     "${flags[@]}" $EXTRA_ARGS | tee -a "$OUT"; then
     status=1
   fi

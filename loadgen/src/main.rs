@@ -4,9 +4,9 @@
 //!
 //! ```sh
 //! # our server (the `blog` example serves workspace `blog`)
-//! cargo run --release --example sync_load -- fanout --url ws://127.0.0.1:3913/workspaces/blog/sync
+//! cargo run --release -p epicenter-loadgen -- fanout --url ws://127.0.0.1:3913/workspaces/blog/sync
 //! # the reference server: the room is the URL path
-//! cargo run --release --example sync_load -- fanout --url ws://127.0.0.1:1234/bench
+//! cargo run --release -p epicenter-loadgen -- fanout --url ws://127.0.0.1:1234/bench
 //! ```
 //!
 //! `benches/sync/run.sh` starts either server and runs every scenario with the default sizes.
