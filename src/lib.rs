@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod error;

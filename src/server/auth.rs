@@ -25,19 +25,8 @@ use axum::Router;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, ServerState};
+pub use crate::access::Access;
 use crate::storage::BoxFuture;
-
-/// What a request may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Read and write.
-    ReadWrite,
-    /// Read only: REST writes get 403; sync connections receive updates and may use
-    /// awareness, but their doc updates are refused.
-    ReadOnly,
-    /// Nothing: REST gets 401, sync connections are closed with 4401.
-    Denied,
-}
 
 /// What a verify callback sees.
 #[derive(Debug, Clone)]
@@ -228,7 +217,7 @@ async fn check(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let options = &state.inner.sync.options;
+    let options = &state.inner.options;
     if !options.auth.is_on() || (policy == Policy::Docs && options.public_docs) {
         request.extensions_mut().insert(Access::ReadWrite);
         return next.run(request).await;

@@ -17,6 +17,7 @@ pub(crate) mod openapi;
 mod options;
 mod rest;
 mod state;
+mod sync_route;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -137,9 +138,9 @@ pub fn create_server(
         openapi::document_auth(&mut document, options.public_docs);
     }
     let scalar_html = docs::scalar_page(&options.title, &options.scalar);
-    let sync = Arc::new(SyncHub::new(options.clone(), map.clone()));
+    let sync = Arc::new(SyncHub::new(options.sync_options(), map.clone()));
     Ok(Server {
-        state: ServerState::new(map, document, scalar_html.into(), sync),
+        state: ServerState::new(map, document, scalar_html.into(), sync, options.clone()),
         options,
         custom: Router::new(),
         lifecycle: Arc::default(),
@@ -185,6 +186,7 @@ impl Server {
             document,
             self.state.inner.scalar_html.clone(),
             self.state.inner.sync.clone(),
+            self.options.clone(),
         );
         self
     }
@@ -219,7 +221,7 @@ impl Server {
                 tower_http::services::ServeFile::new(path),
             );
         }
-        let sync = Router::new().route("/workspaces/{ws}/sync", get(sync_route));
+        let sync = Router::new().route("/workspaces/{ws}/sync", get(sync_route::sync_route));
         let mut app = Policy::ByMethod
             .guard(state, guarded)
             .merge(Policy::Docs.guard(state, docs))
@@ -468,31 +470,6 @@ async fn first_bytes_within(tcp: &tokio::net::TcpStream, timeout: Duration) -> b
         }
     };
     tokio::time::timeout(timeout, wait).await.is_ok()
-}
-
-/// `GET /workspaces/{ws}/sync`: upgrades to a y-websocket connection of room `ws` (a
-/// request that is not a WebSocket upgrade gets 426).
-async fn sync_route(
-    axum::extract::State(state): axum::extract::State<ServerState>,
-    axum::extract::Path(ws): axum::extract::Path<String>,
-    access: Option<axum::Extension<Access>>,
-    upgrade: crate::sync::SyncUpgrade,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    // Set by the route's auth policy; without it (never expected), nothing is allowed.
-    let access = access.map_or(Access::Denied, |axum::Extension(access)| access);
-    let hub = &state.inner.sync;
-    if let (Some(allowed), Some(origin)) = (&hub.options.allowed_origins, &upgrade.origin) {
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-            tracing::warn!(%origin, room = %ws, "WebSocket from an origin not allowed");
-            return ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                format!("origin `{origin}` may not open sync connections"),
-            )
-            .into_response();
-        }
-    }
-    hub.upgrade(upgrade, ws, access)
 }
 
 /// Resolves on SIGINT or (on Unix) SIGTERM.

@@ -278,6 +278,26 @@ impl ServerOptions {
         self
     }
 
+    /// The part of these options the sync layer uses.
+    pub(crate) fn sync_options(&self) -> crate::sync::SyncOptions {
+        crate::sync::SyncOptions {
+            dynamic_docs: self.dynamic_docs,
+            storage: self.storage.clone(),
+            ping_interval: self.ping_interval,
+            room_idle_timeout: self.room_idle_timeout,
+            max_message_size: self.max_message_size,
+            max_frame_size: self.max_frame_size,
+            send_queue: self.send_queue,
+            max_connections: self.max_connections,
+            max_room_connections: self.max_room_connections,
+            max_dynamic_rooms: self.max_dynamic_rooms,
+            handshake_timeout: self.handshake_timeout,
+            max_room_name_len: self.max_room_name_len,
+            max_new_rooms_per_minute: self.max_new_rooms_per_minute,
+            max_awareness_states: self.max_awareness_states,
+        }
+    }
+
     /// Sets how requests are authenticated.
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;

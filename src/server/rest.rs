@@ -90,7 +90,7 @@ fn data(status: StatusCode, value: Value) -> Response {
 /// `write_durability_timeout`; past it, 503 with `Retry-After` (the change stays applied
 /// and is stored once storage recovers).
 async fn durable(state: &ServerState, client: &WorkspaceClient) -> Result<(), ApiError> {
-    let timeout = state.sync().options.write_durability_timeout;
+    let timeout = state.inner.options.write_durability_timeout;
     match tokio::time::timeout(timeout, client.flushed()).await {
         Ok(flushed) => flushed.map_err(|e| crate::WorkspaceError::from(e).into()),
         Err(_) => Err(ApiError::not_durable(&client.storage_status())),

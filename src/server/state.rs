@@ -22,6 +22,8 @@ pub(crate) struct StateInner {
     pub scalar_html: axum::body::Bytes,
     /// Sync rooms and connections.
     pub sync: Arc<SyncHub>,
+    /// The options the server was created with (auth, origins, timeouts).
+    pub options: super::ServerOptions,
     /// The `/metrics` registry.
     pub metrics: super::metrics::Metrics,
 }
@@ -34,6 +36,7 @@ impl ServerState {
         openapi: utoipa::openapi::OpenApi,
         scalar_html: axum::body::Bytes,
         sync: Arc<SyncHub>,
+        options: super::ServerOptions,
     ) -> Self {
         let openapi_json = serde_json::to_vec(&openapi).unwrap_or_default().into();
         ServerState {
@@ -44,6 +47,7 @@ impl ServerState {
                 scalar_html,
                 metrics: super::metrics::Metrics::new(sync.clone()),
                 sync,
+                options,
             }),
         }
     }

@@ -29,8 +29,7 @@ use tungstenite::Message;
 use super::hub::SyncHub;
 use super::protocol::{self, close, Inbound};
 use super::room::{Out, Outbox, Room};
-use super::upgrade::Socket;
-use crate::server::Access;
+use crate::access::Access;
 use crate::storage::BoxFuture;
 use crate::StorageError;
 
@@ -50,6 +49,18 @@ const DIRECT: usize = 16 * 1024;
 const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
+
+/// The byte stream a sync connection runs over: for the server, an upgraded HTTP
+/// connection. The sync layer knows nothing of HTTP; the server hands it the stream.
+pub(crate) trait Transport:
+    tokio::io::AsyncRead + AsyncWrite + Unpin + Send + 'static
+{
+}
+
+impl<T: tokio::io::AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// A sync connection's socket.
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Transport>>;
 
 /// The WebSocket settings of sync connections (a frame is never larger than a message).
 pub(crate) fn config(max_message_size: usize, max_frame_size: usize) -> WebSocketConfig {

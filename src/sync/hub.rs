@@ -8,17 +8,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::response::Response;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::dynamic::DynamicDoc;
 use super::limits::{check_room_name, OpenRate};
+use super::options::SyncOptions;
 use super::protocol::close;
 use super::room::{Outbox, Room, RoomDoc};
-use super::upgrade::SyncUpgrade;
-use crate::server::{Access, ServerOptions};
+use crate::access::Access;
 use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
@@ -113,7 +112,7 @@ impl JoinError {
 /// [`Server::sync`](crate::server::Server::sync).
 pub struct SyncHub {
     /// The server's options (ping interval, idle timeout, sizes, dynamic-doc storage).
-    pub(crate) options: ServerOptions,
+    pub(crate) options: SyncOptions,
     /// Whether unknown ids get a dynamic doc (the option, else: no workspaces).
     dynamic_docs: bool,
     clients: BTreeMap<String, WorkspaceClient>,
@@ -140,7 +139,7 @@ impl std::fmt::Debug for SyncHub {
 }
 
 impl SyncHub {
-    pub(crate) fn new(options: ServerOptions, clients: BTreeMap<String, WorkspaceClient>) -> Self {
+    pub(crate) fn new(options: SyncOptions, clients: BTreeMap<String, WorkspaceClient>) -> Self {
         SyncHub {
             dynamic_docs: options.dynamic_docs.unwrap_or(clients.is_empty()),
             opens: OpenRate::new(options.max_new_rooms_per_minute),
@@ -211,20 +210,35 @@ impl SyncHub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Upgrades a request to a sync connection of room `id`.
-    pub(crate) fn upgrade(
+    /// Serves a sync connection of room `id` over `transport` (an upgrade the server has
+    /// answered with 101) once it resolves, as one of the hub's tracked tasks.
+    pub(crate) fn serve<T>(
         self: &Arc<Self>,
-        upgrade: SyncUpgrade,
+        transport: T,
         id: String,
         access: Access,
-    ) -> Response {
+        peer: Option<std::net::SocketAddr>,
+    ) where
+        T: std::future::Future<Output = Option<Box<dyn super::Transport>>> + Send + 'static,
+    {
         let hub = self.clone();
         let config =
             super::connection::config(self.options.max_message_size, self.options.max_frame_size);
-        let peer = upgrade.peer;
-        upgrade.accept(&self.tracker, config, move |socket| {
-            super::connection::run(socket, hub, id, access, peer)
-        })
+        self.tracker.spawn(async move {
+            let Some(transport) = transport.await else {
+                return;
+            };
+            // Boxed: the socket is moved into the connection's task, not copied along with it.
+            let socket = Box::new(
+                tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    transport,
+                    tungstenite::protocol::Role::Server,
+                    Some(config),
+                )
+                .await,
+            );
+            super::connection::run(socket, hub, id, access, peer).await;
+        });
     }
 
     /// Joins connection `conn` (from `peer`, when known) to room `id`, loading the room if

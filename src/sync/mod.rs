@@ -26,12 +26,13 @@ mod connection;
 pub(crate) mod dynamic;
 mod hub;
 mod limits;
+mod options;
 mod outbox;
 pub(crate) mod protocol;
 pub(crate) mod read_only;
 mod room;
-mod upgrade;
 
+pub(crate) use connection::Transport;
 pub use hub::{RoomEvent, SyncHub, SyncStats};
+pub(crate) use options::SyncOptions;
 pub use protocol::{close, MSG_SYNC_STATUS};
-pub(crate) use upgrade::SyncUpgrade;

@@ -1,22 +1,18 @@
-//! The WebSocket handshake (RFC 6455, HTTP/1.1) of the sync route. The connection then
-//! owns its `tokio-tungstenite` stream, which lets it send big messages in fragments
-//! (no per-connection copy of a whole message) and serve both directions from one task.
+//! `GET /workspaces/{ws}/sync`: the WebSocket handshake (RFC 6455, HTTP/1.1) of the sync
+//! route, the Origin check, and the hand-over of the upgraded connection to the sync layer
+//! (which knows nothing of HTTP). The connection then owns its `tokio-tungstenite`
+//! stream, which lets it send big messages in fragments (no per-connection copy of a whole
+//! message) and serve both directions from one task.
 
-use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::task::TaskTracker;
-use tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::server::ApiError;
-
-/// A sync connection's socket.
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+use super::{Access, ApiError, ServerState};
+use crate::sync::Transport;
 
 /// A valid WebSocket upgrade request.
 pub(crate) struct SyncUpgrade {
@@ -98,38 +94,21 @@ impl<S: Send + Sync> FromRequestParts<S> for SyncUpgrade {
 }
 
 impl SyncUpgrade {
-    /// Answers 101 and runs `serve` on the socket once the upgrade completes.
-    pub fn accept<F, Fut>(
-        self,
-        tracker: &TaskTracker,
-        config: WebSocketConfig,
-        serve: F,
-    ) -> Response
-    where
-        F: FnOnce(Box<Socket>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// Answers 101 and hands the connection, once upgraded, to the sync hub as a
+    /// connection of room `id`.
+    fn accept(self, state: &ServerState, id: String, access: Access) -> Response {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
-        let task = async move {
+        let transport = async move {
             match on_upgrade.await {
-                Ok(upgraded) => {
-                    // Boxed: the socket is moved into the connection's task, not copied
-                    // along with it.
-                    let socket = Box::new(
-                        WebSocketStream::from_raw_socket(
-                            TokioIo::new(upgraded),
-                            Role::Server,
-                            Some(config),
-                        )
-                        .await,
-                    );
-                    serve(socket).await;
+                Ok(upgraded) => Some(Box::new(TokioIo::new(upgraded)) as Box<dyn Transport>),
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket upgrade failed");
+                    None
                 }
-                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
         };
-        tracker.spawn(task);
+        state.inner.sync.serve(transport, id, access, self.peer);
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -139,4 +118,28 @@ impl SyncUpgrade {
         }
         response
     }
+}
+
+/// `GET /workspaces/{ws}/sync`: upgrades to a y-websocket connection of room `ws` (a
+/// request that is not a WebSocket upgrade gets 426; an Origin not allowed, 403).
+pub(crate) async fn sync_route(
+    State(state): State<ServerState>,
+    Path(ws): Path<String>,
+    access: Option<axum::Extension<Access>>,
+    upgrade: SyncUpgrade,
+) -> Response {
+    // Set by the route's auth policy; without it (never expected), nothing is allowed.
+    let access = access.map_or(Access::Denied, |axum::Extension(access)| access);
+    let allowed_origins = &state.inner.options.allowed_origins;
+    if let (Some(allowed), Some(origin)) = (allowed_origins, &upgrade.origin) {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+            tracing::warn!(%origin, room = %ws, "WebSocket from an origin not allowed");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("origin `{origin}` may not open sync connections"),
+            )
+            .into_response();
+        }
+    }
+    upgrade.accept(&state, ws, access)
 }
