@@ -124,7 +124,7 @@ pub struct Contents {
 /// The keys of the stored rows of a table, in order.
 fn row_keys(table: &TableHandle) -> Vec<String> {
     let core = &table.core.tables[table.index];
-    crate::workspace::core::lock(&core.state)
+    crate::lock::lock(&core.state)
         .rows
         .keys()
         .cloned()
@@ -548,7 +548,7 @@ impl MirrorRoom {
                 match reread(&frame) {
                     Inbound::Update(update) => {
                         assert_eq!(update, event.update, "the update frame changed its payload");
-                        crate::workspace::core::lock(&sink).push(update);
+                        crate::lock::lock(&sink).push(update);
                     }
                     other => panic!("an update frame decoded as {other:?}"),
                 }
@@ -745,7 +745,7 @@ impl MirrorRoom {
                 .map_err(|e| (close::INVALID_PAYLOAD, format!("bad update: {e}")))?,
         };
         if incomplete {
-            crate::workspace::core::lock(&self.fanned_out).push(update.to_vec());
+            crate::lock::lock(&self.fanned_out).push(update.to_vec());
         }
         Ok(())
     }
@@ -784,7 +784,7 @@ impl MirrorRoom {
         assert!(self.members.is_empty());
         check_encoding(self.doc.doc());
         let peer = Doc::new();
-        for update in crate::workspace::core::lock(&self.fanned_out).drain(..) {
+        for update in crate::lock::lock(&self.fanned_out).drain(..) {
             let decoded = Update::decode_v1(&update).expect("a fanned-out update decodes");
             peer.transact_mut()
                 .apply_update(decoded)

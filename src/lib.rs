@@ -43,6 +43,8 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod lock;
+pub mod schema;
 pub mod server;
 pub mod storage;
 pub mod sync;

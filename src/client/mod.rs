@@ -60,9 +60,9 @@ use yrs::sync::Awareness;
 use yrs::{Doc, Origin, ReadTxn, StateVector, Transact};
 
 pub use crate::error::ClientError;
+use crate::lock::lock;
 use crate::storage::BoxFuture;
 use crate::sync::protocol;
-use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
 /// A provider's connection state.

@@ -21,8 +21,8 @@ use yrs::{ReadTxn, StateVector, Transact};
 
 use super::backoff::backoff;
 use super::{Auth, Outbound, Shared, Status};
+use crate::lock::lock;
 use crate::sync::protocol::{self, MSG_SYNC_STATUS};
-use crate::workspace::core::lock;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use yrs::{Doc, ReadTxn, StateVector, Transact};
 
-use crate::workspace::core::lock;
+use crate::lock::lock;
 
 /// Key of the metrics' update observer on each doc.
 const SIZE_OBSERVER: &str = "epicenter-metrics";

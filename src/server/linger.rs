@@ -53,7 +53,7 @@ impl Returning {
 impl Drop for Returning {
     fn drop(&mut self) {
         if let Some(tcp) = self.tcp.take() {
-            *crate::workspace::core::lock(&self.slot) = Some(tcp);
+            *crate::lock::lock(&self.slot) = Some(tcp);
         }
     }
 }
@@ -102,7 +102,7 @@ impl AsyncWrite for Returning {
 /// an upgrade), then reads and discards until the client closes, stops sending for
 /// `LINGER_IDLE`, `LINGER_TOTAL` has passed, or the server stops.
 pub(super) async fn linger(slot: &Slot, stop: &mut watch::Receiver<bool>) {
-    let Some(mut tcp) = crate::workspace::core::lock(slot).take() else {
+    let Some(mut tcp) = crate::lock::lock(slot).take() else {
         return;
     };
     if tcp.shutdown().await.is_err() {

@@ -213,7 +213,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::workspace::core::lock;
+    use crate::lock::lock;
     use crate::workspace::{id, text, WorkspaceDefinition};
 
     const GUARD: Duration = Duration::from_secs(10);

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use super::{BoxFuture, DocStorage, RowChange, StorageProvider};
 use crate::error::StorageError;
-use crate::workspace::core::lock;
-use crate::workspace::WorkspaceDefinition;
+use crate::lock::lock;
+use crate::schema::WorkspaceDefinition;
 
 /// The log is sealed for folding once it holds at least this many bytes and at least as
 /// many as what was sealed before: merging then costs O(total size) over the doc's life.

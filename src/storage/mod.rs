@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::StorageError;
-use crate::workspace::{Row, WorkspaceDefinition};
+use crate::schema::{Row, WorkspaceDefinition};
 
 mod memory;
 #[cfg(feature = "sqlite")]

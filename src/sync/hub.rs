@@ -18,7 +18,7 @@ use super::options::SyncOptions;
 use super::protocol::close;
 use super::room::{Outbox, Room, RoomDoc};
 use crate::access::Access;
-use crate::workspace::core::lock;
+use crate::lock::lock;
 use crate::workspace::WorkspaceClient;
 
 /// Something that happened to a room.

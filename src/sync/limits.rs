@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::workspace::core::lock;
+use crate::lock::lock;
 
 /// The window of [`OpenRate`].
 const WINDOW: Duration = Duration::from_secs(60);

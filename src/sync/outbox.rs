@@ -18,8 +18,8 @@ use bytes::Bytes;
 use super::hub::Stats;
 use super::protocol::close;
 use crate::error::StorageError;
+use crate::lock::lock;
 use crate::storage::BoxFuture;
-use crate::workspace::core::lock;
 
 /// One item of a connection's send queue.
 pub(crate) enum Out {

@@ -14,8 +14,8 @@ use super::dynamic::DynamicDoc;
 pub(crate) use super::outbox::{Out, Outbox};
 use super::protocol::{self, close};
 use crate::error::StorageError;
+use crate::lock::lock;
 use crate::storage::BoxFuture;
-use crate::workspace::core::lock;
 use crate::workspace::WorkspaceClient;
 
 mod doc_work;

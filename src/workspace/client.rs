@@ -12,10 +12,10 @@ use std::sync::Arc;
 use yrs::{Doc, Options, ReadTxn, Transact};
 
 use super::core::{Core, LOCAL_ORIGIN};
-use super::definition::WorkspaceDefinition;
 use super::kv::KvHandle;
 use super::table::TableHandle;
 use crate::error::{StorageError, WorkspaceError};
+use crate::schema::definition::WorkspaceDefinition;
 use crate::storage::{DocStorage, MemoryStorage, StorageProvider};
 
 const UPDATE_OBSERVER: &str = "epicenter-storage";

@@ -13,20 +13,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use yrs::{Any, Array, ArrayRef, Doc, Observable, Transact};
 
 use super::clock::Clock;
-use super::definition::{TableDefinition, WorkspaceDefinition};
 use super::lww::{entry, runs_descending, LwwIndex, WinnerChange};
-use super::validate::{check_field, Issue, Row};
-use super::value::any_to_json;
 use crate::error::WorkspaceError;
+use crate::lock::lock;
+use crate::schema::definition::{TableDefinition, WorkspaceDefinition};
+use crate::schema::validate::{check_field, Issue, Row};
+use crate::schema::value::any_to_json;
 
 /// The origin attached to transactions made through table and KV handles.
 pub const LOCAL_ORIGIN: &str = "epicenter-local";
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the indexes are
-/// rebuilt from deltas only, so a panic mid-update cannot leave them half-written.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// [`lock`] without waiting: `None` while another thread holds the mutex.
 pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::core::{lock, Core, Subscription, WritePlan};
-use super::validate::{check_field, Issue};
-use super::value::{any_to_json, json_to_any};
+use super::core::{Core, Subscription, WritePlan};
 use crate::error::WorkspaceError;
+use crate::lock::lock;
+use crate::schema::validate::{check_field, Issue};
+use crate::schema::value::{any_to_json, json_to_any};
 
 /// A handle on a workspace's KV values. Cheap to clone.
 #[derive(Clone)]
@@ -23,7 +24,7 @@ impl std::fmt::Debug for KvHandle {
 }
 
 impl KvHandle {
-    fn spec(&self, key: &str) -> Result<&super::definition::FieldSpec, WorkspaceError> {
+    fn spec(&self, key: &str) -> Result<&crate::schema::definition::FieldSpec, WorkspaceError> {
         self.core
             .definition
             .kv_key(key)

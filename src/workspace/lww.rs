@@ -14,7 +14,7 @@ use std::sync::Arc;
 use yrs::types::Change;
 use yrs::{Any, Out};
 
-use super::value::any_as_f64;
+use crate::schema::value::any_as_f64;
 
 /// One array entry, as seen by the index. `key` is `None` for entries that are not
 /// `{key: string, ts: number, ...}` maps; they keep their place but take no part.

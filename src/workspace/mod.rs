@@ -10,21 +10,18 @@
 mod client;
 mod clock;
 pub(crate) mod core;
-mod definition;
 mod kv;
 mod lww;
 mod table;
-mod validate;
-mod value;
 
 pub use self::core::{RowResult, Subscription, LOCAL_ORIGIN};
-pub use client::{ClientBuilder, WorkspaceClient};
-pub use clock::Clock;
-pub use definition::{
+pub use crate::schema::{any_to_json, json_to_any};
+pub use crate::schema::{
     boolean, date, id, integer, json, json_with_schema, real, select, tags, tags_of, text, Field,
     FieldSpec, FieldType, KvDefinition, TableDefinition, WorkspaceBuilder, WorkspaceDefinition,
 };
+pub use crate::schema::{validate_row, Issue, Row};
+pub use client::{ClientBuilder, WorkspaceClient};
+pub use clock::Clock;
 pub use kv::KvHandle;
 pub use table::{IntoRow, TableHandle};
-pub use validate::{validate_row, Issue, Row};
-pub use value::{any_to_json, json_to_any};

@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::core::{
-    lock, try_lock, Core, RowResult, Subscription, TableCore, TableState, WritePlan,
-};
-use super::definition::TableDefinition;
-use super::validate::{complete_row, validate_row, Issue, Row};
-use super::value::json_to_any;
+use super::core::{try_lock, Core, RowResult, Subscription, TableCore, TableState, WritePlan};
 use crate::error::WorkspaceError;
+use crate::lock::lock;
+use crate::schema::definition::TableDefinition;
+use crate::schema::validate::{complete_row, validate_row, Issue, Row};
+use crate::schema::value::json_to_any;
 
 /// A handle on one table of a workspace. Cheap to clone.
 #[derive(Clone)]
@@ -49,7 +48,7 @@ impl IntoRow for Value {
                     "",
                     format!(
                         "a row must be a JSON object, got {}",
-                        super::validate::kind_of(&other)
+                        crate::schema::validate::kind_of(&other)
                     ),
                 )],
             }),

@@ -8,9 +8,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::writer::{Committed, Msg};
 use crate::error::StorageError;
+use crate::lock::lock;
+use crate::schema::Row;
 use crate::storage::{BoxFuture, DocStorage, RowChange, StorageStatus};
-use crate::workspace::core::lock;
-use crate::workspace::Row;
 
 pub(super) struct SqliteDoc {
     pub mirrors: bool,

@@ -10,8 +10,8 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use crate::error::StorageError;
+use crate::schema::{FieldType, Row, TableDefinition, WorkspaceDefinition};
 use crate::storage::RowChange;
-use crate::workspace::{FieldType, Row, TableDefinition, WorkspaceDefinition};
 
 /// Quotes an SQL identifier.
 fn ident(name: &str) -> String {

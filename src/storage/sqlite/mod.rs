@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use super::{DocStorage, StorageProvider};
 use crate::error::StorageError;
-use crate::workspace::WorkspaceDefinition;
+use crate::schema::WorkspaceDefinition;
 use doc::SqliteDoc;
 #[doc(hidden)]
 pub use faults::FaultSwitch;

@@ -27,8 +27,8 @@ use super::faults::FaultSwitch;
 use super::mirror::Mirror;
 use super::{read_all, sql_err, SqliteOptions};
 use crate::error::StorageError;
+use crate::schema::Row;
 use crate::storage::RowChange;
-use crate::workspace::Row;
 
 /// The first retry delay of a failing commit; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);

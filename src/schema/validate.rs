@@ -166,11 +166,11 @@ fn compiled(schema: &Value) -> Result<std::sync::Arc<jsonschema::Validator>, Str
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let key = schema.to_string();
     let cache = CACHE.get_or_init(Cache::default);
-    if let Some(v) = crate::workspace::core::lock(cache).get(&key) {
+    if let Some(v) = crate::lock::lock(cache).get(&key) {
         return Ok(v.clone());
     }
     let validator = Arc::new(jsonschema::validator_for(schema).map_err(|e| e.to_string())?);
-    crate::workspace::core::lock(cache).insert(key, validator.clone());
+    crate::lock::lock(cache).insert(key, validator.clone());
     Ok(validator)
 }
 
@@ -226,7 +226,7 @@ pub fn validate_row(table: &TableDefinition, row: &Row) -> Vec<Issue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workspace::definition::*;
+    use crate::schema::definition::*;
     use serde_json::json;
 
     fn ok(spec: FieldSpec, v: Value) {
