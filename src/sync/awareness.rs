@@ -18,6 +18,13 @@ use yrs::ClientID;
 /// not been renewed for 30 s; an update older than that is stale anyway.
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
 
+/// Most removed clients' clocks a room remembers. Peers choose client ids freely and may
+/// announce and remove states as fast as they can send: without a bound, one connection
+/// could fill memory within a TTL. Past it, a removal is still applied but its clock is not
+/// kept: a stale state in flight could come back, counted against the connection that
+/// sends it, until that connection leaves.
+pub(crate) const MAX_TOMBSTONES: usize = 16 * 1024;
+
 /// The JSON of a removed state, as y-protocols encodes it.
 const NULL: &str = "null";
 
@@ -108,8 +115,12 @@ impl AwarenessStates {
                     return (id, Change::Stale);
                 }
                 if removing {
-                    self.present.remove(&id);
-                    self.removed.insert(id, (entry.clock, now));
+                    // Removing a state the room never had (or already forgot) changes
+                    // nothing, and leaves nothing behind.
+                    if self.present.remove(&id).is_none() && !self.removed.contains_key(&id) {
+                        return (id, Change::Stale);
+                    }
+                    self.remember(id, entry.clock, now);
                     (id, Change::Removed)
                 } else {
                     self.removed.remove(&id);
@@ -130,7 +141,7 @@ impl AwarenessStates {
         for id in ids {
             if let Some(state) = self.present.remove(&id) {
                 let clock = state.clock.wrapping_add(1);
-                self.removed.insert(id, (clock, now));
+                self.remember(id, clock, now);
                 let json = Arc::from(NULL);
                 clients.insert(id, AwarenessUpdateEntry { clock, json });
             }
@@ -156,6 +167,13 @@ impl AwarenessStates {
     #[cfg(test)]
     fn tombstones(&self) -> usize {
         self.removed.len()
+    }
+
+    /// Keeps a removed client's clock (within [`MAX_TOMBSTONES`]).
+    fn remember(&mut self, id: ClientID, clock: u32, now: Instant) {
+        if self.removed.len() < MAX_TOMBSTONES || self.removed.contains_key(&id) {
+            self.removed.insert(id, (clock, now));
+        }
     }
 
     /// Forgets removed clients older than [`TOMBSTONE_TTL`], at most once per TTL (a
@@ -274,6 +292,40 @@ mod tests {
         assert_eq!(states.announced_after(&update(&[(9, 6, "{}")]), &mine), 3);
         assert_eq!(states.announced_after(&update(&[(9, 6, NULL)]), &mine), 2);
         assert_eq!(states.len(), 3, "nothing was applied");
+    }
+
+    #[test]
+    fn removals_of_unknown_clients_leave_nothing_and_tombstones_are_bounded() {
+        let mut states = AwarenessStates::default();
+        // One update removing many client ids the room never saw.
+        let removals: Vec<_> = (0..10_000).map(|n| (n, 1, NULL)).collect();
+        let changes = states.apply(update(&removals));
+        assert!(changes.iter().all(|(_, c)| *c == Change::Stale));
+        assert_eq!(states.tombstones(), 0);
+        // Announcing and removing states in a loop (as fast as a peer can send) keeps at
+        // most MAX_TOMBSTONES clocks.
+        for n in 0..(MAX_TOMBSTONES as u64 + 1000) {
+            states.apply(update(&[(n, 1, "{}")]));
+            assert_eq!(
+                states.apply(update(&[(n, 2, NULL)])),
+                [(id(n), Change::Removed)]
+            );
+        }
+        assert_eq!(states.len(), 0);
+        assert_eq!(states.tombstones(), MAX_TOMBSTONES);
+        // A remembered one is still updated once the bound is reached.
+        assert_eq!(
+            states.apply(update(&[(0, 3, "{}")])),
+            [(id(0), Change::Present)]
+        );
+        assert_eq!(
+            states.apply(update(&[(0, 4, NULL)])),
+            [(id(0), Change::Removed)]
+        );
+        assert_eq!(
+            states.apply(update(&[(0, 4, "{}")])),
+            [(id(0), Change::Stale)]
+        );
     }
 
     #[test]
