@@ -57,7 +57,6 @@ async fn an_idle_http2_connection_is_closed() {
 
 /// A request whose body stops arriving is cut off, like one whose headers stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hyper has no body read deadline: needs a deadline on the connection's IO"]
 async fn a_request_body_that_stops_arriving_is_cut_off() {
     let (server, addr) = server(Duration::from_millis(300)).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();

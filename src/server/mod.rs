@@ -395,6 +395,14 @@ async fn serve(
             request
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            // A body that stops arriving fails after the same deadline as slow headers,
+            // instead of holding the connection and its task forever.
+            let request = request.map(|body| {
+                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+                    header_read_timeout,
+                    body,
+                ))
+            });
             tower::ServiceExt::oneshot(app.clone(), request)
         });
         let builder = builder.clone();
