@@ -4,16 +4,25 @@
 //! (`yrs::Doc`) holding typed tables and KV values; this crate loads it from durable
 //! storage, keeps it in memory, and exposes it.
 //!
-//! Three layers, each usable alone:
-//! 1. [`workspace`]: definitions, the Y.Doc data model (last-write-wins cells), table and
-//!    KV handles, and [`workspace::WorkspaceClient`], which ties a doc to a
-//!    [`storage`] provider.
-//! 2. [`server`]: `create_server(clients, options)`: REST CRUD, discovery, OpenAPI +
-//!    Scalar, custom routes, lifecycle, and [`sync`]: WebSocket rooms in the y-websocket
-//!    protocol.
-//! 3. [`client`] (the `client` feature, on by default): [`client::SyncProvider`] keeps a
-//!    local doc, or a local workspace, in sync with a server.
+//! ## Layers
 //!
+//! Dependencies point one way, each layer usable without the ones above it:
+//!
+//! | layer | what it owns |
+//! |---|---|
+//! | [`server`] | `create_server(clients, options)`: REST CRUD, discovery, OpenAPI + Scalar, custom routes, auth per matched route, metrics, the accept loop and lifecycle; hands upgraded WebSockets to `sync` |
+//! | [`sync`] | y-websocket rooms: protocol, awareness, fan-out, the room registry (eviction, dynamic docs), one task per connection. Knows sockets, not HTTP |
+//! | [`workspace`] | [`workspace::WorkspaceClient`]: the Y.Doc data model (last-write-wins cells), table and KV handles, the single write path |
+//! | [`storage`] | where a doc lives between runs: [`storage::MemoryStorage`], [`storage::SqliteStorage`] (log, snapshot, compaction, SQL mirror) |
+//! | [`schema`] | definitions, field types, row values, validation: the bottom layer |
+//!
+//! [`access`] holds the verdict auth reaches ([`access::Access`]), which `server` decides and
+//! `sync` acts on. [`client`] (the `client` feature, on by default) is the Rust sync
+//! provider, [`client::SyncProvider`]; it needs only the protocol. A WebSocket frame goes
+//! `server::sync_route` → `sync::hub` → `sync::connection` → `sync::room` → the doc; a
+//! REST write goes `server::rest` → `workspace::table` → `workspace::core` → the doc, whose
+//! commit hands the update to `storage` and the room's fan-out.
+
 //! ## Quick start
 //!
 //! ```
