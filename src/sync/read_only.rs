@@ -13,12 +13,14 @@ use yrs::{Doc, ReadTxn, Transact};
 /// an error, as it is for a connection that may write.
 #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) fn changes(doc: &Doc, bytes: &[u8]) -> Result<bool, String> {
-    changes_in(&doc.transact(), bytes)
+    let update = crate::storage::decode_update(bytes)?;
+    Ok(changes_in(&doc.transact(), &update))
 }
 
-/// Whether applying `bytes` would change the doc `txn` reads.
-pub(crate) fn changes_in(txn: &yrs::Transaction, bytes: &[u8]) -> Result<bool, String> {
-    let update = crate::storage::decode_update(bytes)?;
+/// Whether applying `update` would change the doc `txn` reads. An update with deletions
+/// costs a pass over the doc's blocks (see below); the caller runs those off the async
+/// workers.
+pub(crate) fn changes_in(txn: &yrs::Transaction, update: &yrs::Update) -> bool {
     let have = txn.state_vector();
     // Items, deleted ones and garbage-collected ranges included: any clock past what the
     // doc has is new to it.
@@ -26,12 +28,12 @@ pub(crate) fn changes_in(txn: &yrs::Transaction, bytes: &[u8]) -> Result<bool, S
     for (client, ranges) in inserts.iter() {
         let known = have.get(client);
         if ranges.iter().any(|range| range.end > known) {
-            return Ok(true);
+            return true;
         }
     }
     let deletes = update.delete_set();
     if deletes.is_empty() {
-        return Ok(false);
+        return false;
     }
     // The doc's own delete set costs one pass over its blocks; only updates that carry
     // deletions pay it.
@@ -43,10 +45,10 @@ pub(crate) fn changes_in(txn: &yrs::Transaction, bytes: &[u8]) -> Result<bool, S
             (None, _) => true,
         };
         if !covered {
-            return Ok(true);
+            return true;
         }
     }
-    Ok(false)
+    false
 }
 
 #[cfg(test)]

@@ -244,12 +244,22 @@ impl Room {
 
     /// Whether `update` would change the doc (see `read_only`): what a read-only
     /// connection may not send. Never waits for the doc on an async worker.
-    pub async fn changes(&self, update: Vec<u8>) -> Result<bool, String> {
-        let inline = update.len() <= INLINE_READ;
+    pub async fn changes(&self, bytes: Vec<u8>) -> Result<bool, String> {
+        let small = bytes.len() <= INLINE_READ;
+        let decode = move || crate::storage::decode_update(&bytes);
+        let update = if small {
+            decode()?
+        } else {
+            tokio::task::spawn_blocking(decode)
+                .await
+                .map_err(|e| format!("decoding failed: {e}"))??
+        };
+        // Checking deletions walks the whole doc: never on an async worker.
+        let inline = update.delete_set().is_empty();
         with_read_txn(self.doc.doc(), inline, move |txn| {
             super::read_only::changes_in(txn, &update)
         })
-        .await?
+        .await
     }
 
     /// Applies an awareness update from `conn` and sends it to every connection, the
