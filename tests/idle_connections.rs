@@ -39,7 +39,6 @@ async fn closed_by_server(tcp: &mut TcpStream) -> bool {
 /// An HTTP/2 (prior knowledge) connection that sends the preface and its settings, then
 /// nothing, is closed like an idle HTTP/1 keep-alive connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hyper's HTTP/2 server has no idle timeout: needs a deadline on the connection's IO"]
 async fn an_idle_http2_connection_is_closed() {
     let (server, addr) = server(Duration::from_millis(300)).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();

@@ -11,6 +11,7 @@ mod discovery;
 mod doc_sizes;
 mod docs;
 mod error;
+mod idle;
 mod linger;
 mod metrics;
 pub(crate) mod openapi;
@@ -389,8 +390,11 @@ async fn serve(
         let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = served.clone();
         let app = app.clone();
+        let idle = idle::Idle::new();
+        let requests = idle.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            let in_flight = requests.begin();
             // The client's address, for per-client limits (as `axum::serve` provides it).
             request
                 .extensions_mut()
@@ -403,7 +407,15 @@ async fn serve(
                     body,
                 ))
             });
-            tower::ServiceExt::oneshot(app.clone(), request)
+            let response = tower::ServiceExt::oneshot(app.clone(), request);
+            async move {
+                let response = response.await;
+                if matches!(&response, Ok(r) if r.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    in_flight.upgraded();
+                }
+                response.map(|r| r.map(|body| idle::Guarded::new(body, in_flight)))
+            }
         });
         let builder = builder.clone();
         let mut stop = stop.clone();
@@ -425,14 +437,25 @@ async fn serve(
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                 let mut connection = std::pin::pin!(connection);
                 let finished = tokio::select! {
-                    result = connection.as_mut() => Some(result),
-                    _ = stop.wait_for(|stopped| *stopped) => None,
+                    result = connection.as_mut() => Ok(result),
+                    _ = stop.wait_for(|stopped| *stopped) => Err(false),
+                    // HTTP/2 has no deadline of hyper's for a connection without requests.
+                    _ = idle.elapsed(header_read_timeout) => Err(true),
                 };
                 match finished {
-                    Some(result) => result,
-                    None => {
+                    Ok(result) => result,
+                    Err(idle) => {
                         connection.as_mut().graceful_shutdown();
-                        connection.await
+                        if idle {
+                            // A graceful HTTP/2 close waits for the peer's answer: bounded.
+                            tracing::debug!(%peer, "closing a connection idle for too long");
+                            match tokio::time::timeout(header_read_timeout, connection).await {
+                                Ok(result) => result,
+                                Err(_) => Ok(()),
+                            }
+                        } else {
+                            connection.await
+                        }
                     }
                 }
             };

@@ -121,7 +121,9 @@ pub struct ServerOptions {
     /// How long an HTTP/1 connection may take to send a request's headers (counted from
     /// when the server is ready to read them, so an idle keep-alive connection is closed
     /// after it too); then the connection is closed. Bounds slow-header clients
-    /// ("slowloris"). Default 30 s.
+    /// ("slowloris"). The same deadline closes any connection (HTTP/2 included) that has
+    /// had no request in flight that long, and fails a request whose body pauses that long.
+    /// Default 30 s.
     pub header_read_timeout: Duration,
     /// Serves `GET /metrics` (Prometheus text; behind auth like every route). Default off.
     pub metrics: bool,
