@@ -21,12 +21,16 @@ use crate::error::StorageError;
 use crate::schema::{Row, WorkspaceDefinition};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stats;
 pub(crate) mod untrusted;
 
 pub use memory::MemoryStorage;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStorage};
 #[cfg(feature = "sqlite")]
 #[doc(hidden)]
 pub use sqlite::FaultSwitch;

@@ -1,0 +1,327 @@
+//! The Postgres provider (feature `postgres`): docs stored in a database that several
+//! nodes share. Opening is shared, not exclusive: every node may hold the same doc.
+//!
+//! Each doc has an update log (`epicenter_updates`) numbered per doc under a lock on the
+//! doc's row, so the numbers are gap-free and appear in commit order, and a snapshot the
+//! log is folded into once it grows (compaction, under an advisory lock, so only one node
+//! folds a doc at a time). One writer task per open doc commits whatever has queued up in
+//! one transaction (group commit, `synchronous_commit` on): `flush()` resolves once
+//! everything appended before it is committed. A failing commit (the database restarting,
+//! a network fault) is kept and retried with backoff; writes keep being accepted until
+//! `max_pending_bytes` wait, then refused with [`StorageError::Unavailable`].
+//!
+//! `open` and `load` block (they are called on blocking threads, as the trait says); they
+//! must not be called on an async worker.
+
+mod schema;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::NoTls;
+
+use super::{BoxFuture, DocStorage, RowChange, StorageProvider, StorageStatus};
+use crate::error::StorageError;
+use crate::lock::lock;
+use crate::schema::WorkspaceDefinition;
+use writer::{Committed, Msg, Writer};
+
+/// Tuning for [`PostgresStorage`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Most updates one commit takes. Default 1,000.
+    pub max_batch: usize,
+    /// Fold a doc's log into its snapshot once this node has committed this many updates
+    /// to it since opening or the last fold. Default 10,000.
+    pub compact_after_updates: u64,
+    /// Bytes of updates that may wait for a failing database before new writes are
+    /// refused. Default 64 MiB.
+    pub max_pending_bytes: u64,
+    /// How long closing a doc keeps retrying what waits before it gives up with an error.
+    /// Default 10 s.
+    pub close_timeout: Duration,
+    /// Connections in the pool. Default 16.
+    pub pool_size: usize,
+    /// This node's name, stored with each update it writes. Default: host name and
+    /// process id.
+    pub node: String,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into());
+        PostgresOptions {
+            max_batch: 1000,
+            compact_after_updates: 10_000,
+            max_pending_bytes: 64 << 20,
+            close_timeout: Duration::from_secs(10),
+            pool_size: 16,
+            node: format!("{host}-{}", std::process::id()),
+        }
+    }
+}
+
+/// Stores docs in a Postgres database that several nodes may share.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use epicenter_server::storage::PostgresStorage;
+/// use epicenter_server::workspace::{id, text, WorkspaceDefinition};
+///
+/// let storage = PostgresStorage::connect("host=127.0.0.1 user=postgres dbname=app").await?;
+/// let blog = WorkspaceDefinition::builder("blog")
+///     .table("posts", [("id", id()), ("title", text())])
+///     .build()?;
+/// let client = blog.with_storage(storage).create().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStorage {
+    pool: Pool,
+    options: PostgresOptions,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("node", &self.options.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable {
+        reason: format!("postgres: {e}"),
+    }
+}
+
+impl PostgresStorage {
+    /// Connects to the database at `url` (a `tokio-postgres` connection string) and
+    /// creates or migrates the tables. Call it inside a Tokio runtime.
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// [`PostgresStorage::connect`] with options.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StorageError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StorageError::Damaged {
+            path: "postgres".into(),
+            detail: format!("bad connection string: {e}"),
+        })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(unavailable)?;
+        let mut client = pool.get().await.map_err(unavailable)?;
+        schema::migrate(&mut client).await.map_err(unavailable)?;
+        Ok(PostgresStorage {
+            pool,
+            options,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+}
+
+impl StorageProvider for PostgresStorage {
+    fn open(
+        &self,
+        doc_id: &str,
+        _definition: Option<&WorkspaceDefinition>,
+    ) -> Result<Box<dyn DocStorage>, StorageError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            doc: doc_id.to_string(),
+            tx,
+            appended: AtomicU64::new(0),
+            committed: watch::channel(Committed::default()).0,
+            pending_bytes: AtomicU64::new(0),
+            retrying: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            max_pending_bytes: self.options.max_pending_bytes,
+        });
+        let writer = Writer {
+            pool: self.pool.clone(),
+            shared: shared.clone(),
+            options: self.options.clone(),
+        };
+        let task = self.runtime.spawn(writer.run(rx));
+        Ok(Box::new(PostgresDoc {
+            shared,
+            pool: self.pool.clone(),
+            runtime: self.runtime.clone(),
+            close_timeout: self.options.close_timeout,
+            task: Mutex::new(Some(task)),
+        }))
+    }
+}
+
+/// What a doc's handle and its writer share.
+pub(super) struct Shared {
+    pub doc: String,
+    pub tx: mpsc::UnboundedSender<Msg>,
+    /// Updates appended so far (the number of the last one).
+    pub appended: AtomicU64,
+    pub committed: watch::Sender<Committed>,
+    pub pending_bytes: AtomicU64,
+    /// The error commits fail with while they are being retried.
+    pub retrying: Mutex<Option<String>>,
+    pub closed: AtomicBool,
+    /// Set when an update arrived after close: it is not stored, and flushes fail.
+    pub lost: AtomicBool,
+    pub max_pending_bytes: u64,
+}
+
+struct PostgresDoc {
+    shared: Arc<Shared>,
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+    close_timeout: Duration,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PostgresDoc {
+    async fn load_async(pool: &Pool, doc: &str) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut client = pool.get().await.map_err(unavailable)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(unavailable)?;
+        let snapshot = tx
+            .query_opt(
+                "SELECT upto, data FROM epicenter_snapshots WHERE doc = $1",
+                &[&doc],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut upto = 0i64;
+        if let Some(row) = snapshot {
+            upto = row.get(0);
+            out.push(row.get::<_, Vec<u8>>(1));
+        }
+        let rows = tx
+            .query(
+                "SELECT data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
+                &[&doc, &upto],
+            )
+            .await
+            .map_err(unavailable)?;
+        out.extend(rows.into_iter().map(|row| row.get::<_, Vec<u8>>(0)));
+        tx.commit().await.map_err(unavailable)?;
+        Ok(out)
+    }
+}
+
+impl DocStorage for PostgresDoc {
+    fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
+        self.runtime
+            .block_on(async move { Self::load_async(&pool, &doc).await })
+    }
+
+    fn admit(&self) -> Result<(), StorageError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let pending = shared.pending_bytes.load(Ordering::Acquire);
+        if pending >= shared.max_pending_bytes {
+            let why = lock(&shared.retrying).clone().unwrap_or_default();
+            return Err(StorageError::Unavailable {
+                reason: format!("{pending} bytes wait for the database ({why})"),
+            });
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> StorageStatus {
+        StorageStatus {
+            pending_bytes: self.shared.pending_bytes.load(Ordering::Acquire),
+            retrying: lock(&self.shared.retrying).clone(),
+            failed: self.shared.committed.borrow().error.clone(),
+        }
+    }
+
+    fn append(&self, update: Vec<u8>, _rows: Vec<RowChange>) {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            shared.lost.store(true, Ordering::Release);
+            return;
+        }
+        shared
+            .pending_bytes
+            .fetch_add(update.len() as u64, Ordering::AcqRel);
+        let number = shared.appended.fetch_add(1, Ordering::AcqRel) + 1;
+        if shared.tx.send(Msg::Append { number, update }).is_err() {
+            shared.lost.store(true, Ordering::Release);
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<Result<(), StorageError>> {
+        let shared = self.shared.clone();
+        let target = shared.appended.load(Ordering::Acquire);
+        Box::pin(async move {
+            if shared.lost.load(Ordering::Acquire) {
+                return Err(StorageError::Closed);
+            }
+            let mut committed = shared.committed.subscribe();
+            let done = committed
+                .wait_for(|c| c.number >= target || c.error.is_some())
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            match &done.error {
+                Some(e) if done.number < target => Err(StorageError::WriterFailed(e.clone())),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn compact(&self) -> BoxFuture<Result<(), StorageError>> {
+        let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
+        Box::pin(async move { writer::compact(&pool, &doc).await.map_err(unavailable) })
+    }
+
+    fn close(&self) -> BoxFuture<Result<(), StorageError>> {
+        let shared = self.shared.clone();
+        let flushed = self.flush();
+        let timeout = self.close_timeout;
+        let task = lock(&self.task).take();
+        Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, flushed).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let waiting =
+                        shared.appended.load(Ordering::Acquire) - shared.committed.borrow().number;
+                    Err(StorageError::WriterFailed(format!(
+                        "{waiting} updates were not stored: the database did not take them \
+                         within {timeout:?}"
+                    )))
+                }
+            };
+            shared.closed.store(true, Ordering::Release);
+            let _ = shared.tx.send(Msg::Close);
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+            result
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! The writer task of one open doc: takes what has queued up, numbers it under the doc's
+//! row lock and commits it in one transaction; retries a failing commit with backoff; folds
+//! the log into the snapshot once it has grown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use yrs::Transact;
+
+use super::{PostgresOptions, Shared};
+use crate::lock::lock;
+
+pub(crate) enum Msg {
+    Append { number: u64, update: Vec<u8> },
+    Close,
+}
+
+/// What is durable so far.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Committed {
+    /// Every append numbered up to this one is committed.
+    pub number: u64,
+    /// Set when writing stopped for good.
+    pub error: Option<String>,
+}
+
+pub(super) struct Writer {
+    pub pool: Pool,
+    pub shared: Arc<Shared>,
+    pub options: PostgresOptions,
+}
+
+impl Writer {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut since_fold = 0u64;
+        let mut closing = false;
+        while !closing {
+            let Some(first) = rx.recv().await else { break };
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append { number, update } => batch.push((number, update)),
+                    Msg::Close => closing = true,
+                }
+                if batch.len() < self.options.max_batch && !closing {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                match self.commit(&batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(doc = %self.shared.doc, error = %e, ?backoff, "commit failed; retrying");
+                        *lock(&self.shared.retrying) = Some(e);
+                        crate::storage::COMMITS.failed();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            *lock(&self.shared.retrying) = None;
+            let bytes: u64 = batch.iter().map(|(_, u)| u.len() as u64).sum();
+            self.shared.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            let last = batch.last().map_or(0, |(n, _)| *n);
+            self.shared.committed.send_modify(|c| c.number = last);
+            since_fold += batch.len() as u64;
+            if since_fold >= self.options.compact_after_updates {
+                since_fold = 0;
+                if let Err(e) = compact(&self.pool, &self.shared.doc).await {
+                    tracing::warn!(doc = %self.shared.doc, error = %e, "compaction failed");
+                }
+            }
+        }
+    }
+
+    /// Numbers and stores `batch` in one transaction.
+    async fn commit(&self, batch: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let n = batch.len() as i64;
+        // Locks the doc's row until commit: numbers are gap-free, in commit order.
+        let row = tx
+            .query_one(
+                "INSERT INTO epicenter_docs (doc, next_seq) VALUES ($1, $2)
+                 ON CONFLICT (doc) DO UPDATE SET next_seq = epicenter_docs.next_seq + $2
+                 RETURNING next_seq",
+                &[&self.shared.doc, &n],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let last: i64 = row.get(0);
+        let seqs: Vec<i64> = (last - n + 1..=last).collect();
+        let data: Vec<&[u8]> = batch.iter().map(|(_, u)| u.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO epicenter_updates (doc, seq, data, node)
+             SELECT $1, s, d, $4 FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS t(s, d)",
+            &[&self.shared.doc, &seqs, &data, &self.options.node],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        crate::storage::COMMITS.committed(started.elapsed());
+        Ok(())
+    }
+}
+
+/// Folds a doc's snapshot and log into a new snapshot, under an advisory lock on the doc
+/// (another node folding it at the same time skips). Updates committed meanwhile keep
+/// their place after the new snapshot.
+pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 7))",
+            &[&doc],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if !locked {
+        return Ok(());
+    }
+    let mut updates = Vec::new();
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT data FROM epicenter_snapshots WHERE doc = $1",
+            &[&doc],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        updates.push(row.get::<_, Vec<u8>>(0));
+    }
+    let rows = tx
+        .query(
+            "SELECT seq, data FROM epicenter_updates WHERE doc = $1 ORDER BY seq",
+            &[&doc],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(upto) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+        return Ok(());
+    };
+    updates.extend(rows.iter().map(|r| r.get::<_, Vec<u8>>(1)));
+    let folded = tokio::task::spawn_blocking(move || {
+        let doc = yrs::Doc::new();
+        crate::storage::replay(&doc, &updates)?;
+        let state = crate::storage::full_state(&doc.transact());
+        Ok::<_, String>(state)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    tx.execute(
+        "INSERT INTO epicenter_snapshots (doc, upto, data) VALUES ($1, $2, $3)
+         ON CONFLICT (doc) DO UPDATE SET upto = $2, data = $3",
+        &[&doc, &upto, &folded],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.execute(
+        "DELETE FROM epicenter_updates WHERE doc = $1 AND seq <= $2",
+        &[&doc, &upto],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,139 @@
+//! PostgresStorage against a real PostgreSQL server of the test's own: workspaces survive
+//! a reopen; two clients ("nodes") hold the same doc at once and see each other's writes
+//! on reload; a database crash and restart delays acknowledgements but loses nothing;
+//! compaction keeps the state. Skipped (with a message) when PostgreSQL is not installed.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::time::Duration;
+
+use epicenter_server::storage::{PostgresOptions, PostgresStorage};
+use epicenter_server::workspace::{id, text, RowResult, WorkspaceClient, WorkspaceDefinition};
+use serde_json::json;
+use support::services::Postgres;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+fn blog() -> WorkspaceDefinition {
+    WorkspaceDefinition::builder("blog")
+        .table("posts", [("id", id()), ("title", text())])
+        .build()
+        .unwrap()
+}
+
+async fn client(pg: &Postgres, node: &str) -> WorkspaceClient {
+    let options = PostgresOptions {
+        node: node.into(),
+        compact_after_updates: 50,
+        ..PostgresOptions::default()
+    };
+    let storage = PostgresStorage::connect_with(&pg.url(), options)
+        .await
+        .unwrap();
+    blog().with_storage(storage).create().await.unwrap()
+}
+
+fn titles(client: &WorkspaceClient) -> Vec<String> {
+    client
+        .table("posts")
+        .unwrap()
+        .get_all_valid()
+        .into_iter()
+        .map(|row| row["title"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_survive_a_reopen_and_compaction() {
+    let Some(pg) = Postgres::start() else { return };
+    let a = client(&pg, "a").await;
+    let posts = a.table("posts").unwrap();
+    for i in 0..120 {
+        posts
+            .upsert(json!({"id": format!("p{i:03}"), "title": format!("t{i}")}))
+            .unwrap();
+        if i % 10 == 0 {
+            a.flush().await.unwrap();
+        }
+    }
+    posts.delete("p000").unwrap();
+    a.compact().await.unwrap();
+    a.destroy().await.unwrap();
+
+    let b = client(&pg, "b").await;
+    let posts = b.table("posts").unwrap();
+    assert_eq!(posts.count(), 119);
+    assert_eq!(posts.get("p000"), RowResult::NotFound);
+    assert!(matches!(posts.get("p119"), RowResult::Valid(row) if row["title"] == "t119"));
+    b.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_hold_one_doc_and_each_write_is_stored() {
+    let Some(pg) = Postgres::start() else { return };
+    let a = client(&pg, "a").await;
+    let b = client(&pg, "b").await;
+    a.table("posts")
+        .unwrap()
+        .upsert(json!({"id": "1", "title": "from a"}))
+        .unwrap();
+    b.table("posts")
+        .unwrap()
+        .upsert(json!({"id": "2", "title": "from b"}))
+        .unwrap();
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    a.destroy().await.unwrap();
+    b.destroy().await.unwrap();
+    let c = client(&pg, "c").await;
+    assert_eq!(titles(&c), ["from a", "from b"]);
+    c.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_delays_acknowledgements_and_loses_nothing() {
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let a = client(&pg, "a").await;
+    let posts = a.table("posts").unwrap();
+    posts
+        .upsert(json!({"id": "before", "title": "before"}))
+        .unwrap();
+    a.flush().await.unwrap();
+
+    pg.kill();
+    posts
+        .upsert(json!({"id": "during", "title": "during"}))
+        .unwrap();
+    let flushed = tokio::spawn({
+        let a = a.clone();
+        async move { a.flush().await }
+    });
+    // Not acknowledged while the database is down: the commit fails and is retried...
+    tokio::time::timeout(GUARD, async {
+        while a.storage_status().retrying.is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the failing commit is retried");
+    assert!(
+        !flushed.is_finished(),
+        "acknowledged with the database down"
+    );
+    // ...and committed once it is back, without reopening anything.
+    pg.restart();
+    tokio::time::timeout(GUARD, flushed)
+        .await
+        .expect("committed after the restart")
+        .unwrap()
+        .unwrap();
+    assert!(a.storage_status().is_healthy());
+    a.destroy().await.unwrap();
+
+    let b = client(&pg, "b").await;
+    assert_eq!(titles(&b), ["before", "during"]);
+    b.destroy().await.unwrap();
+}
