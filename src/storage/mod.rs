@@ -183,6 +183,17 @@ impl StorageStatus {
     }
 }
 
+/// The transaction origin of updates that are already stored elsewhere: another node
+/// committed them to the storage this node shares, and they reach this doc only to be
+/// applied and passed on. The storage observers skip them, so nothing is stored twice;
+/// every other origin (local writes, sync connections) is stored.
+pub(crate) const REMOTE_ORIGIN: &[u8] = b"\xECremote";
+
+/// Whether a transaction's origin is [`REMOTE_ORIGIN`].
+pub(crate) fn is_remote(origin: Option<&yrs::Origin>) -> bool {
+    origin.is_some_and(|o| o.as_ref() == REMOTE_ORIGIN)
+}
+
 /// A boxed future, as the object-safe storage traits return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 

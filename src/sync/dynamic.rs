@@ -41,8 +41,11 @@ impl DynamicDoc {
         });
         crate::storage::replay(&doc, &updates).map_err(|e| format!("stored {e}"))?;
         let s = storage.clone();
-        doc.observe_update_v1(STORAGE_OBSERVER, move |_, event| {
-            s.append(event.update.clone(), Vec::new());
+        doc.observe_update_v1(STORAGE_OBSERVER, move |txn, event| {
+            // Already stored by the node that committed it.
+            if !crate::storage::is_remote(txn.origin()) {
+                s.append(event.update.clone(), Vec::new());
+            }
         })
         .map_err(|e| format!("cannot observe the doc: {e}"))?;
         Ok(DynamicDoc {

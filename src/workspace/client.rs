@@ -87,7 +87,11 @@ fn open_and_load(
     }
     let (s, weak) = (storage.clone(), Arc::downgrade(&core));
     core.doc
-        .observe_update_v1(UPDATE_OBSERVER, move |_, event| {
+        .observe_update_v1(UPDATE_OBSERVER, move |txn, event| {
+            // Already stored by the node that committed it.
+            if crate::storage::is_remote(txn.origin()) {
+                return;
+            }
             let rows = match weak.upgrade() {
                 Some(core) if s.mirrors_rows() => core.take_row_changes(),
                 _ => Vec::new(),
@@ -261,6 +265,26 @@ impl WorkspaceClient {
         Ok(incomplete)
     }
 
+    /// Applies an update another node has already stored (see
+    /// `storage::REMOTE_ORIGIN`): it changes the doc, its indexes and observers like any
+    /// other, and every sync connection gets it, but it is not stored again and never
+    /// refused for want of local storage. LWW losers it reveals are settled (a local
+    /// transaction, stored as usual).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn apply_remote(&self, bytes: &[u8]) -> Result<(), WorkspaceError> {
+        let core = &self.inner.core;
+        core.check_alive()?;
+        let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
+        {
+            let mut txn = core
+                .doc
+                .transact_mut_with(yrs::Origin::from(crate::storage::REMOTE_ORIGIN));
+            crate::storage::apply_untrusted(&mut txn, update).map_err(WorkspaceError::BadUpdate)?;
+        }
+        self.settle();
+        Ok(())
+    }
+
     /// Whether [`WorkspaceClient::settle`] has nothing to do, if that can be told without
     /// waiting for the doc (`None` while a transaction is open).
     pub(crate) fn is_settled(&self) -> Option<bool> {
@@ -327,5 +351,50 @@ impl WorkspaceClient {
         *done = true;
         self.inner.storage.close().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use yrs::{ReadTxn, StateVector, Transact};
+
+    use crate::storage::{MemoryStorage, StorageProvider};
+    use crate::workspace::{id, text, RowResult, WorkspaceDefinition};
+
+    #[tokio::test]
+    async fn remote_updates_change_the_doc_and_are_not_stored_again() {
+        let blog = || {
+            WorkspaceDefinition::builder("blog")
+                .table("posts", [("id", id()), ("title", text())])
+                .build()
+                .unwrap()
+        };
+        // The update another node committed.
+        let other = blog().in_memory().create().await.unwrap();
+        other
+            .table("posts")
+            .unwrap()
+            .upsert(json!({"id": "1", "title": "from another node"}))
+            .unwrap();
+        let update = other
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+
+        let storage = MemoryStorage::new();
+        let here = blog().with_storage(storage.clone()).create().await.unwrap();
+        here.apply_remote(&update).unwrap();
+        assert!(matches!(
+            here.table("posts").unwrap().get("1"),
+            RowResult::Valid(row) if row["title"] == "from another node"
+        ));
+        here.destroy().await.unwrap();
+        let stored = storage.open("blog", None).unwrap().load().unwrap();
+        assert!(
+            stored.is_empty(),
+            "a remote update was stored again: {stored:?}"
+        );
+        other.destroy().await.unwrap();
     }
 }
