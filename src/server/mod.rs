@@ -140,6 +140,10 @@ pub fn create_server(
     }
     let scalar_html = docs::scalar_page(&options.title, &options.scalar);
     let sync = Arc::new(SyncHub::new(options.sync_options(), map.clone()));
+    #[cfg(feature = "redis")]
+    if let Some(bus) = &options.bus {
+        crate::sync::bus::start(bus, map.values().cloned().collect(), sync.shutdown.clone());
+    }
     Ok(Server {
         state: ServerState::new(map, document, scalar_html.into(), sync, options.clone()),
         options,

@@ -132,6 +132,9 @@ pub struct ServerOptions {
     /// with `Retry-After`; the change stays applied and is stored once storage recovers.
     /// Default 5 s.
     pub write_durability_timeout: Duration,
+    /// The bus to the other nodes (feature `redis`), when this server is one of several.
+    #[cfg(feature = "redis")]
+    pub bus: Option<crate::sync::RedisBus>,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -163,6 +166,13 @@ impl std::fmt::Debug for ServerOptions {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("metrics", &self.metrics)
             .field("write_durability_timeout", &self.write_durability_timeout)
+            .field("bus", &{
+                #[cfg(feature = "redis")]
+                let on = self.bus.is_some();
+                #[cfg(not(feature = "redis"))]
+                let on = false;
+                on
+            })
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +207,8 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(30),
             metrics: false,
             write_durability_timeout: Duration::from_secs(5),
+            #[cfg(feature = "redis")]
+            bus: None,
         }
     }
 }
@@ -277,6 +289,15 @@ impl ServerOptions {
     /// Sets how many outgoing frames may wait for one connection.
     pub fn send_queue(mut self, frames: usize) -> Self {
         self.send_queue = frames.max(1);
+        self
+    }
+
+    /// Runs this server as one node of several (see [`crate::sync::RedisBus`]): the
+    /// workspaces' commits are told to the other nodes, and theirs applied here. The
+    /// workspaces must use shared storage (`PostgresStorage`).
+    #[cfg(feature = "redis")]
+    pub fn redis_bus(mut self, bus: crate::sync::RedisBus) -> Self {
+        self.bus = Some(bus);
         self
     }
 

@@ -194,6 +194,12 @@ pub(crate) fn is_remote(origin: Option<&yrs::Origin>) -> bool {
     origin.is_some_and(|o| o.as_ref() == REMOTE_ORIGIN)
 }
 
+/// Updates with the numbers shared storage gave them, in order.
+pub type Numbered = Vec<(u64, Vec<u8>)>;
+
+/// Told of each commit of shared storage: the doc, and its updates with their numbers.
+pub type CommitListener = std::sync::Arc<dyn Fn(&str, &[(u64, Vec<u8>)]) + Send + Sync>;
+
 /// A boxed future, as the object-safe storage traits return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -281,4 +287,20 @@ pub trait DocStorage: Send + Sync + 'static {
 
     /// Flushes, then releases the storage (the doc can be opened again afterwards).
     fn close(&self) -> BoxFuture<Result<(), StorageError>>;
+
+    /// Shared storage (several nodes) numbers each doc's updates in commit order. The
+    /// number of the last update [`DocStorage::load`] returned (`None`: not numbered).
+    fn loaded_through(&self) -> Option<u64> {
+        None
+    }
+
+    /// Shared storage: every update numbered after `after`, in order, for a node catching
+    /// up (a snapshot that folds some of them comes first, numbered as the last it covers).
+    fn updates_after(&self, _after: u64) -> BoxFuture<Result<Numbered, StorageError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Shared storage: calls `listener` after each commit with the numbers and bytes of
+    /// the updates it stored (what the node then tells the others).
+    fn on_commit(&self, _listener: CommitListener) {}
 }

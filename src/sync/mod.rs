@@ -22,6 +22,8 @@
 //! acknowledged). See [`close`] for every code.
 
 pub(crate) mod awareness;
+#[cfg(feature = "redis")]
+pub(crate) mod bus;
 mod connection;
 pub(crate) mod dynamic;
 mod hub;
@@ -32,6 +34,8 @@ pub(crate) mod protocol;
 pub(crate) mod read_only;
 mod room;
 
+#[cfg(feature = "redis")]
+pub use bus::RedisBus;
 pub(crate) use connection::Transport;
 pub use hub::{RoomEvent, SyncHub, SyncStats};
 pub(crate) use options::SyncOptions;

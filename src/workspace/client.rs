@@ -270,7 +270,7 @@ impl WorkspaceClient {
     /// other, and every sync connection gets it, but it is not stored again and never
     /// refused for want of local storage. LWW losers it reveals are settled (a local
     /// transaction, stored as usual).
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(not(any(test, feature = "redis")), allow(dead_code))]
     pub(crate) fn apply_remote(&self, bytes: &[u8]) -> Result<(), WorkspaceError> {
         let core = &self.inner.core;
         core.check_alive()?;
@@ -283,6 +283,12 @@ impl WorkspaceClient {
         }
         self.settle();
         Ok(())
+    }
+
+    /// The client's storage.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn storage(&self) -> &Arc<dyn DocStorage> {
+        &self.inner.storage
     }
 
     /// Whether [`WorkspaceClient::settle`] has nothing to do, if that can be told without

@@ -153,6 +153,8 @@ impl StorageProvider for PostgresStorage {
             closed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             max_pending_bytes: self.options.max_pending_bytes,
+            listener: Mutex::new(None),
+            loaded: AtomicU64::new(0),
         });
         let writer = Writer {
             pool: self.pool.clone(),
@@ -184,6 +186,10 @@ pub(super) struct Shared {
     /// Set when an update arrived after close: it is not stored, and flushes fail.
     pub lost: AtomicBool,
     pub max_pending_bytes: u64,
+    /// Told of each commit (see `DocStorage::on_commit`).
+    pub listener: Mutex<Option<super::CommitListener>>,
+    /// The number of the last update `load` returned.
+    pub loaded: AtomicU64,
 }
 
 struct PostgresDoc {
@@ -195,7 +201,13 @@ struct PostgresDoc {
 }
 
 impl PostgresDoc {
-    async fn load_async(pool: &Pool, doc: &str) -> Result<Vec<Vec<u8>>, StorageError> {
+    /// The snapshot and log of `doc` (from a consistent view), numbered; with `after`,
+    /// only what comes after it (the snapshot when it covers anything after it).
+    async fn read_async(
+        pool: &Pool,
+        doc: &str,
+        after: i64,
+    ) -> Result<super::Numbered, StorageError> {
         let mut client = pool.get().await.map_err(unavailable)?;
         let tx = client
             .build_transaction()
@@ -212,19 +224,25 @@ impl PostgresDoc {
             .await
             .map_err(unavailable)?;
         let mut out = Vec::new();
-        let mut upto = 0i64;
+        let mut from = after;
         if let Some(row) = snapshot {
-            upto = row.get(0);
-            out.push(row.get::<_, Vec<u8>>(1));
+            let upto: i64 = row.get(0);
+            if upto > after {
+                out.push((upto as u64, row.get::<_, Vec<u8>>(1)));
+                from = upto;
+            }
         }
         let rows = tx
             .query(
-                "SELECT data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
-                &[&doc, &upto],
+                "SELECT seq, data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
+                &[&doc, &from],
             )
             .await
             .map_err(unavailable)?;
-        out.extend(rows.into_iter().map(|row| row.get::<_, Vec<u8>>(0)));
+        out.extend(
+            rows.into_iter()
+                .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1))),
+        );
         tx.commit().await.map_err(unavailable)?;
         Ok(out)
     }
@@ -233,8 +251,26 @@ impl PostgresDoc {
 impl DocStorage for PostgresDoc {
     fn load(&self) -> Result<Vec<Vec<u8>>, StorageError> {
         let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
-        self.runtime
-            .block_on(async move { Self::load_async(&pool, &doc).await })
+        let numbered = self
+            .runtime
+            .block_on(async move { Self::read_async(&pool, &doc, 0).await })?;
+        if let Some((last, _)) = numbered.last() {
+            self.shared.loaded.store(*last, Ordering::Release);
+        }
+        Ok(numbered.into_iter().map(|(_, update)| update).collect())
+    }
+
+    fn loaded_through(&self) -> Option<u64> {
+        Some(self.shared.loaded.load(Ordering::Acquire))
+    }
+
+    fn updates_after(&self, after: u64) -> BoxFuture<Result<super::Numbered, StorageError>> {
+        let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
+        Box::pin(async move { Self::read_async(&pool, &doc, after as i64).await })
+    }
+
+    fn on_commit(&self, listener: super::CommitListener) {
+        *lock(&self.shared.listener) = Some(listener);
     }
 
     fn admit(&self) -> Result<(), StorageError> {

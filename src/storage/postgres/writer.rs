@@ -83,6 +83,22 @@ impl Writer {
 
     /// Numbers and stores `batch` in one transaction.
     async fn commit(&self, batch: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        let last = self.commit_numbered(batch).await?;
+        let listener = lock(&self.shared.listener).clone();
+        if let Some(listener) = listener {
+            let first = last - batch.len() as u64 + 1;
+            let numbered: Vec<(u64, Vec<u8>)> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (_, update))| (first + i as u64, update.clone()))
+                .collect();
+            listener(&self.shared.doc, &numbered);
+        }
+        Ok(())
+    }
+
+    /// Stores `batch`; returns the number of its last update.
+    async fn commit_numbered(&self, batch: &[(u64, Vec<u8>)]) -> Result<u64, String> {
         let started = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
         let tx = client.transaction().await.map_err(|e| e.to_string())?;
@@ -109,7 +125,7 @@ impl Writer {
         .map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
         crate::storage::COMMITS.committed(started.elapsed());
-        Ok(())
+        Ok(last as u64)
     }
 }
 

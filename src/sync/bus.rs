@@ -1,0 +1,331 @@
+//! The cross-node bus (feature `redis`): nodes that share one database tell each other
+//! of every update they commit over Redis Streams, so a write answered by one node reaches
+//! every other node's docs, REST reads and sync connections.
+//!
+//! Each doc has a stream `epicenter:{<doc>}:u` (the hash tag keeps a doc's keys on one
+//! Redis Cluster slot) whose entries carry the committing node, the update's number (the
+//! shared storage numbers each doc's updates gap-free, in commit order) and its bytes.
+//! A node applies another node's update through the doc's one way in for remote updates
+//! (`WorkspaceClient::apply_remote`: applied and passed to the doc's sync connections like
+//! any other, never stored again), in number order. Redis holds nothing durable: an entry
+//! past a gap (Redis restarted, the stream trimmed, this node lagging), and a check every
+//! `catch_up_interval`, make the node read what it lacks from the storage.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::streams::StreamReadReply;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::lock::lock;
+use crate::workspace::WorkspaceClient;
+
+/// How a node joins the others: the Redis server they share and this node's name.
+#[derive(Debug, Clone)]
+pub struct RedisBus {
+    url: String,
+    node: String,
+    catch_up_interval: Duration,
+}
+
+impl RedisBus {
+    /// The bus on the Redis server at `url` (`redis://host:port/`), for node `node` (a
+    /// name unique among the nodes, e.g. the host name).
+    pub fn new(url: impl Into<String>, node: impl Into<String>) -> Self {
+        RedisBus {
+            url: url.into(),
+            node: node.into(),
+            catch_up_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// How often each doc is compared with the storage, whatever the bus delivered.
+    /// Default 1 s.
+    pub fn catch_up_interval(mut self, interval: Duration) -> Self {
+        self.catch_up_interval = interval;
+        self
+    }
+}
+
+fn stream_key(doc: &str) -> String {
+    format!("epicenter:{{{doc}}}:u")
+}
+
+/// What this node has applied of one doc.
+struct DocState {
+    client: WorkspaceClient,
+    /// Every update numbered up to this one is in the doc.
+    applied: u64,
+    /// Numbers above `applied` already in the doc (this node's own commits).
+    ahead: BTreeSet<u64>,
+}
+
+impl DocState {
+    /// Records that update `n` is in the doc.
+    fn mark(&mut self, n: u64) {
+        if n > self.applied {
+            self.ahead.insert(n);
+        }
+        while self.ahead.remove(&(self.applied + 1)) {
+            self.applied += 1;
+        }
+    }
+}
+
+type Docs = Arc<Mutex<HashMap<String, DocState>>>;
+
+/// Starts the bus for `clients`: their commits are published, other nodes' updates
+/// applied. Runs until `shutdown`.
+pub(crate) fn start(config: &RedisBus, clients: Vec<WorkspaceClient>, shutdown: CancellationToken) {
+    let docs: Docs = Arc::default();
+    let (publish, published) = mpsc::unbounded_channel::<(String, u64, Vec<u8>)>();
+    for client in clients {
+        let Some(applied) = client.storage().loaded_through() else {
+            tracing::warn!(
+                workspace = client.id(),
+                "its storage is not shared; not on the bus"
+            );
+            continue;
+        };
+        let id = client.id().to_string();
+        let (states, publish) = (docs.clone(), publish.clone());
+        client
+            .storage()
+            .on_commit(Arc::new(move |doc: &str, updates: &[(u64, Vec<u8>)]| {
+                if let Some(state) = lock(&states).get_mut(doc) {
+                    for (n, _) in updates {
+                        state.mark(*n);
+                    }
+                }
+                for (n, update) in updates {
+                    let _ = publish.send((doc.to_string(), *n, update.clone()));
+                }
+            }));
+        lock(&docs).insert(
+            id,
+            DocState {
+                client,
+                applied,
+                ahead: BTreeSet::new(),
+            },
+        );
+    }
+    let config = config.clone();
+    tokio::spawn(run(config, docs, published, shutdown));
+}
+
+async fn run(
+    config: RedisBus,
+    docs: Docs,
+    mut published: mpsc::UnboundedReceiver<(String, u64, Vec<u8>)>,
+    shutdown: CancellationToken,
+) {
+    let client = match redis::Client::open(config.url.as_str()) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "bad Redis URL; the bus is off");
+            return;
+        }
+    };
+    let publisher = {
+        let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+            loop {
+                let (doc, n, update) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = published.recv() => match next { Some(next) => next, None => return },
+                };
+                if conn.is_none() {
+                    conn = client.get_multiplexed_async_connection().await.ok();
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                // Lost when Redis is down: the other nodes catch up from the storage.
+                let sent: redis::RedisResult<String> = redis::cmd("XADD")
+                    .arg(stream_key(&doc))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(10_000)
+                    .arg("*")
+                    .arg("node")
+                    .arg(&node)
+                    .arg("n")
+                    .arg(n)
+                    .arg("u")
+                    .arg(update)
+                    .query_async(c)
+                    .await;
+                if sent.is_err() {
+                    conn = None;
+                }
+            }
+        })
+    };
+    let mut catch_up = tokio::time::interval(config.catch_up_interval);
+    let keys: Vec<(String, String)> = lock(&docs)
+        .keys()
+        .map(|doc| (doc.clone(), stream_key(doc)))
+        .collect();
+    // Each stream is read from its start ("0"): entries already applied are skipped.
+    let mut last: HashMap<String, String> = keys
+        .iter()
+        .map(|(_, key)| (key.clone(), "0".to_string()))
+        .collect();
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(50);
+    while !shutdown.is_cancelled() && !keys.is_empty() {
+        if conn.is_none() {
+            let options = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(5)))
+                .set_connection_timeout(Some(Duration::from_secs(2)));
+            conn = client
+                .get_multiplexed_async_connection_with_config(&options)
+                .await
+                .ok();
+            if conn.is_none() {
+                // Redis is away: the storage is the way to catch up meanwhile.
+                for (doc, _) in &keys {
+                    catch_up_doc(&docs, doc).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff.min(config.catch_up_interval)) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            backoff = Duration::from_millis(50);
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut read = redis::cmd("XREAD");
+        read.arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(500)
+            .arg("STREAMS");
+        for (_, key) in &keys {
+            read.arg(key);
+        }
+        for (_, key) in &keys {
+            read.arg(&last[key]);
+        }
+        let reply: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            reply = read.query_async(c) => reply,
+        };
+        match reply {
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the bus failed; reconnecting");
+                conn = None;
+                // A restarted Redis numbers its entries from the start again.
+                for id in last.values_mut() {
+                    *id = "0".to_string();
+                }
+            }
+            Ok(None) => {}
+            Ok(Some(reply)) => {
+                for stream in reply.keys {
+                    let Some((doc, _)) = keys.iter().find(|(_, key)| *key == stream.key) else {
+                        continue;
+                    };
+                    for entry in stream.ids {
+                        last.insert(stream.key.clone(), entry.id.clone());
+                        let node: Option<String> = entry.get("node");
+                        if node.as_deref() == Some(config.node.as_str()) {
+                            continue;
+                        }
+                        let (Some(n), Some(update)) =
+                            (entry.get::<u64>("n"), entry.get::<Vec<u8>>("u"))
+                        else {
+                            continue;
+                        };
+                        deliver(&docs, doc, n, update).await;
+                    }
+                }
+            }
+        }
+        if tokio::time::timeout(Duration::ZERO, catch_up.tick())
+            .await
+            .is_ok()
+        {
+            for (doc, _) in &keys {
+                catch_up_doc(&docs, doc).await;
+            }
+        }
+    }
+    publisher.abort();
+}
+
+/// Applies another node's update `n` to `doc`, in order: the next one at once, an old one
+/// not at all, one past a gap after catching up from the storage.
+async fn deliver(docs: &Docs, doc: &str, n: u64, update: Vec<u8>) {
+    let next = {
+        let states = lock(docs);
+        let Some(state) = states.get(doc) else { return };
+        if n <= state.applied || state.ahead.contains(&n) {
+            return;
+        }
+        (n == state.applied + 1).then(|| state.client.clone())
+    };
+    match next {
+        Some(client) => {
+            if apply(&client, update).await {
+                if let Some(state) = lock(docs).get_mut(doc) {
+                    state.mark(n);
+                }
+            }
+        }
+        None => catch_up_doc(docs, doc).await,
+    }
+}
+
+/// Reads and applies everything of `doc` numbered after what this node has applied.
+async fn catch_up_doc(docs: &Docs, doc: &str) {
+    let (client, after) = {
+        let states = lock(docs);
+        let Some(state) = states.get(doc) else { return };
+        (state.client.clone(), state.applied)
+    };
+    let missing = match client.storage().updates_after(after).await {
+        Ok(missing) => missing,
+        Err(e) => {
+            tracing::debug!(doc, error = %e, "cannot catch up from the storage now");
+            return;
+        }
+    };
+    for (n, update) in missing {
+        let known = lock(docs)
+            .get(doc)
+            .is_some_and(|s| n <= s.applied || s.ahead.contains(&n));
+        if known || apply(&client, update).await {
+            if let Some(state) = lock(docs).get_mut(doc) {
+                // A snapshot stands for every number up to its own.
+                if n > state.applied + 1 && !state.ahead.contains(&n) {
+                    state.applied = n - 1;
+                }
+                state.mark(n);
+            }
+        } else {
+            return;
+        }
+    }
+}
+
+/// Applies a remote update on a blocking thread (it waits for the doc's lock).
+async fn apply(client: &WorkspaceClient, update: Vec<u8>) -> bool {
+    let client = client.clone();
+    let applied = tokio::task::spawn_blocking(move || client.apply_remote(&update)).await;
+    match applied {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "an update from another node does not apply");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "applying an update from another node failed");
+            false
+        }
+    }
+}
