@@ -10,6 +10,14 @@
 //!
 //! With `EPICENTER_TOKEN` set, every request needs that token (`Authorization: Bearer <token>`,
 //! or `?token=<token>` for WebSockets); the OpenAPI document and Scalar page stay open.
+//!
+//! With `EPICENTER_POSTGRES_URL` and `EPICENTER_REDIS_URL` set (and the `postgres` and
+//! `redis` features on), it runs as one node of several: the workspace is stored in that
+//! Postgres database and the nodes tell each other of their writes over that Redis server.
+//!
+//! ```sh
+//! cargo run --features postgres,redis --example blog   # with the variables above, and PORT
+//! ```
 
 use epicenter_server::server::{create_server, Auth, ServerOptions};
 use epicenter_server::storage::SqliteStorage;
@@ -34,14 +42,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .table("posts", [("id", id()), ("title", text())])
         .build()?;
 
-    // 2. Create the client: loads `<data dir>/blog.db` before returning.
-    let client = blog
-        .with_storage(SqliteStorage::new(&data_dir))
-        .create()
-        .await?;
+    let mut options = ServerOptions::default();
+    let cluster = (
+        std::env::var("EPICENTER_POSTGRES_URL").ok(),
+        std::env::var("EPICENTER_REDIS_URL").ok(),
+    );
+    // 2. Create the client: loads its stored state before returning.
+    let client = match cluster {
+        (Some(postgres), Some(redis)) => {
+            let (client, node_options) = node(blog, &postgres, &redis).await?;
+            options = node_options;
+            client
+        }
+        (None, None) => {
+            // `<data dir>/blog.db`.
+            blog.with_storage(SqliteStorage::new(&data_dir))
+                .create()
+                .await?
+        }
+        _ => {
+            return Err(
+                "set both EPICENTER_POSTGRES_URL and EPICENTER_REDIS_URL, or neither".into(),
+            )
+        }
+    };
 
     // 3. Create and run the server until Ctrl+C / SIGTERM, then flush and stop.
-    let mut options = ServerOptions::default();
     let token = std::env::var("EPICENTER_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -58,4 +84,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     server.run_until_shutdown().await?;
     Ok(())
+}
+
+/// The client and options of a node of several (features `postgres` and `redis`).
+#[cfg(all(feature = "postgres", feature = "redis"))]
+async fn node(
+    blog: WorkspaceDefinition,
+    postgres: &str,
+    redis: &str,
+) -> Result<(epicenter_server::WorkspaceClient, ServerOptions), Box<dyn std::error::Error>> {
+    use epicenter_server::storage::PostgresStorage;
+    use epicenter_server::sync::RedisBus;
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "node".into());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "3913".into());
+    let name = format!("{}-{port}", host.trim());
+    let client = blog
+        .with_storage(PostgresStorage::connect(postgres).await?)
+        .create()
+        .await?;
+    println!("Node {name}: storage in Postgres, writes shared over Redis");
+    let options = ServerOptions::default().redis_bus(RedisBus::new(redis, name));
+    Ok((client, options))
+}
+
+#[cfg(not(all(feature = "postgres", feature = "redis")))]
+async fn node(
+    _blog: WorkspaceDefinition,
+    _postgres: &str,
+    _redis: &str,
+) -> Result<(epicenter_server::WorkspaceClient, ServerOptions), Box<dyn std::error::Error>> {
+    Err("running as a node needs the postgres and redis features: cargo run --features postgres,redis --example blog".into())
 }
