@@ -13,8 +13,13 @@ use epicenter_server::server::{create_server, Server, ServerOptions};
 use epicenter_server::storage::{PostgresOptions, PostgresStorage};
 use epicenter_server::sync::RedisBus;
 use epicenter_server::workspace::{id, text, RowResult, WorkspaceDefinition};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::services::{Postgres, Redis};
+use tokio_tungstenite::tungstenite::Message as Ws;
+use yrs::sync::{AwarenessUpdate, Message};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 
 const GUARD: Duration = Duration::from_secs(20);
 
@@ -121,6 +126,96 @@ async fn redis_delivers_and_a_gap_is_filled_from_the_database() {
     until_seen(&b, "3", "shows the gap").await;
     until_seen(&b, "2", "missed").await;
 
+    a.destroy().await.unwrap();
+    b.destroy().await.unwrap();
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A sync connection to the blog room of the node at `addr`, joined (its step 1 read).
+async fn join(addr: SocketAddr) -> Socket {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/blog/sync"))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(_))) => return ws,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn awareness(client: u64, clock: u32, state: &str) -> Vec<u8> {
+    let mut update = AwarenessUpdate {
+        clients: Default::default(),
+    };
+    update.clients.insert(
+        yrs::ClientID::new(client),
+        yrs::sync::awareness::AwarenessUpdateEntry {
+            clock,
+            json: state.into(),
+        },
+    );
+    Message::Awareness(update).encode_v1()
+}
+
+/// Waits for an awareness message holding `client`; returns its state.
+async fn awareness_of(ws: &mut Socket, client: u64) -> String {
+    loop {
+        let frame = match tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("awareness in time")
+        {
+            Some(Ok(Ws::Binary(b))) => b,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        };
+        if let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) {
+            if let Some(entry) = update.clients.get(&yrs::ClientID::new(client)) {
+                return entry.json.to_string();
+            }
+        }
+    }
+}
+
+/// A connection's presence on one node is seen by the other node's connections, and so is
+/// its removal when it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_crosses_nodes_and_so_does_its_removal() {
+    let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {
+        return;
+    };
+    let quick = Duration::from_millis(200);
+    let (a, a_addr) = node(&pg, &redis, "a", quick).await;
+    let (b, b_addr) = node(&pg, &redis, "b", quick).await;
+    let mut on_b = join(b_addr).await;
+    let mut on_a = join(a_addr).await;
+    // The bus reads awareness from what comes next: repeat until the other node has it.
+    let state = tokio::time::timeout(GUARD, async {
+        let mut clock = 1;
+        loop {
+            on_a.send(Ws::Binary(awareness(42, clock, r#"{"user":"ann"}"#).into()))
+                .await
+                .unwrap();
+            clock += 1;
+            if let Ok(state) =
+                tokio::time::timeout(Duration::from_millis(300), awareness_of(&mut on_b, 42)).await
+            {
+                return state;
+            }
+        }
+    })
+    .await
+    .expect("presence reached the other node");
+    assert_eq!(state, r#"{"user":"ann"}"#);
+    on_a.close(None).await.unwrap();
+    assert_eq!(
+        awareness_of(&mut on_b, 42).await,
+        "null",
+        "the removal reached it too"
+    );
     a.destroy().await.unwrap();
     b.destroy().await.unwrap();
 }

@@ -142,7 +142,12 @@ pub fn create_server(
     let sync = Arc::new(SyncHub::new(options.sync_options(), map.clone()));
     #[cfg(feature = "redis")]
     if let Some(bus) = &options.bus {
-        crate::sync::bus::start(bus, map.values().cloned().collect(), sync.shutdown.clone());
+        crate::sync::bus::start(
+            bus,
+            map.values().cloned().collect(),
+            sync.clone(),
+            sync.shutdown.clone(),
+        );
     }
     Ok(Server {
         state: ServerState::new(map, document, scalar_html.into(), sync, options.clone()),

@@ -28,6 +28,7 @@ pub struct RedisBus {
     url: String,
     node: String,
     catch_up_interval: Duration,
+    node_timeout: Duration,
 }
 
 impl RedisBus {
@@ -38,7 +39,16 @@ impl RedisBus {
             url: url.into(),
             node: node.into(),
             catch_up_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// How long a node may go without renewing its heartbeat before the others take it
+    /// for gone and remove the awareness states of its connections. Default 30 s (the
+    /// heartbeat is renewed every third of it).
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout.max(Duration::from_millis(300));
+        self
     }
 
     /// How often each doc is compared with the storage, whatever the bus delivered.
@@ -51,6 +61,20 @@ impl RedisBus {
 
 fn stream_key(doc: &str) -> String {
     format!("epicenter:{{{doc}}}:u")
+}
+
+fn awareness_key(doc: &str) -> String {
+    format!("epicenter:{{{doc}}}:a")
+}
+
+fn node_key(node: &str) -> String {
+    format!("epicenter:node:{node}")
+}
+
+/// What the publisher sends.
+enum Publish {
+    Update(String, u64, Vec<u8>),
+    Awareness(String, bytes::Bytes),
 }
 
 /// What this node has applied of one doc.
@@ -78,9 +102,28 @@ type Docs = Arc<Mutex<HashMap<String, DocState>>>;
 
 /// Starts the bus for `clients`: their commits are published, other nodes' updates
 /// applied. Runs until `shutdown`.
-pub(crate) fn start(config: &RedisBus, clients: Vec<WorkspaceClient>, shutdown: CancellationToken) {
+pub(crate) fn start(
+    config: &RedisBus,
+    clients: Vec<WorkspaceClient>,
+    hub: Arc<super::SyncHub>,
+    shutdown: CancellationToken,
+) {
     let docs: Docs = Arc::default();
-    let (publish, published) = mpsc::unbounded_channel::<(String, u64, Vec<u8>)>();
+    let (publish, published) = mpsc::unbounded_channel::<Publish>();
+    let (relay, relayed) = mpsc::unbounded_channel();
+    hub.set_relay(relay);
+    let awareness_publish = publish.clone();
+    tokio::spawn(async move {
+        let mut relayed = relayed;
+        while let Some((room, frame)) = relayed.recv().await {
+            if awareness_publish
+                .send(Publish::Awareness(room, frame))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
     for client in clients {
         let Some(applied) = client.storage().loaded_through() else {
             tracing::warn!(
@@ -100,7 +143,7 @@ pub(crate) fn start(config: &RedisBus, clients: Vec<WorkspaceClient>, shutdown: 
                     }
                 }
                 for (n, update) in updates {
-                    let _ = publish.send((doc.to_string(), *n, update.clone()));
+                    let _ = publish.send(Publish::Update(doc.to_string(), *n, update.clone()));
                 }
             }));
         lock(&docs).insert(
@@ -113,13 +156,14 @@ pub(crate) fn start(config: &RedisBus, clients: Vec<WorkspaceClient>, shutdown: 
         );
     }
     let config = config.clone();
-    tokio::spawn(run(config, docs, published, shutdown));
+    tokio::spawn(run(config, docs, hub, published, shutdown));
 }
 
 async fn run(
     config: RedisBus,
     docs: Docs,
-    mut published: mpsc::UnboundedReceiver<(String, u64, Vec<u8>)>,
+    hub: Arc<super::SyncHub>,
+    mut published: mpsc::UnboundedReceiver<Publish>,
     shutdown: CancellationToken,
 ) {
     let client = match redis::Client::open(config.url.as_str()) {
@@ -134,7 +178,7 @@ async fn run(
         tokio::spawn(async move {
             let mut conn: Option<redis::aio::MultiplexedConnection> = None;
             loop {
-                let (doc, n, update) = tokio::select! {
+                let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     next = published.recv() => match next { Some(next) => next, None => return },
                 };
@@ -142,23 +186,58 @@ async fn run(
                     conn = client.get_multiplexed_async_connection().await.ok();
                 }
                 let Some(c) = conn.as_mut() else { continue };
-                // Lost when Redis is down: the other nodes catch up from the storage.
-                let sent: redis::RedisResult<String> = redis::cmd("XADD")
-                    .arg(stream_key(&doc))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(10_000)
-                    .arg("*")
-                    .arg("node")
-                    .arg(&node)
-                    .arg("n")
-                    .arg(n)
-                    .arg("u")
-                    .arg(update)
-                    .query_async(c)
-                    .await;
+                // Lost when Redis is down: the other nodes catch up from the storage (and
+                // awareness is renewed by its clients every 15 s).
+                let mut add = redis::cmd("XADD");
+                match next {
+                    Publish::Update(doc, n, update) => add
+                        .arg(stream_key(&doc))
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(10_000)
+                        .arg("*")
+                        .arg("node")
+                        .arg(&node)
+                        .arg("n")
+                        .arg(n)
+                        .arg("u")
+                        .arg(update),
+                    Publish::Awareness(doc, frame) => add
+                        .arg(awareness_key(&doc))
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(1000)
+                        .arg("*")
+                        .arg("node")
+                        .arg(&node)
+                        .arg("a")
+                        .arg(frame.as_ref()),
+                };
+                let sent: redis::RedisResult<String> = add.query_async(c).await;
                 if sent.is_err() {
                     conn = None;
+                }
+            }
+        })
+    };
+    let heartbeat = {
+        let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
+        let timeout = config.node_timeout;
+        tokio::spawn(async move {
+            let mut beat = tokio::time::interval(timeout / 3);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = beat.tick() => {}
+                }
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let _: redis::RedisResult<()> = redis::cmd("SET")
+                        .arg(node_key(&node))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(timeout.as_millis() as u64)
+                        .query_async(&mut c)
+                        .await;
                 }
             }
         })
@@ -166,12 +245,20 @@ async fn run(
     let mut catch_up = tokio::time::interval(config.catch_up_interval);
     let keys: Vec<(String, String)> = lock(&docs)
         .keys()
-        .map(|doc| (doc.clone(), stream_key(doc)))
+        .flat_map(|doc| {
+            [
+                (doc.clone(), stream_key(doc)),
+                (doc.clone(), awareness_key(doc)),
+            ]
+        })
         .collect();
-    // Each stream is read from its start ("0"): entries already applied are skipped.
+    // Update streams are read from their start ("0"): entries already applied are
+    // skipped. Awareness streams from what comes next ("$"): old states are not replayed
+    // (their clients renew them every 15 s).
+    let start = |key: &str| if key.ends_with(":a") { "$" } else { "0" }.to_string();
     let mut last: HashMap<String, String> = keys
         .iter()
-        .map(|(_, key)| (key.clone(), "0".to_string()))
+        .map(|(_, key)| (key.clone(), start(key)))
         .collect();
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(50);
@@ -220,8 +307,8 @@ async fn run(
                 tracing::warn!(error = %e, "reading the bus failed; reconnecting");
                 conn = None;
                 // A restarted Redis numbers its entries from the start again.
-                for id in last.values_mut() {
-                    *id = "0".to_string();
+                for (key, id) in last.iter_mut() {
+                    *id = start(key);
                 }
             }
             Ok(None) => {}
@@ -232,8 +319,14 @@ async fn run(
                     };
                     for entry in stream.ids {
                         last.insert(stream.key.clone(), entry.id.clone());
-                        let node: Option<String> = entry.get("node");
-                        if node.as_deref() == Some(config.node.as_str()) {
+                        let Some(node) = entry.get::<String>("node") else {
+                            continue;
+                        };
+                        if node == config.node {
+                            continue;
+                        }
+                        if let Some(frame) = entry.get::<Vec<u8>>("a") {
+                            relay_in(&hub, doc, &node, frame);
                             continue;
                         }
                         let (Some(n), Some(update)) =
@@ -250,12 +343,48 @@ async fn run(
             .await
             .is_ok()
         {
-            for (doc, _) in &keys {
+            let docs_now: Vec<String> = lock(&docs).keys().cloned().collect();
+            for doc in &docs_now {
                 catch_up_doc(&docs, doc).await;
+                if let (Some(room), Some(c)) = (hub.live_room(doc), conn.as_mut()) {
+                    drop_gone_nodes(&room, c).await;
+                }
             }
         }
     }
     publisher.abort();
+    heartbeat.abort();
+}
+
+/// Applies another node's awareness frame to room `doc`, when it is open here.
+fn relay_in(hub: &super::SyncHub, doc: &str, node: &str, frame: Vec<u8>) {
+    let Some(room) = hub.live_room(doc) else {
+        return;
+    };
+    match super::protocol::decode(&frame) {
+        Ok(super::protocol::Inbound::Awareness(update)) => {
+            room.apply_remote_awareness(node, update, bytes::Bytes::from(frame));
+        }
+        _ => tracing::debug!(
+            doc,
+            node,
+            "ignored a malformed awareness frame from the bus"
+        ),
+    }
+}
+
+/// Removes the awareness of nodes whose heartbeat has lapsed.
+async fn drop_gone_nodes(room: &super::room::Room, c: &mut redis::aio::MultiplexedConnection) {
+    for node in room.remote_nodes() {
+        let alive: redis::RedisResult<bool> = redis::cmd("EXISTS")
+            .arg(node_key(&node))
+            .query_async(c)
+            .await;
+        if let Ok(false) = alive {
+            tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
+            room.drop_remote_node(&node);
+        }
+    }
 }
 
 /// Applies another node's update `n` to `doc`, in order: the next one at once, an old one

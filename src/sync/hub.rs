@@ -128,6 +128,8 @@ pub struct SyncHub {
     pub(crate) shutdown: CancellationToken,
     events: broadcast::Sender<RoomEvent>,
     pub(crate) stats: Arc<Stats>,
+    /// Where rooms send their connections' awareness for other nodes (set by the bus).
+    relay: std::sync::OnceLock<super::room::Relay>,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -153,6 +155,7 @@ impl SyncHub {
             shutdown: CancellationToken::new(),
             events: broadcast::channel(256).0,
             stats: Arc::default(),
+            relay: std::sync::OnceLock::new(),
         }
     }
 
@@ -178,6 +181,23 @@ impl SyncHub {
             }
         }
         docs
+    }
+
+    /// Sends the awareness of rooms opened from now on to `relay` (the bus to other nodes).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_relay(&self, relay: super::room::Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// The room `id`, if it is loaded and not being loaded or evicted right now.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn live_room(&self, id: &str) -> Option<Arc<Room>> {
+        let entry = lock(&self.rooms).get(id).cloned()?;
+        let slot = entry.slot.try_lock().ok()?;
+        match &*slot {
+            Slot::Live(room) => Some(room.clone()),
+            _ => None,
+        }
     }
 
     /// Ids of the rooms loaded now, sorted.
@@ -312,7 +332,9 @@ impl SyncHub {
                             None => return Err(JoinError::NotFound),
                         }
                     };
-                    let opened = Room::open(id, doc, self.options.max_awareness_states).await;
+                    let relay = self.relay.get().cloned();
+                    let opened =
+                        Room::open(id, doc, self.options.max_awareness_states, relay).await;
                     let room = match opened {
                         Ok(room) => room,
                         Err(e) => {

@@ -19,6 +19,9 @@ use crate::storage::BoxFuture;
 use crate::workspace::WorkspaceClient;
 
 mod doc_work;
+mod remote;
+
+pub(crate) use remote::Relay;
 
 /// Key of the room's update observer on its doc.
 const ROOM_OBSERVER: &str = "epicenter-sync";
@@ -128,6 +131,10 @@ pub(crate) struct Room {
     epoch: AtomicU64,
     /// Most awareness states one connection may have present (`max_awareness_states`).
     max_awareness: usize,
+    /// Where the awareness of this node's connections goes for the other nodes.
+    relay: Option<Relay>,
+    /// Awareness client ids present here for other nodes' connections, by node.
+    remote_awareness: Mutex<HashMap<String, HashSet<ClientID>>>,
 }
 
 impl Room {
@@ -135,7 +142,12 @@ impl Room {
     /// something else holds it (a REST write, a metrics scrape): yrs's
     /// `Doc::observe_update_v1` only tries the lock, and a join must not fail because the
     /// doc is busy for a moment.
-    pub async fn open(id: &str, doc: RoomDoc, max_awareness: usize) -> Result<Arc<Room>, String> {
+    pub async fn open(
+        id: &str,
+        doc: RoomDoc,
+        max_awareness: usize,
+        relay: Option<Relay>,
+    ) -> Result<Arc<Room>, String> {
         let room = Arc::new(Room {
             id: id.to_string(),
             awareness: Mutex::default(),
@@ -146,6 +158,8 @@ impl Room {
             size: AtomicU64::new(UNKNOWN_SIZE),
             epoch: AtomicU64::new(0),
             max_awareness,
+            relay,
+            remote_awareness: Mutex::default(),
         });
         let weak = Arc::downgrade(&room);
         in_write_txn(room.doc.doc(), move |txn| {
@@ -222,6 +236,7 @@ impl Room {
                 for other in lock(&self.members).values() {
                     other.out.push(Out::Frame(frame.clone()));
                 }
+                self.relay(&frame);
             }
         }
         lock(&self.members).len()
@@ -293,6 +308,8 @@ impl Room {
         for member in members.values() {
             member.out.push(Out::Frame(frame.clone()));
         }
+        drop(members);
+        self.relay(&frame);
         Ok(())
     }
 

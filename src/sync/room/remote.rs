@@ -1,0 +1,66 @@
+//! What a room exchanges with the same room on other nodes (feature `redis`): the
+//! awareness updates of its own connections go out through the relay; those of other
+//! nodes' connections come in here, are told to every local connection, and are
+//! remembered by node, so a node's states can be removed when it is gone.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use yrs::sync::AwarenessUpdate;
+
+use super::{Out, Room};
+use crate::lock::lock;
+use crate::sync::awareness::Change;
+use crate::sync::protocol;
+
+/// Where a room sends the awareness frames of its own connections (room id, frame).
+pub(crate) type Relay = tokio::sync::mpsc::UnboundedSender<(String, Bytes)>;
+
+impl Room {
+    /// Tells the other nodes of an awareness frame of this node's connections.
+    pub(super) fn relay(&self, frame: &Bytes) {
+        if let Some(relay) = &self.relay {
+            let _ = relay.send((self.id.clone(), frame.clone()));
+        }
+    }
+
+    /// Applies an awareness update from a connection of node `node` and tells every local
+    /// connection.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn apply_remote_awareness(&self, node: &str, update: AwarenessUpdate, frame: Bytes) {
+        let changes = lock(&self.awareness).apply(update);
+        Change::track(
+            changes,
+            lock(&self.remote_awareness)
+                .entry(node.to_string())
+                .or_default(),
+        );
+        for member in lock(&self.members).values() {
+            member.out.push(Out::Frame(frame.clone()));
+        }
+    }
+
+    /// Removes the awareness states node `node`'s connections had (the node is gone) and
+    /// tells every local connection.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn drop_remote_node(&self, node: &str) {
+        let ids: HashSet<_> = lock(&self.remote_awareness)
+            .remove(node)
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(update) = lock(&self.awareness).remove(ids) {
+            let frame = protocol::awareness(update);
+            for member in lock(&self.members).values() {
+                member.out.push(Out::Frame(frame.clone()));
+            }
+        }
+    }
+
+    /// The nodes whose connections have awareness states here.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn remote_nodes(&self) -> Vec<String> {
+        lock(&self.remote_awareness).keys().cloned().collect()
+    }
+}
