@@ -137,3 +137,38 @@ async fn a_database_crash_delays_acknowledgements_and_loses_nothing() {
     assert_eq!(titles(&b), ["before", "during"]);
     b.destroy().await.unwrap();
 }
+
+/// REST over a database that is down: the write is answered 503 with `Retry-After` once
+/// `write_durability_timeout` passes (the change stays applied), and is stored once the
+/// database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_writes_during_a_database_outage_get_503_then_are_stored() {
+    use epicenter_server::server::{create_server, ServerOptions};
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let a = client(&pg, "a").await;
+    let options = ServerOptions::default()
+        .port(0)
+        .write_durability_timeout(Duration::from_millis(300));
+    let server = create_server([a.clone()], options).unwrap();
+    let addr = server.start().await.unwrap();
+    pg.kill();
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/workspaces/blog/tables/posts"))
+        .json(&json!({"id": "x", "title": "during the outage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    pg.restart();
+    tokio::time::timeout(GUARD, a.flush())
+        .await
+        .expect("stored once the database is back")
+        .unwrap();
+    server.destroy().await.unwrap();
+    let b = client(&pg, "b").await;
+    assert_eq!(titles(&b), ["during the outage"]);
+    b.destroy().await.unwrap();
+}
