@@ -14,6 +14,8 @@
 //! With `EPICENTER_POSTGRES_URL` and `EPICENTER_REDIS_URL` set (and the `postgres` and
 //! `redis` features on), it runs as one node of several: the workspace is stored in that
 //! Postgres database and the nodes tell each other of their writes over that Redis server.
+//! `EPICENTER_NODE_TIMEOUT_MS` sets how soon the others drop a dead node's presence
+//! (default 30,000).
 //!
 //! ```sh
 //! cargo run --features postgres,redis --example blog   # with the variables above, and PORT
@@ -103,7 +105,14 @@ async fn node(
         .create()
         .await?;
     println!("Node {name}: storage in Postgres, writes shared over Redis");
-    let options = ServerOptions::default().redis_bus(RedisBus::new(redis, name));
+    let mut bus = RedisBus::new(redis, name);
+    if let Some(ms) = std::env::var("EPICENTER_NODE_TIMEOUT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        bus = bus.node_timeout(std::time::Duration::from_millis(ms));
+    }
+    let options = ServerOptions::default().redis_bus(bus);
     Ok((client, options))
 }
 

@@ -10,8 +10,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::services::{free_port, Postgres, Redis};
+use tokio_tungstenite::tungstenite::Message as Ws;
+use yrs::sync::{AwarenessUpdate, Message};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -35,6 +40,7 @@ impl Node {
             .env("EPICENTER_REDIS_URL", redis.url())
             .env("PORT", port.to_string())
             .env("RUST_LOG", "warn")
+            .env("EPICENTER_NODE_TIMEOUT_MS", "1000")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -148,4 +154,86 @@ async fn a_killed_node_loses_no_acknowledged_write() {
     let on_c = ids_on(&c).await;
     assert!(acked.iter().all(|id| on_c.contains(id)));
     assert!(on_c.contains(&"after".to_string()));
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn join(node: &Node) -> Socket {
+    let url = format!("ws://127.0.0.1:{}/workspaces/blog/sync", node.port);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(_))) => return ws,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn awareness(client: u64, clock: u32, state: &str) -> Vec<u8> {
+    let mut update = AwarenessUpdate {
+        clients: Default::default(),
+    };
+    update.clients.insert(
+        yrs::ClientID::new(client),
+        yrs::sync::awareness::AwarenessUpdateEntry {
+            clock,
+            json: state.into(),
+        },
+    );
+    Message::Awareness(update).encode_v1()
+}
+
+/// The state of `client` in the next awareness message that has it.
+async fn awareness_of(ws: &mut Socket, client: u64) -> String {
+    loop {
+        let frame = match ws.next().await {
+            Some(Ok(Ws::Binary(b))) => b,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        };
+        if let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) {
+            if let Some(entry) = update.clients.get(&yrs::ClientID::new(client)) {
+                return entry.json.to_string();
+            }
+        }
+    }
+}
+
+/// The presence of a killed node's clients disappears from the other nodes once its
+/// heartbeat lapses (here 1 s; 30 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_presence_disappears_elsewhere() {
+    let Some(blog) = blog_binary() else {
+        eprintln!("skipped: build the examples first (cargo test builds them)");
+        return;
+    };
+    let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {
+        return;
+    };
+    let mut a = Node::start(&blog, &pg, &redis);
+    let b = Node::start(&blog, &pg, &redis);
+    let mut on_b = join(&b).await;
+    let mut on_a = join(&a).await;
+    tokio::time::timeout(GUARD, async {
+        let mut clock = 1;
+        loop {
+            on_a.send(Ws::Binary(awareness(7, clock, r#"{"user":"ann"}"#).into()))
+                .await
+                .unwrap();
+            clock += 1;
+            let seen = tokio::time::timeout(Duration::from_millis(300), awareness_of(&mut on_b, 7));
+            if seen.await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("presence reached node B");
+    a.kill();
+    let state = tokio::time::timeout(GUARD, awareness_of(&mut on_b, 7))
+        .await
+        .expect("the dead node's presence is removed");
+    assert_eq!(state, "null");
 }
