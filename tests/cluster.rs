@@ -219,3 +219,113 @@ async fn awareness_crosses_nodes_and_so_does_its_removal() {
     a.destroy().await.unwrap();
     b.destroy().await.unwrap();
 }
+
+/// A node with no workspaces, so every room is a dynamic doc, stored in Postgres.
+async fn dynamic_node(pg: &Postgres, redis: &Redis, name: &str) -> (Server, SocketAddr) {
+    let options = PostgresOptions {
+        node: name.into(),
+        ..PostgresOptions::default()
+    };
+    let storage = PostgresStorage::connect_with(&pg.url(), options)
+        .await
+        .unwrap();
+    let bus = RedisBus::new(redis.url(), name).catch_up_interval(Duration::from_millis(200));
+    let mut options = ServerOptions::default().port(0).redis_bus(bus);
+    options.storage = std::sync::Arc::new(storage);
+    let server = create_server(Vec::<epicenter_server::WorkspaceClient>::new(), options).unwrap();
+    let addr = server.start().await.unwrap();
+    (server, addr)
+}
+
+async fn join_room(addr: SocketAddr, room: &str) -> Socket {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/{room}/sync"))
+            .await
+            .unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(_))) => return ws,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A text insert as a sync update message, from a doc of its own.
+fn insert(text: &str) -> Vec<u8> {
+    use yrs::{ReadTxn, Text, Transact};
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    t.insert(&mut doc.transact_mut(), 0, text);
+    let update = doc
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    Message::Sync(yrs::sync::SyncMessage::Update(update)).encode_v1()
+}
+
+/// Waits for a sync message whose update holds `needle` (applied to a scratch doc).
+async fn until_update_with(ws: &mut Socket, needle: &str) {
+    use yrs::{GetString, Transact};
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let frame = match ws.next().await {
+                Some(Ok(Ws::Binary(b))) => b,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            };
+            if let Ok(Message::Sync(
+                yrs::sync::SyncMessage::Update(u) | yrs::sync::SyncMessage::SyncStep2(u),
+            )) = Message::decode_v1(&frame)
+            {
+                let update = yrs::Update::decode_v1(&u).unwrap();
+                doc.transact_mut().apply_update(update).unwrap();
+                if t.get_string(&doc.transact()).contains(needle) {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{needle} never arrived"));
+}
+
+/// A dynamic doc loads on demand on any node, and a write on one node reaches the same
+/// room's connections on another live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_docs_live_on_every_node() {
+    let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {
+        return;
+    };
+    let (a, a_addr) = dynamic_node(&pg, &redis, "a").await;
+    let (b, b_addr) = dynamic_node(&pg, &redis, "b").await;
+    let mut on_a = join_room(a_addr, "notes").await;
+    on_a.send(Ws::Binary(insert("first").into())).await.unwrap();
+    let status = Message::Custom(102, vec![1]).encode_v1();
+    on_a.send(Ws::Binary(status.clone().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(GUARD, on_a.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(b))) if b[..] == status[..] => break,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Node B loads the room from the database for its first connection...
+    let mut on_b = join_room(b_addr, "notes").await;
+    on_b.send(Ws::Binary(
+        Message::Sync(yrs::sync::SyncMessage::SyncStep1(Default::default()))
+            .encode_v1()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    until_update_with(&mut on_b, "first").await;
+    // ...and from then on gets node A's writes live.
+    on_a.send(Ws::Binary(insert("second").into()))
+        .await
+        .unwrap();
+    until_update_with(&mut on_b, "second").await;
+    a.destroy().await.unwrap();
+    b.destroy().await.unwrap();
+}

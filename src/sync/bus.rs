@@ -78,8 +78,33 @@ enum Publish {
 }
 
 /// What this node has applied of one doc.
+/// Where another node's update of a doc goes on this node.
+#[derive(Clone)]
+enum Target {
+    /// A workspace: always live, with or without a room.
+    Workspace(WorkspaceClient),
+    /// A dynamic doc, while its room is loaded here.
+    Room(Arc<super::room::Room>),
+}
+
+impl Target {
+    fn storage(&self) -> Arc<dyn crate::storage::DocStorage> {
+        match self {
+            Target::Workspace(client) => client.storage().clone(),
+            Target::Room(room) => room.storage(),
+        }
+    }
+
+    fn apply_remote(&self, update: &[u8]) -> Result<(), String> {
+        match self {
+            Target::Workspace(client) => client.apply_remote(update).map_err(|e| e.to_string()),
+            Target::Room(room) => room.apply_remote(update),
+        }
+    }
+}
+
 struct DocState {
-    client: WorkspaceClient,
+    client: Target,
     /// Every update numbered up to this one is in the doc.
     applied: u64,
     /// Numbers above `applied` already in the doc (this node's own commits).
@@ -99,6 +124,51 @@ impl DocState {
 }
 
 type Docs = Arc<Mutex<HashMap<String, DocState>>>;
+
+/// How the room registry puts dynamic docs on the bus while their rooms are loaded.
+pub(crate) struct BusHandle {
+    docs: Docs,
+    publish: mpsc::UnboundedSender<Publish>,
+}
+
+impl BusHandle {
+    fn register(&self, id: String, target: Target) {
+        let storage = target.storage();
+        let Some(applied) = storage.loaded_through() else {
+            tracing::warn!(doc = %id, "its storage is not shared; not on the bus");
+            return;
+        };
+        let (states, publish) = (self.docs.clone(), self.publish.clone());
+        storage.on_commit(Arc::new(move |doc: &str, updates: &[(u64, Vec<u8>)]| {
+            if let Some(state) = lock(&states).get_mut(doc) {
+                for (n, _) in updates {
+                    state.mark(*n);
+                }
+            }
+            for (n, update) in updates {
+                let _ = publish.send(Publish::Update(doc.to_string(), *n, update.clone()));
+            }
+        }));
+        lock(&self.docs).insert(
+            id,
+            DocState {
+                client: target,
+                applied,
+                ahead: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// Puts the dynamic doc of `room` on the bus (its room was just loaded).
+    pub fn register_room(&self, room: Arc<super::room::Room>) {
+        self.register(room.id.clone(), Target::Room(room));
+    }
+
+    /// Takes doc `id` off the bus (its room is being evicted).
+    pub fn unregister(&self, id: &str) {
+        lock(&self.docs).remove(id);
+    }
+}
 
 /// Starts the bus for `clients`: their commits are published, other nodes' updates
 /// applied. Runs until `shutdown`.
@@ -124,37 +194,15 @@ pub(crate) fn start(
             }
         }
     });
+    let handle = Arc::new(BusHandle {
+        docs: docs.clone(),
+        publish,
+    });
     for client in clients {
-        let Some(applied) = client.storage().loaded_through() else {
-            tracing::warn!(
-                workspace = client.id(),
-                "its storage is not shared; not on the bus"
-            );
-            continue;
-        };
         let id = client.id().to_string();
-        let (states, publish) = (docs.clone(), publish.clone());
-        client
-            .storage()
-            .on_commit(Arc::new(move |doc: &str, updates: &[(u64, Vec<u8>)]| {
-                if let Some(state) = lock(&states).get_mut(doc) {
-                    for (n, _) in updates {
-                        state.mark(*n);
-                    }
-                }
-                for (n, update) in updates {
-                    let _ = publish.send(Publish::Update(doc.to_string(), *n, update.clone()));
-                }
-            }));
-        lock(&docs).insert(
-            id,
-            DocState {
-                client,
-                applied,
-                ahead: BTreeSet::new(),
-            },
-        );
+        handle.register(id, Target::Workspace(client));
     }
+    hub.set_bus(handle);
     let config = config.clone();
     tokio::spawn(run(config, docs, hub, published, shutdown));
 }
@@ -243,26 +291,35 @@ async fn run(
         })
     };
     let mut catch_up = tokio::time::interval(config.catch_up_interval);
-    let keys: Vec<(String, String)> = lock(&docs)
-        .keys()
-        .flat_map(|doc| {
-            [
-                (doc.clone(), stream_key(doc)),
-                (doc.clone(), awareness_key(doc)),
-            ]
-        })
-        .collect();
     // Update streams are read from their start ("0"): entries already applied are
     // skipped. Awareness streams from what comes next ("$"): old states are not replayed
     // (their clients renew them every 15 s).
     let start = |key: &str| if key.ends_with(":a") { "$" } else { "0" }.to_string();
-    let mut last: HashMap<String, String> = keys
-        .iter()
-        .map(|(_, key)| (key.clone(), start(key)))
-        .collect();
+    let mut last: HashMap<String, String> = HashMap::new();
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(50);
-    while !shutdown.is_cancelled() && !keys.is_empty() {
+    while !shutdown.is_cancelled() {
+        // The docs on the bus now (dynamic docs come and go with their rooms).
+        let keys: Vec<(String, String)> = lock(&docs)
+            .keys()
+            .flat_map(|doc| {
+                [
+                    (doc.clone(), stream_key(doc)),
+                    (doc.clone(), awareness_key(doc)),
+                ]
+            })
+            .collect();
+        last.retain(|key, _| keys.iter().any(|(_, k)| k == key));
+        for (_, key) in &keys {
+            last.entry(key.clone()).or_insert_with(|| start(key));
+        }
+        if keys.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            continue;
+        }
         if conn.is_none() {
             let options = redis::AsyncConnectionConfig::new()
                 .set_response_timeout(Some(Duration::from_secs(5)))
@@ -443,7 +500,7 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
 }
 
 /// Applies a remote update on a blocking thread (it waits for the doc's lock).
-async fn apply(client: &WorkspaceClient, update: Vec<u8>) -> bool {
+async fn apply(client: &Target, update: Vec<u8>) -> bool {
     let client = client.clone();
     let applied = tokio::task::spawn_blocking(move || client.apply_remote(&update)).await;
     match applied {

@@ -95,6 +95,25 @@ impl DynamicDoc {
         Ok(())
     }
 
+    /// The doc's storage.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn storage(&self) -> &Arc<dyn DocStorage> {
+        &self.storage
+    }
+
+    /// Applies an update another node has already stored: not stored again (see
+    /// `storage::REMOTE_ORIGIN`), refused once the doc is closed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn apply_remote(&self, bytes: &[u8]) -> Result<(), WorkspaceError> {
+        let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
+        let mut txn = self
+            .doc
+            .transact_mut_with(Origin::from(crate::storage::REMOTE_ORIGIN));
+        self.alive()?;
+        crate::storage::apply_untrusted(&mut txn, update).map_err(WorkspaceError::BadUpdate)?;
+        Ok(())
+    }
+
     /// Resolves once everything applied so far is durable.
     pub fn flushed(&self) -> BoxFuture<Result<(), StorageError>> {
         self.storage.flush()

@@ -130,6 +130,9 @@ pub struct SyncHub {
     pub(crate) stats: Arc<Stats>,
     /// Where rooms send their connections' awareness for other nodes (set by the bus).
     relay: std::sync::OnceLock<super::room::Relay>,
+    /// The bus to other nodes, which dynamic docs join while their rooms are loaded.
+    #[cfg(feature = "redis")]
+    bus: std::sync::OnceLock<Arc<super::bus::BusHandle>>,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -156,6 +159,8 @@ impl SyncHub {
             events: broadcast::channel(256).0,
             stats: Arc::default(),
             relay: std::sync::OnceLock::new(),
+            #[cfg(feature = "redis")]
+            bus: std::sync::OnceLock::new(),
         }
     }
 
@@ -187,6 +192,12 @@ impl SyncHub {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_relay(&self, relay: super::room::Relay) {
         let _ = self.relay.set(relay);
+    }
+
+    /// Puts the dynamic docs of rooms loaded from now on on `bus`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_bus(&self, bus: Arc<super::bus::BusHandle>) {
+        let _ = self.bus.set(bus);
     }
 
     /// The room `id`, if it is loaded and not being loaded or evicted right now.
@@ -346,6 +357,10 @@ impl SyncHub {
                             return Err(JoinError::LoadFailed);
                         }
                     };
+                    #[cfg(feature = "redis")]
+                    if let (true, Some(bus)) = (entry.dynamic, self.bus.get()) {
+                        bus.register_room(room.clone());
+                    }
                     *slot = Slot::Live(room.clone());
                     lock(&self.live).insert(id.to_string());
                     tracing::debug!(room = id, dynamic = entry.dynamic, "room opened");
@@ -394,6 +409,10 @@ impl SyncHub {
             if room.len() > 0 || room.epoch() != epoch {
                 return;
             }
+        }
+        #[cfg(feature = "redis")]
+        if let (true, Some(bus)) = (entry.dynamic, self.bus.get()) {
+            bus.unregister(&room.id);
         }
         room.release().await;
         lock(&self.live).remove(&room.id);

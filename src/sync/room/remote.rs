@@ -58,6 +58,26 @@ impl Room {
         }
     }
 
+    /// Applies an update another node has already stored, through the doc's one way in
+    /// for such updates; every connection gets it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn apply_remote(&self, update: &[u8]) -> Result<(), String> {
+        match &self.doc {
+            super::RoomDoc::Workspace(client) => client.apply_remote(update),
+            super::RoomDoc::Dynamic(doc) => doc.apply_remote(update),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The doc's storage.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn storage(&self) -> std::sync::Arc<dyn crate::storage::DocStorage> {
+        match &self.doc {
+            super::RoomDoc::Workspace(client) => client.storage().clone(),
+            super::RoomDoc::Dynamic(doc) => doc.storage().clone(),
+        }
+    }
+
     /// The nodes whose connections have awareness states here.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn remote_nodes(&self) -> Vec<String> {
