@@ -9,6 +9,8 @@
 
 #[path = "../tests/support/services.rs"]
 mod services;
+#[path = "../tests/support/ws.rs"]
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,19 +44,6 @@ async fn node(pg: &Postgres, redis: &Redis, name: &str) -> (Server, SocketAddr) 
     (server, addr)
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A connection to room `bench`, joined (the server's step 1 read).
-async fn join(addr: SocketAddr) -> Socket {
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/bench/sync"))
-            .await
-            .unwrap();
-    while !matches!(ws.next().await, Some(Ok(Ws::Binary(_)))) {}
-    ws
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -70,12 +59,12 @@ async fn run(nodes: usize, rate: u64, seconds: u64) {
     for i in 0..nodes {
         servers.push(node(&pg, &redis, &format!("n{i}")).await);
     }
-    let mut writer = join(servers[0].1).await;
+    let mut writer = ws::join(servers[0].1, "bench").await;
     let total = rate * seconds;
     // One receiver per node: records the arrival time of each key.
     let mut receivers = Vec::new();
     for (_, addr) in &servers {
-        let mut ws = join(*addr).await;
+        let mut ws = ws::join(*addr, "bench").await;
         receivers.push(tokio::spawn(async move {
             let doc = yrs::Doc::new();
             let map = doc.get_or_insert_map("m");

@@ -16,8 +16,9 @@ use epicenter_server::workspace::{id, text, RowResult, WorkspaceDefinition};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::services::{Postgres, Redis};
+use support::ws::{announce_until_heard, awareness_of, join, Socket};
 use tokio_tungstenite::tungstenite::Message as Ws;
-use yrs::sync::{AwarenessUpdate, Message};
+use yrs::sync::Message;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
@@ -130,56 +131,6 @@ async fn redis_delivers_and_a_gap_is_filled_from_the_database() {
     b.destroy().await.unwrap();
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A sync connection to the blog room of the node at `addr`, joined (its step 1 read).
-async fn join(addr: SocketAddr) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/blog/sync"))
-        .await
-        .unwrap();
-    loop {
-        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
-            Some(Ok(Ws::Binary(_))) => return ws,
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-fn awareness(client: u64, clock: u32, state: &str) -> Vec<u8> {
-    let mut update = AwarenessUpdate {
-        clients: Default::default(),
-    };
-    update.clients.insert(
-        yrs::ClientID::new(client),
-        yrs::sync::awareness::AwarenessUpdateEntry {
-            clock,
-            json: state.into(),
-        },
-    );
-    Message::Awareness(update).encode_v1()
-}
-
-/// Waits for an awareness message holding `client`; returns its state.
-async fn awareness_of(ws: &mut Socket, client: u64) -> String {
-    loop {
-        let frame = match tokio::time::timeout(GUARD, ws.next())
-            .await
-            .expect("awareness in time")
-        {
-            Some(Ok(Ws::Binary(b))) => b,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        };
-        if let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) {
-            if let Some(entry) = update.clients.get(&yrs::ClientID::new(client)) {
-                return entry.json.to_string();
-            }
-        }
-    }
-}
-
 /// A connection's presence on one node is seen by the other node's connections, and so is
 /// its removal when it leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,29 +141,14 @@ async fn awareness_crosses_nodes_and_so_does_its_removal() {
     let quick = Duration::from_millis(200);
     let (a, a_addr) = node(&pg, &redis, "a", quick).await;
     let (b, b_addr) = node(&pg, &redis, "b", quick).await;
-    let mut on_b = join(b_addr).await;
-    let mut on_a = join(a_addr).await;
-    // The bus reads awareness from what comes next: repeat until the other node has it.
-    let state = tokio::time::timeout(GUARD, async {
-        let mut clock = 1;
-        loop {
-            on_a.send(Ws::Binary(awareness(42, clock, r#"{"user":"ann"}"#).into()))
-                .await
-                .unwrap();
-            clock += 1;
-            if let Ok(state) =
-                tokio::time::timeout(Duration::from_millis(300), awareness_of(&mut on_b, 42)).await
-            {
-                return state;
-            }
-        }
-    })
-    .await
-    .expect("presence reached the other node");
+    let mut on_b = join(b_addr, "blog").await;
+    let mut on_a = join(a_addr, "blog").await;
+    let state = announce_until_heard(&mut on_a, &mut on_b, 42, r#"{"user":"ann"}"#).await;
     assert_eq!(state, r#"{"user":"ann"}"#);
     on_a.close(None).await.unwrap();
+    let removal = tokio::time::timeout(GUARD, awareness_of(&mut on_b, 42)).await;
     assert_eq!(
-        awareness_of(&mut on_b, 42).await,
+        removal.expect("the removal in time"),
         "null",
         "the removal reached it too"
     );
@@ -235,20 +171,6 @@ async fn dynamic_node(pg: &Postgres, redis: &Redis, name: &str) -> (Server, Sock
     let server = create_server(Vec::<epicenter_server::WorkspaceClient>::new(), options).unwrap();
     let addr = server.start().await.unwrap();
     (server, addr)
-}
-
-async fn join_room(addr: SocketAddr, room: &str) -> Socket {
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/workspaces/{room}/sync"))
-            .await
-            .unwrap();
-    loop {
-        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
-            Some(Ok(Ws::Binary(_))) => return ws,
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
 }
 
 /// A text insert as a sync update message, from a doc of its own.
@@ -300,7 +222,7 @@ async fn dynamic_docs_live_on_every_node() {
     };
     let (a, a_addr) = dynamic_node(&pg, &redis, "a").await;
     let (b, b_addr) = dynamic_node(&pg, &redis, "b").await;
-    let mut on_a = join_room(a_addr, "notes").await;
+    let mut on_a = join(a_addr, "notes").await;
     on_a.send(Ws::Binary(insert("first").into())).await.unwrap();
     let status = Message::Custom(102, vec![1]).encode_v1();
     on_a.send(Ws::Binary(status.clone().into())).await.unwrap();
@@ -312,7 +234,7 @@ async fn dynamic_docs_live_on_every_node() {
         }
     }
     // Node B loads the room from the database for its first connection...
-    let mut on_b = join_room(b_addr, "notes").await;
+    let mut on_b = join(b_addr, "notes").await;
     on_b.send(Ws::Binary(
         Message::Sync(yrs::sync::SyncMessage::SyncStep1(Default::default()))
             .encode_v1()

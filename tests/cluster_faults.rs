@@ -10,13 +10,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::services::{free_port, Postgres, Redis};
-use tokio_tungstenite::tungstenite::Message as Ws;
-use yrs::sync::{AwarenessUpdate, Message};
-use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
+use support::ws::{announce_until_heard, awareness_of, join};
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -156,51 +152,6 @@ async fn a_killed_node_loses_no_acknowledged_write() {
     assert!(on_c.contains(&"after".to_string()));
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn join(node: &Node) -> Socket {
-    let url = format!("ws://127.0.0.1:{}/workspaces/blog/sync", node.port);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    loop {
-        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
-            Some(Ok(Ws::Binary(_))) => return ws,
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-fn awareness(client: u64, clock: u32, state: &str) -> Vec<u8> {
-    let mut update = AwarenessUpdate {
-        clients: Default::default(),
-    };
-    update.clients.insert(
-        yrs::ClientID::new(client),
-        yrs::sync::awareness::AwarenessUpdateEntry {
-            clock,
-            json: state.into(),
-        },
-    );
-    Message::Awareness(update).encode_v1()
-}
-
-/// The state of `client` in the next awareness message that has it.
-async fn awareness_of(ws: &mut Socket, client: u64) -> String {
-    loop {
-        let frame = match ws.next().await {
-            Some(Ok(Ws::Binary(b))) => b,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        };
-        if let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) {
-            if let Some(entry) = update.clients.get(&yrs::ClientID::new(client)) {
-                return entry.json.to_string();
-            }
-        }
-    }
-}
-
 /// The presence of a killed node's clients disappears from the other nodes once its
 /// heartbeat lapses (here 1 s; 30 s by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,23 +165,9 @@ async fn a_killed_nodes_presence_disappears_elsewhere() {
     };
     let mut a = Node::start(&blog, &pg, &redis);
     let b = Node::start(&blog, &pg, &redis);
-    let mut on_b = join(&b).await;
-    let mut on_a = join(&a).await;
-    tokio::time::timeout(GUARD, async {
-        let mut clock = 1;
-        loop {
-            on_a.send(Ws::Binary(awareness(7, clock, r#"{"user":"ann"}"#).into()))
-                .await
-                .unwrap();
-            clock += 1;
-            let seen = tokio::time::timeout(Duration::from_millis(300), awareness_of(&mut on_b, 7));
-            if seen.await.is_ok() {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("presence reached node B");
+    let mut on_b = join(format!("127.0.0.1:{}", b.port), "blog").await;
+    let mut on_a = join(format!("127.0.0.1:{}", a.port), "blog").await;
+    announce_until_heard(&mut on_a, &mut on_b, 7, r#"{"user":"ann"}"#).await;
     a.kill();
     let state = tokio::time::timeout(GUARD, awareness_of(&mut on_b, 7))
         .await
