@@ -198,7 +198,7 @@ pub(crate) fn is_remote(origin: Option<&yrs::Origin>) -> bool {
 pub type Numbered = Vec<(u64, Vec<u8>)>;
 
 /// Told of each commit of shared storage: the doc, and its updates with their numbers.
-pub type CommitListener = std::sync::Arc<dyn Fn(&str, &[(u64, Vec<u8>)]) + Send + Sync>;
+pub type CommitListener = std::sync::Arc<dyn Fn(&str, Numbered) + Send + Sync>;
 
 /// A boxed future, as the object-safe storage traits return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -59,6 +59,9 @@ impl RedisBus {
     }
 }
 
+/// Updates and presence frames that may wait for Redis before new ones are dropped.
+const PUBLISH_QUEUE: usize = 10_000;
+
 fn stream_key(doc: &str) -> String {
     format!("epicenter:{{{doc}}}:u")
 }
@@ -77,7 +80,6 @@ enum Publish {
     Awareness(String, bytes::Bytes),
 }
 
-/// What this node has applied of one doc.
 /// Where another node's update of a doc goes on this node.
 #[derive(Clone)]
 enum Target {
@@ -103,6 +105,7 @@ impl Target {
     }
 }
 
+/// What this node has applied of one doc.
 struct DocState {
     client: Target,
     /// Every update numbered up to this one is in the doc.
@@ -128,7 +131,7 @@ type Docs = Arc<Mutex<HashMap<String, DocState>>>;
 /// How the room registry puts dynamic docs on the bus while their rooms are loaded.
 pub(crate) struct BusHandle {
     docs: Docs,
-    publish: mpsc::UnboundedSender<Publish>,
+    publish: mpsc::Sender<Publish>,
 }
 
 impl BusHandle {
@@ -138,17 +141,7 @@ impl BusHandle {
             tracing::warn!(doc = %id, "its storage is not shared; not on the bus");
             return;
         };
-        let (states, publish) = (self.docs.clone(), self.publish.clone());
-        storage.on_commit(Arc::new(move |doc: &str, updates: &[(u64, Vec<u8>)]| {
-            if let Some(state) = lock(&states).get_mut(doc) {
-                for (n, _) in updates {
-                    state.mark(*n);
-                }
-            }
-            for (n, update) in updates {
-                let _ = publish.send(Publish::Update(doc.to_string(), *n, update.clone()));
-            }
-        }));
+        // The state first, so no commit finds the doc missing.
         lock(&self.docs).insert(
             id,
             DocState {
@@ -157,6 +150,20 @@ impl BusHandle {
                 ahead: BTreeSet::new(),
             },
         );
+        let (states, publish) = (self.docs.clone(), self.publish.clone());
+        storage.on_commit(Arc::new(
+            move |doc: &str, updates: crate::storage::Numbered| {
+                if let Some(state) = lock(&states).get_mut(doc) {
+                    for (n, _) in &updates {
+                        state.mark(*n);
+                    }
+                }
+                for (n, update) in updates {
+                    // Full (Redis away for long): dropped; the others catch up from storage.
+                    let _ = publish.try_send(Publish::Update(doc.to_string(), n, update));
+                }
+            },
+        ));
     }
 
     /// Puts the dynamic doc of `room` on the bus (its room was just loaded).
@@ -179,17 +186,17 @@ pub(crate) fn start(
     shutdown: CancellationToken,
 ) {
     let docs: Docs = Arc::default();
-    let (publish, published) = mpsc::unbounded_channel::<Publish>();
+    // Bounded: while Redis is away, what does not fit is dropped (Redis holds nothing
+    // durable; the other nodes catch up from storage, and clients renew their presence).
+    let (publish, published) = mpsc::channel::<Publish>(PUBLISH_QUEUE);
     let (relay, relayed) = mpsc::unbounded_channel();
     hub.set_relay(relay);
     let awareness_publish = publish.clone();
     tokio::spawn(async move {
         let mut relayed = relayed;
         while let Some((room, frame)) = relayed.recv().await {
-            if awareness_publish
-                .send(Publish::Awareness(room, frame))
-                .is_err()
-            {
+            let sent = awareness_publish.try_send(Publish::Awareness(room, frame));
+            if let Err(mpsc::error::TrySendError::Closed(_)) = sent {
                 return;
             }
         }
@@ -211,7 +218,7 @@ async fn run(
     config: RedisBus,
     docs: Docs,
     hub: Arc<super::SyncHub>,
-    mut published: mpsc::UnboundedReceiver<Publish>,
+    mut published: mpsc::Receiver<Publish>,
     shutdown: CancellationToken,
 ) {
     let client = match redis::Client::open(config.url.as_str()) {
@@ -485,16 +492,18 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
         let known = lock(docs)
             .get(doc)
             .is_some_and(|s| n <= s.applied || s.ahead.contains(&n));
-        if known || apply(&client, update).await {
-            if let Some(state) = lock(docs).get_mut(doc) {
-                // A snapshot stands for every number up to its own.
-                if n > state.applied + 1 && !state.ahead.contains(&n) {
-                    state.applied = n - 1;
-                }
-                state.mark(n);
+        if !known && !apply(&client, update).await {
+            // Stored, so every node sees the same bytes: waiting would stall the doc on
+            // the bus for good. Skipped, loudly (`apply` logged why).
+            tracing::error!(doc, n, "skipping a stored update that does not apply here");
+        }
+        if let Some(state) = lock(docs).get_mut(doc) {
+            // A snapshot stands for every number up to its own.
+            if n > state.applied + 1 && !state.ahead.contains(&n) {
+                state.applied = n - 1;
+                state.ahead = state.ahead.split_off(&n);
             }
-        } else {
-            return;
+            state.mark(n);
         }
     }
 }

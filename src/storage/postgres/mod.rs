@@ -355,7 +355,13 @@ impl DocStorage for PostgresDoc {
             shared.closed.store(true, Ordering::Release);
             let _ = shared.tx.send(Msg::Close);
             if let Some(task) = task {
-                let _ = task.await;
+                if result.is_ok() {
+                    let _ = task.await;
+                } else {
+                    // Still retrying what the database would not take: the error above
+                    // says how much is lost; the writer must not outlive the doc.
+                    task.abort();
+                }
             }
             result
         })

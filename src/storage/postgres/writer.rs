@@ -54,9 +54,9 @@ impl Writer {
                 continue;
             }
             let mut backoff = Duration::from_millis(10);
-            loop {
-                match self.commit(&batch).await {
-                    Ok(()) => break,
+            let stored_through = loop {
+                match self.commit_numbered(&batch).await {
+                    Ok(last) => break last,
                     Err(e) => {
                         tracing::warn!(doc = %self.shared.doc, error = %e, ?backoff, "commit failed; retrying");
                         *lock(&self.shared.retrying) = Some(e);
@@ -65,13 +65,17 @@ impl Writer {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                 }
-            }
+            };
             *lock(&self.shared.retrying) = None;
             let bytes: u64 = batch.iter().map(|(_, u)| u.len() as u64).sum();
             self.shared.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            let last = batch.last().map_or(0, |(n, _)| *n);
-            self.shared.committed.send_modify(|c| c.number = last);
+            // Only forward: a flush waits for its own number, never a later one's.
+            let last = batch.iter().map(|(n, _)| *n).max().unwrap_or(0);
+            self.shared
+                .committed
+                .send_modify(|c| c.number = c.number.max(last));
             since_fold += batch.len() as u64;
+            self.tell(stored_through, batch);
             if since_fold >= self.options.compact_after_updates {
                 since_fold = 0;
                 if let Err(e) = compact(&self.pool, &self.shared.doc).await {
@@ -82,19 +86,19 @@ impl Writer {
     }
 
     /// Numbers and stores `batch` in one transaction.
-    async fn commit(&self, batch: &[(u64, Vec<u8>)]) -> Result<(), String> {
-        let last = self.commit_numbered(batch).await?;
-        let listener = lock(&self.shared.listener).clone();
-        if let Some(listener) = listener {
-            let first = last - batch.len() as u64 + 1;
-            let numbered: Vec<(u64, Vec<u8>)> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, (_, update))| (first + i as u64, update.clone()))
-                .collect();
-            listener(&self.shared.doc, &numbered);
-        }
-        Ok(())
+    /// Tells the commit listener, if any, of a stored batch (moved, not copied): its
+    /// updates numbered up to `last`.
+    fn tell(&self, last: u64, batch: Vec<(u64, Vec<u8>)>) {
+        let Some(listener) = lock(&self.shared.listener).clone() else {
+            return;
+        };
+        let first = last + 1 - batch.len() as u64;
+        let numbered = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, update))| (first + i as u64, update))
+            .collect();
+        listener(&self.shared.doc, numbered);
     }
 
     /// Stores `batch`; returns the number of its last update.
