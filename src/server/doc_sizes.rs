@@ -82,10 +82,14 @@ impl DocSizes {
     /// may have to be measured.
     pub fn sizes(&self, docs: Vec<(String, bool, Doc)>) -> Vec<(String, bool, usize)> {
         let mut tracked = lock(&self.tracked);
-        // Docs gone since the last scrape (evicted dynamic docs) are let go.
+        // Docs gone since the last scrape (evicted dynamic docs) are let go: one map
+        // lookup each, not a scan of every doc (there may be thousands).
+        let current: std::collections::HashMap<&str, &Doc> =
+            docs.iter().map(|(id, _, doc)| (id.as_str(), doc)).collect();
         tracked.retain(|id, t| {
-            docs.iter()
-                .any(|(other, _, doc)| other == id && Doc::ptr_eq(doc, &t.doc))
+            current
+                .get(id.as_str())
+                .is_some_and(|doc| Doc::ptr_eq(doc, &t.doc))
         });
         docs.into_iter()
             .map(|(id, dynamic, doc)| {
