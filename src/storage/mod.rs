@@ -186,12 +186,28 @@ impl StorageStatus {
 /// The transaction origin of updates that are already stored elsewhere: another node
 /// committed them to the storage this node shares, and they reach this doc only to be
 /// applied and passed on. The storage observers skip them, so nothing is stored twice;
-/// every other origin (local writes, sync connections) is stored.
+/// every other origin (local writes, sync connections) is stored. The origin carries the
+/// number through which the doc holds every stored update once the transaction commits
+/// (see [`remote_origin`]).
 pub(crate) const REMOTE_ORIGIN: &[u8] = b"\xECremote";
 
-/// Whether a transaction's origin is [`REMOTE_ORIGIN`].
+/// The origin of a transaction applying other nodes' updates, after which the doc holds
+/// every update shared storage numbered up to `through`.
+pub(crate) fn remote_origin(through: u64) -> yrs::Origin {
+    let mut bytes = REMOTE_ORIGIN.to_vec();
+    bytes.extend_from_slice(&through.to_be_bytes());
+    yrs::Origin::from(bytes.as_slice())
+}
+
+/// Whether a transaction's origin is a [`remote_origin`].
 pub(crate) fn is_remote(origin: Option<&yrs::Origin>) -> bool {
-    origin.is_some_and(|o| o.as_ref() == REMOTE_ORIGIN)
+    origin.is_some_and(|o| o.as_ref().starts_with(REMOTE_ORIGIN))
+}
+
+/// The `through` of a [`remote_origin`].
+pub(crate) fn remote_through(origin: Option<&yrs::Origin>) -> Option<u64> {
+    let rest = origin?.as_ref().strip_prefix(REMOTE_ORIGIN)?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
 }
 
 /// Updates with the numbers shared storage gave them, in order.
@@ -299,6 +315,12 @@ pub trait DocStorage: Send + Sync + 'static {
     fn updates_after(&self, _after: u64) -> BoxFuture<Result<Numbered, StorageError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// Shared storage with a mirror: the rows changed by updates other nodes committed,
+    /// just applied here (never stored again), after which the doc holds every update
+    /// numbered up to `through`. The mirror converges on rows computed by whichever node
+    /// holds the most of the log. Called inside the doc's commit: must not block.
+    fn remote_rows(&self, _through: u64, _rows: Vec<RowChange>) {}
 
     /// Shared storage: calls `listener` after each commit with the numbers and bytes of
     /// the updates it stored (what the node then tells the others).

@@ -97,10 +97,12 @@ impl Target {
         }
     }
 
-    fn apply_remote(&self, update: &[u8]) -> Result<(), String> {
+    fn apply_remote(&self, update: &[u8], through: u64) -> Result<(), String> {
         match self {
-            Target::Workspace(client) => client.apply_remote(update).map_err(|e| e.to_string()),
-            Target::Room(room) => room.apply_remote(update),
+            Target::Workspace(client) => client
+                .apply_remote(update, through)
+                .map_err(|e| e.to_string()),
+            Target::Room(room) => room.apply_remote(update, through),
         }
     }
 }
@@ -123,6 +125,16 @@ impl DocState {
         while self.ahead.remove(&(self.applied + 1)) {
             self.applied += 1;
         }
+    }
+
+    /// Through which number the doc holds every update once update `n` is in it (its own
+    /// commits just above count too): what a mirror computed then is up to date with.
+    fn through_with(&self, n: u64) -> u64 {
+        let mut through = n.max(self.applied);
+        while self.ahead.contains(&(through + 1)) {
+            through += 1;
+        }
+        through
     }
 }
 
@@ -460,11 +472,11 @@ async fn deliver(docs: &Docs, doc: &str, n: u64, update: Vec<u8>) {
         if n <= state.applied || state.ahead.contains(&n) {
             return;
         }
-        (n == state.applied + 1).then(|| state.client.clone())
+        (n == state.applied + 1).then(|| (state.client.clone(), state.through_with(n)))
     };
     match next {
-        Some(client) => {
-            if apply(&client, update).await {
+        Some((client, through)) => {
+            if apply(&client, update, through).await {
                 if let Some(state) = lock(docs).get_mut(doc) {
                     state.mark(n);
                 }
@@ -489,10 +501,11 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
         }
     };
     for (n, update) in missing {
-        let known = lock(docs)
-            .get(doc)
-            .is_some_and(|s| n <= s.applied || s.ahead.contains(&n));
-        if !known && !apply(&client, update).await {
+        let (known, through) = match lock(docs).get(doc) {
+            Some(s) => (n <= s.applied || s.ahead.contains(&n), s.through_with(n)),
+            None => return,
+        };
+        if !known && !apply(&client, update, through).await {
             // Stored, so every node sees the same bytes: waiting would stall the doc on
             // the bus for good. Skipped, loudly (`apply` logged why).
             tracing::error!(doc, n, "skipping a stored update that does not apply here");
@@ -509,9 +522,9 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
 }
 
 /// Applies a remote update on a blocking thread (it waits for the doc's lock).
-async fn apply(client: &Target, update: Vec<u8>) -> bool {
+async fn apply(client: &Target, update: Vec<u8>, through: u64) -> bool {
     let client = client.clone();
-    let applied = tokio::task::spawn_blocking(move || client.apply_remote(&update)).await;
+    let applied = tokio::task::spawn_blocking(move || client.apply_remote(&update, through)).await;
     match applied {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {

@@ -104,11 +104,11 @@ impl DynamicDoc {
     /// Applies an update another node has already stored: not stored again (see
     /// `storage::REMOTE_ORIGIN`), refused once the doc is closed.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub fn apply_remote(&self, bytes: &[u8]) -> Result<(), WorkspaceError> {
+    pub fn apply_remote(&self, bytes: &[u8], through: u64) -> Result<(), WorkspaceError> {
         let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
         let mut txn = self
             .doc
-            .transact_mut_with(Origin::from(crate::storage::REMOTE_ORIGIN));
+            .transact_mut_with(crate::storage::remote_origin(through));
         self.alive()?;
         crate::storage::apply_untrusted(&mut txn, update).map_err(WorkspaceError::BadUpdate)?;
         Ok(())

@@ -88,14 +88,15 @@ fn open_and_load(
     let (s, weak) = (storage.clone(), Arc::downgrade(&core));
     core.doc
         .observe_update_v1(UPDATE_OBSERVER, move |txn, event| {
-            // Already stored by the node that committed it.
-            if crate::storage::is_remote(txn.origin()) {
-                return;
-            }
             let rows = match weak.upgrade() {
                 Some(core) if s.mirrors_rows() => core.take_row_changes(),
                 _ => Vec::new(),
             };
+            // Already stored by the node that committed it: only its rows, for a mirror.
+            if let Some(through) = crate::storage::remote_through(txn.origin()) {
+                s.remote_rows(through, rows);
+                return;
+            }
             s.append(event.update.clone(), rows);
         })
         .map_err(|e| WorkspaceError::BadUpdate(format!("cannot observe the doc: {e}")))?;
@@ -271,14 +272,15 @@ impl WorkspaceClient {
     /// refused for want of local storage. LWW losers it reveals are settled (a local
     /// transaction, stored as usual).
     #[cfg_attr(not(any(test, feature = "redis")), allow(dead_code))]
-    pub(crate) fn apply_remote(&self, bytes: &[u8]) -> Result<(), WorkspaceError> {
+    /// Once it is in, the doc holds every stored update numbered up to `through`.
+    pub(crate) fn apply_remote(&self, bytes: &[u8], through: u64) -> Result<(), WorkspaceError> {
         let core = &self.inner.core;
         core.check_alive()?;
         let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
         {
             let mut txn = core
                 .doc
-                .transact_mut_with(yrs::Origin::from(crate::storage::REMOTE_ORIGIN));
+                .transact_mut_with(crate::storage::remote_origin(through));
             crate::storage::apply_untrusted(&mut txn, update).map_err(WorkspaceError::BadUpdate)?;
         }
         self.settle();
@@ -390,7 +392,7 @@ mod tests {
 
         let storage = MemoryStorage::new();
         let here = blog().with_storage(storage.clone()).create().await.unwrap();
-        here.apply_remote(&update).unwrap();
+        here.apply_remote(&update, 1).unwrap();
         assert!(matches!(
             here.table("posts").unwrap().get("1"),
             RowResult::Valid(row) if row["title"] == "from another node"

@@ -13,6 +13,7 @@
 //! `open` and `load` block (they are called on blocking threads, as the trait says); they
 //! must not be called on an async worker.
 
+mod mirror;
 mod schema;
 mod writer;
 
@@ -49,6 +50,10 @@ pub struct PostgresOptions {
     /// This node's name, stored with each update it writes. Default: host name and
     /// process id.
     pub node: String,
+    /// Keep a queryable SQL mirror of each workspace's tables: a schema named after the
+    /// workspace, a table per workspace table, a typed column per field
+    /// (`SELECT * FROM blog.posts`). Default true.
+    pub mirror_tables: bool,
 }
 
 impl Default for PostgresOptions {
@@ -63,6 +68,7 @@ impl Default for PostgresOptions {
             close_timeout: Duration::from_secs(10),
             pool_size: 16,
             node: format!("{host}-{}", std::process::id()),
+            mirror_tables: true,
         }
     }
 }
@@ -140,8 +146,24 @@ impl StorageProvider for PostgresStorage {
     fn open(
         &self,
         doc_id: &str,
-        _definition: Option<&WorkspaceDefinition>,
+        definition: Option<&WorkspaceDefinition>,
     ) -> Result<Box<dyn DocStorage>, StorageError> {
+        let mirror = match definition {
+            Some(def) if self.options.mirror_tables => {
+                let pool = self.pool.clone();
+                let prepared = self.runtime.block_on(async move {
+                    let mut client = pool.get().await.map_err(unavailable)?;
+                    mirror::Mirror::prepare(&mut client, def)
+                        .await
+                        .map_err(|detail| StorageError::Damaged {
+                            path: format!("postgres mirror of {}", def.id),
+                            detail,
+                        })
+                })?;
+                Some(Arc::new(prepared))
+            }
+            _ => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             doc: doc_id.to_string(),
@@ -155,11 +177,14 @@ impl StorageProvider for PostgresStorage {
             max_pending_bytes: self.options.max_pending_bytes,
             listener: Mutex::new(None),
             loaded: AtomicU64::new(0),
+            through: AtomicU64::new(0),
         });
+        let mirrors = mirror.is_some();
         let writer = Writer {
             pool: self.pool.clone(),
             shared: shared.clone(),
             options: self.options.clone(),
+            mirror,
         };
         let task = self.runtime.spawn(writer.run(rx));
         Ok(Box::new(PostgresDoc {
@@ -168,6 +193,7 @@ impl StorageProvider for PostgresStorage {
             runtime: self.runtime.clone(),
             close_timeout: self.options.close_timeout,
             task: Mutex::new(Some(task)),
+            mirrors,
         }))
     }
 }
@@ -190,6 +216,9 @@ pub(super) struct Shared {
     pub listener: Mutex<Option<super::CommitListener>>,
     /// The number of the last update `load` returned.
     pub loaded: AtomicU64,
+    /// The doc holds every update numbered up to this one: the version of the rows it
+    /// hands the mirror (see `mirror.rs`).
+    pub through: AtomicU64,
 }
 
 struct PostgresDoc {
@@ -198,6 +227,7 @@ struct PostgresDoc {
     runtime: tokio::runtime::Handle,
     close_timeout: Duration,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    mirrors: bool,
 }
 
 impl PostgresDoc {
@@ -256,6 +286,7 @@ impl DocStorage for PostgresDoc {
             .block_on(async move { Self::read_async(&pool, &doc, 0).await })?;
         if let Some((last, _)) = numbered.last() {
             self.shared.loaded.store(*last, Ordering::Release);
+            self.shared.through.fetch_max(*last, Ordering::AcqRel);
         }
         Ok(numbered.into_iter().map(|(_, update)| update).collect())
     }
@@ -267,6 +298,36 @@ impl DocStorage for PostgresDoc {
     fn updates_after(&self, after: u64) -> BoxFuture<Result<super::Numbered, StorageError>> {
         let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
         Box::pin(async move { Self::read_async(&pool, &doc, after as i64).await })
+    }
+
+    fn mirrors_rows(&self) -> bool {
+        self.mirrors
+    }
+
+    fn wants_row_reset(&self) -> bool {
+        self.mirrors
+    }
+
+    fn reset_rows(&self, tables: Vec<(String, Vec<crate::schema::Row>)>) {
+        let shared = &self.shared;
+        let version = shared.through.load(Ordering::Acquire);
+        let number = shared.appended.fetch_add(1, Ordering::AcqRel) + 1;
+        let msg = Msg::Reset {
+            number,
+            version,
+            tables,
+        };
+        if shared.tx.send(msg).is_err() {
+            shared.lost.store(true, Ordering::Release);
+        }
+    }
+
+    fn remote_rows(&self, through: u64, rows: Vec<RowChange>) {
+        self.shared.through.fetch_max(through, Ordering::AcqRel);
+        if !rows.is_empty() {
+            let version = self.shared.through.load(Ordering::Acquire);
+            let _ = self.shared.tx.send(Msg::Rows { version, rows });
+        }
     }
 
     fn on_commit(&self, listener: super::CommitListener) {
@@ -296,7 +357,7 @@ impl DocStorage for PostgresDoc {
         }
     }
 
-    fn append(&self, update: Vec<u8>, _rows: Vec<RowChange>) {
+    fn append(&self, update: Vec<u8>, rows: Vec<RowChange>) {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             shared.lost.store(true, Ordering::Release);
@@ -306,7 +367,14 @@ impl DocStorage for PostgresDoc {
             .pending_bytes
             .fetch_add(update.len() as u64, Ordering::AcqRel);
         let number = shared.appended.fetch_add(1, Ordering::AcqRel) + 1;
-        if shared.tx.send(Msg::Append { number, update }).is_err() {
+        let version = shared.through.load(Ordering::Acquire);
+        let msg = Msg::Append {
+            number,
+            update,
+            rows,
+            version,
+        };
+        if shared.tx.send(msg).is_err() {
             shared.lost.store(true, Ordering::Release);
         }
     }

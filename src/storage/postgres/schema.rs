@@ -6,6 +6,9 @@
 //!   that has applied everything up to `n` catches up with `seq > n`.
 //! - `epicenter_updates(doc, seq, data, node)`: the log.
 //! - `epicenter_snapshots(doc, upto, data)`: the log up to `upto` folded into one update.
+//! - `epicenter_mirrors(ws, definition)` and `epicenter_mirror_rows(ws, tbl, id, version)`:
+//!   the definition each workspace's SQL mirror was built for, and the version of each
+//!   mirrored row (see `mirror.rs`).
 
 use tokio_postgres::Client;
 
@@ -13,7 +16,8 @@ use tokio_postgres::Client;
 const MIGRATION_LOCK: i64 = 0x4570_6963_656e_7431;
 
 /// Each step brings the schema from its index to the next version.
-const STEPS: &[&str] = &["
+const STEPS: &[&str] = &[
+    "
     CREATE TABLE epicenter_docs (
         doc TEXT PRIMARY KEY,
         next_seq BIGINT NOT NULL DEFAULT 0);
@@ -27,7 +31,19 @@ const STEPS: &[&str] = &["
         doc TEXT PRIMARY KEY,
         upto BIGINT NOT NULL,
         data BYTEA NOT NULL);
-"];
+",
+    "
+    CREATE TABLE epicenter_mirrors (
+        ws TEXT PRIMARY KEY,
+        definition TEXT NOT NULL);
+    CREATE TABLE epicenter_mirror_rows (
+        ws TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        PRIMARY KEY (ws, tbl, id));
+",
+];
 
 /// The schema version this code writes.
 pub(super) const VERSION: i32 = STEPS.len() as i32;

@@ -10,11 +10,33 @@ use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use yrs::Transact;
 
+use super::mirror::{Mirror, MirrorOp};
 use super::{PostgresOptions, Shared};
 use crate::lock::lock;
+use crate::schema::Row;
+use crate::storage::RowChange;
 
 pub(crate) enum Msg {
-    Append { number: u64, update: Vec<u8> },
+    /// An update to store, with the rows it changed (computed from a doc holding every
+    /// update numbered up to `version`).
+    Append {
+        number: u64,
+        update: Vec<u8>,
+        rows: Vec<RowChange>,
+        version: u64,
+    },
+    /// Rows that other nodes' updates changed, for the mirror only.
+    Rows {
+        version: u64,
+        rows: Vec<RowChange>,
+    },
+    /// The whole mirror, from the doc just loaded (numbered like appends: flushes wait
+    /// for it).
+    Reset {
+        number: u64,
+        version: u64,
+        tables: Vec<(String, Vec<Row>)>,
+    },
     Close,
 }
 
@@ -31,6 +53,7 @@ pub(super) struct Writer {
     pub pool: Pool,
     pub shared: Arc<Shared>,
     pub options: PostgresOptions,
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 impl Writer {
@@ -40,22 +63,48 @@ impl Writer {
         while !closing {
             let Some(first) = rx.recv().await else { break };
             let mut batch = Vec::new();
+            let mut ops = Vec::new();
+            // The highest number in this round (appends and resets).
+            let mut numbered = 0;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append { number, update } => batch.push((number, update)),
+                    Msg::Append {
+                        number,
+                        update,
+                        rows,
+                        version,
+                    } => {
+                        numbered = numbered.max(number);
+                        batch.push((number, update));
+                        ops.extend(rows.into_iter().map(|r| MirrorOp::Change((version, r))));
+                    }
+                    Msg::Rows { version, rows } => {
+                        ops.extend(rows.into_iter().map(|r| MirrorOp::Change((version, r))));
+                    }
+                    Msg::Reset {
+                        number,
+                        version,
+                        tables,
+                    } => {
+                        numbered = numbered.max(number);
+                        ops.push(MirrorOp::Reset(version, tables));
+                    }
                     Msg::Close => closing = true,
                 }
                 if batch.len() < self.options.max_batch && !closing {
                     next = rx.try_recv().ok();
                 }
             }
-            if batch.is_empty() {
+            if self.mirror.is_none() {
+                ops.clear();
+            }
+            if batch.is_empty() && ops.is_empty() {
                 continue;
             }
             let mut backoff = Duration::from_millis(10);
             let stored_through = loop {
-                match self.commit_numbered(&batch).await {
+                match self.commit_numbered(&batch, &ops).await {
                     Ok(last) => break last,
                     Err(e) => {
                         tracing::warn!(doc = %self.shared.doc, error = %e, ?backoff, "commit failed; retrying");
@@ -67,13 +116,27 @@ impl Writer {
                 }
             };
             *lock(&self.shared.retrying) = None;
+            if batch.is_empty() {
+                self.shared
+                    .committed
+                    .send_modify(|c| c.number = c.number.max(numbered));
+                continue;
+            }
+            // The doc holds its own updates: if it held everything before them, it now
+            // holds everything through them.
+            let first = stored_through + 1 - batch.len() as u64;
+            let _ = self
+                .shared
+                .through
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    (t + 1 >= first && t < stored_through).then_some(stored_through)
+                });
             let bytes: u64 = batch.iter().map(|(_, u)| u.len() as u64).sum();
             self.shared.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
             // Only forward: a flush waits for its own number, never a later one's.
-            let last = batch.iter().map(|(n, _)| *n).max().unwrap_or(0);
             self.shared
                 .committed
-                .send_modify(|c| c.number = c.number.max(last));
+                .send_modify(|c| c.number = c.number.max(numbered));
             since_fold += batch.len() as u64;
             self.tell(stored_through, batch);
             if since_fold >= self.options.compact_after_updates {
@@ -101,11 +164,21 @@ impl Writer {
         listener(&self.shared.doc, numbered);
     }
 
-    /// Stores `batch`; returns the number of its last update.
-    async fn commit_numbered(&self, batch: &[(u64, Vec<u8>)]) -> Result<u64, String> {
+    /// Stores `batch` and the mirror's `ops` in one transaction; returns the number of the
+    /// batch's last update.
+    async fn commit_numbered(
+        &self,
+        batch: &[(u64, Vec<u8>)],
+        ops: &[MirrorOp],
+    ) -> Result<u64, String> {
         let started = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
-        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let mut tx = client.transaction().await.map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            self.write_mirror(&mut tx, ops).await?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            return Ok(0);
+        }
         let n = batch.len() as i64;
         // Locks the doc's row until commit: numbers are gap-free, in commit order.
         let row = tx
@@ -127,9 +200,22 @@ impl Writer {
         )
         .await
         .map_err(|e| e.to_string())?;
+        self.write_mirror(&mut tx, ops).await?;
         tx.commit().await.map_err(|e| e.to_string())?;
         crate::storage::COMMITS.committed(started.elapsed());
         Ok(last as u64)
+    }
+
+    /// Writes the mirror's ops in `tx`.
+    async fn write_mirror(
+        &self,
+        tx: &mut tokio_postgres::Transaction<'_>,
+        ops: &[MirrorOp],
+    ) -> Result<(), String> {
+        match &self.mirror {
+            Some(mirror) => mirror.write(tx, ops).await,
+            None => Ok(()),
+        }
     }
 }
 

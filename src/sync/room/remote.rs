@@ -59,12 +59,13 @@ impl Room {
     }
 
     /// Applies an update another node has already stored, through the doc's one way in
-    /// for such updates; every connection gets it.
+    /// for such updates; every connection gets it. Then the doc holds every stored update
+    /// numbered up to `through`.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub fn apply_remote(&self, update: &[u8]) -> Result<(), String> {
+    pub fn apply_remote(&self, update: &[u8], through: u64) -> Result<(), String> {
         match &self.doc {
-            super::RoomDoc::Workspace(client) => client.apply_remote(update),
-            super::RoomDoc::Dynamic(doc) => doc.apply_remote(update),
+            super::RoomDoc::Workspace(client) => client.apply_remote(update, through),
+            super::RoomDoc::Dynamic(doc) => doc.apply_remote(update, through),
         }
         .map_err(|e| e.to_string())
     }
