@@ -190,11 +190,12 @@ impl Mirror {
         match self.write_ops(&sp, ops).await {
             Ok(()) => sp.commit().await.map_err(|e| e.to_string()),
             Err(e) if is_data_error(&e) => {
+                let e = super::describe(&e);
                 tracing::error!(workspace = %self.ws, error = %e,
                     "the SQL mirror refused rows; they are left out (the doc keeps them)");
                 sp.rollback().await.map_err(|e| e.to_string())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(super::describe(&e)),
         }
     }
 

@@ -40,6 +40,41 @@ pub(crate) enum Msg {
     Close,
 }
 
+/// Why a commit failed, and whether a retry may cure it.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl Failure {
+    /// A failure a retry may cure (the pool, the connection, the mirror's transient errors).
+    pub fn transient(e: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: e.to_string(),
+            permanent: false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    /// Permanent when the database refused the data or the statement itself (SQLSTATE
+    /// classes 22 data exception, 23 integrity, 42 syntax or a missing table, 54 a limit
+    /// exceeded, XX internal error); a lost connection, a restart, a deadlock, a full disk
+    /// (53) and the like are worth retrying.
+    fn from(e: tokio_postgres::Error) -> Failure {
+        let permanent = e.code().is_some_and(|c| {
+            ["22", "23", "42", "54", "XX"]
+                .iter()
+                .any(|class| c.code().starts_with(class))
+        });
+        Failure {
+            message: super::describe(&e),
+            permanent,
+        }
+    }
+}
+
 /// What is durable so far.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Committed {
@@ -106,7 +141,20 @@ impl Writer {
             let stored_through = loop {
                 match self.commit_numbered(&batch, &ops).await {
                     Ok(last) => break last,
-                    Err(e) => {
+                    Err(Failure {
+                        message,
+                        permanent: true,
+                    }) => {
+                        // No retry cures it: every waiting flush fails, and so does every
+                        // later write (the doc is refused until it is reopened).
+                        tracing::error!(doc = %self.shared.doc, error = %message,
+                            "the database refuses this doc's updates for good");
+                        self.shared
+                            .committed
+                            .send_modify(|c| c.error = Some(message));
+                        return;
+                    }
+                    Err(Failure { message: e, .. }) => {
                         tracing::warn!(doc = %self.shared.doc, error = %e, ?backoff, "commit failed; retrying");
                         *lock(&self.shared.retrying) = Some(e);
                         crate::storage::COMMITS.failed();
@@ -170,13 +218,15 @@ impl Writer {
         &self,
         batch: &[(u64, Vec<u8>)],
         ops: &[MirrorOp],
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Failure> {
         let started = std::time::Instant::now();
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
-        let mut tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let mut client = self.pool.get().await.map_err(Failure::transient)?;
+        let mut tx = client.transaction().await.map_err(Failure::from)?;
         if batch.is_empty() {
-            self.write_mirror(&mut tx, ops).await?;
-            tx.commit().await.map_err(|e| e.to_string())?;
+            self.write_mirror(&mut tx, ops)
+                .await
+                .map_err(Failure::transient)?;
+            tx.commit().await.map_err(Failure::from)?;
             return Ok(0);
         }
         let n = batch.len() as i64;
@@ -189,7 +239,7 @@ impl Writer {
                 &[&self.shared.doc, &n],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Failure::from)?;
         let last: i64 = row.get(0);
         let seqs: Vec<i64> = (last - n + 1..=last).collect();
         let data: Vec<&[u8]> = batch.iter().map(|(_, u)| u.as_slice()).collect();
@@ -199,9 +249,11 @@ impl Writer {
             &[&self.shared.doc, &seqs, &data, &self.options.node],
         )
         .await
-        .map_err(|e| e.to_string())?;
-        self.write_mirror(&mut tx, ops).await?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        .map_err(Failure::from)?;
+        self.write_mirror(&mut tx, ops)
+            .await
+            .map_err(Failure::transient)?;
+        tx.commit().await.map_err(Failure::from)?;
         crate::storage::COMMITS.committed(started.elapsed());
         Ok(last as u64)
     }
