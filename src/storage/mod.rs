@@ -316,6 +316,16 @@ pub trait DocStorage: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// Shared storage: the number of the last update stored for each of `docs` (a doc with
+    /// none is left out), in one question for all; any open doc of the storage answers
+    /// for every doc. What a node compares with what it has applied, to catch up.
+    fn stored_through(
+        &self,
+        _docs: Vec<String>,
+    ) -> BoxFuture<Result<std::collections::HashMap<String, u64>, StorageError>> {
+        Box::pin(async { Ok(std::collections::HashMap::new()) })
+    }
+
     /// Shared storage with a mirror: the rows changed by updates other nodes committed,
     /// just applied here (never stored again), after which the doc holds every update
     /// numbered up to `through`. The mirror converges on rows computed by whichever node

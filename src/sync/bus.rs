@@ -349,9 +349,7 @@ async fn run(
                 .ok();
             if conn.is_none() {
                 // Redis is away: the storage is the way to catch up meanwhile.
-                for (doc, _) in &keys {
-                    catch_up_doc(&docs, doc).await;
-                }
+                check(&docs, &hub, None).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff.min(config.catch_up_interval)) => {}
@@ -419,13 +417,7 @@ async fn run(
             .await
             .is_ok()
         {
-            let docs_now: Vec<String> = lock(&docs).keys().cloned().collect();
-            for doc in &docs_now {
-                catch_up_doc(&docs, doc).await;
-                if let (Some(room), Some(c)) = (hub.live_room(doc), conn.as_mut()) {
-                    drop_gone_nodes(&room, c).await;
-                }
-            }
+            check(&docs, &hub, conn.as_mut()).await;
         }
     }
     publisher.abort();
@@ -449,16 +441,46 @@ fn relay_in(hub: &super::SyncHub, doc: &str, node: &str, frame: Vec<u8>) {
     }
 }
 
-/// Removes the awareness of nodes whose heartbeat has lapsed.
-async fn drop_gone_nodes(room: &super::room::Room, c: &mut redis::aio::MultiplexedConnection) {
-    for node in room.remote_nodes() {
+/// The periodic check: catches up every doc the storage holds more of than this node has
+/// applied (one query for all of them), and removes the awareness of nodes whose
+/// heartbeat has lapsed (one question per node).
+async fn check(
+    docs: &Docs,
+    hub: &super::SyncHub,
+    conn: Option<&mut redis::aio::MultiplexedConnection>,
+) {
+    let (ids, storage): (Vec<String>, _) = {
+        let states = lock(docs);
+        let storage = states.values().next().map(|s| s.client.storage());
+        (states.keys().cloned().collect(), storage)
+    };
+    let Some(storage) = storage else { return };
+    match storage.stored_through(ids.clone()).await {
+        Ok(stored) => {
+            for doc in &ids {
+                let applied = lock(docs).get(doc).map(|s| s.applied);
+                if applied.is_some_and(|a| stored.get(doc).is_some_and(|&n| n > a)) {
+                    catch_up_doc(docs, doc).await;
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot check the docs against the storage now"),
+    }
+    let Some(c) = conn else { return };
+    let rooms: Vec<_> = ids.iter().filter_map(|doc| hub.live_room(doc)).collect();
+    let nodes: BTreeSet<String> = rooms.iter().flat_map(|r| r.remote_nodes()).collect();
+    for node in nodes {
         let alive: redis::RedisResult<bool> = redis::cmd("EXISTS")
             .arg(node_key(&node))
             .query_async(c)
             .await;
         if let Ok(false) = alive {
-            tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
-            room.drop_remote_node(&node);
+            for room in &rooms {
+                if room.remote_nodes().contains(&node) {
+                    tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
+                    room.drop_remote_node(&node);
+                }
+            }
         }
     }
 }

@@ -362,6 +362,27 @@ impl DocStorage for PostgresDoc {
         }
     }
 
+    fn stored_through(
+        &self,
+        docs: Vec<String>,
+    ) -> BoxFuture<Result<std::collections::HashMap<String, u64>, StorageError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let rows = client
+                .query(
+                    "SELECT doc, next_seq FROM epicenter_docs WHERE doc = ANY($1)",
+                    &[&docs],
+                )
+                .await
+                .map_err(|e| unavailable(describe(&e)))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                .collect())
+        })
+    }
+
     fn on_commit(&self, listener: super::CommitListener) {
         *lock(&self.shared.listener) = Some(listener);
     }
