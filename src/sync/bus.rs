@@ -316,6 +316,9 @@ async fn run(
     let start = |key: &str| if key.ends_with(":a") { "$" } else { "0" }.to_string();
     let mut last: HashMap<String, String> = HashMap::new();
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    // The Redis server instance read last: a restarted one numbers its entries from the
+    // start again, so the positions read so far no longer apply.
+    let mut server_run: Option<String> = None;
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
         // The docs on the bus now (dynamic docs come and go with their rooms).
@@ -358,6 +361,15 @@ async fn run(
                 continue;
             }
             backoff = Duration::from_millis(50);
+            if let Some(c) = conn.as_mut() {
+                let run = run_id(c).await;
+                if run.is_none() || run != server_run {
+                    for (key, id) in last.iter_mut() {
+                        *id = start(key);
+                    }
+                }
+                server_run = run;
+            }
         }
         let Some(c) = conn.as_mut() else { continue };
         let mut read = redis::cmd("XREAD");
@@ -380,10 +392,6 @@ async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "reading the bus failed; reconnecting");
                 conn = None;
-                // A restarted Redis numbers its entries from the start again.
-                for (key, id) in last.iter_mut() {
-                    *id = start(key);
-                }
             }
             Ok(None) => {}
             Ok(Some(reply)) => {
@@ -422,6 +430,14 @@ async fn run(
     }
     publisher.abort();
     heartbeat.abort();
+}
+
+/// The Redis server's `run_id`: a new one after every restart.
+async fn run_id(c: &mut redis::aio::MultiplexedConnection) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(c).await.ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_string())
 }
 
 /// Applies another node's awareness frame to room `doc`, when it is open here.

@@ -277,37 +277,47 @@ impl PostgresDoc {
             .read_only(true)
             .start()
             .await
-            .map_err(unavailable)?;
-        let snapshot = tx
-            .query_opt(
-                "SELECT upto, data FROM epicenter_snapshots WHERE doc = $1 AND upto > $2",
-                &[&doc, &after],
-            )
+            .map_err(|e| unavailable(describe(&e)))?;
+        let out = read_numbered(&tx, doc, after)
             .await
-            .map_err(unavailable)?;
-        let mut out = Vec::new();
-        let mut from = after;
-        // Only a snapshot that covers something new is read (its bytes can be large, and
-        // nodes ask every second).
-        if let Some(row) = snapshot {
-            let upto: i64 = row.get(0);
-            out.push((upto as u64, row.get::<_, Vec<u8>>(1)));
-            from = upto;
-        }
-        let rows = tx
-            .query(
-                "SELECT seq, data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
-                &[&doc, &from],
-            )
-            .await
-            .map_err(unavailable)?;
-        out.extend(
-            rows.into_iter()
-                .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1))),
-        );
-        tx.commit().await.map_err(unavailable)?;
+            .map_err(|e| unavailable(describe(&e)))?;
+        tx.commit().await.map_err(|e| unavailable(describe(&e)))?;
         Ok(out)
     }
+}
+
+/// The snapshot (when it covers something after `after`) and the log after it, numbered,
+/// read in `tx`. Only a snapshot that covers something new is read: its bytes can be large,
+/// and nodes ask every second.
+pub(super) async fn read_numbered(
+    tx: &tokio_postgres::Transaction<'_>,
+    doc: &str,
+    after: i64,
+) -> Result<super::Numbered, tokio_postgres::Error> {
+    let snapshot = tx
+        .query_opt(
+            "SELECT upto, data FROM epicenter_snapshots WHERE doc = $1 AND upto > $2",
+            &[&doc, &after],
+        )
+        .await?;
+    let mut out = Vec::new();
+    let mut from = after;
+    if let Some(row) = snapshot {
+        let upto: i64 = row.get(0);
+        out.push((upto as u64, row.get::<_, Vec<u8>>(1)));
+        from = upto;
+    }
+    let rows = tx
+        .query(
+            "SELECT seq, data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
+            &[&doc, &from],
+        )
+        .await?;
+    out.extend(
+        rows.into_iter()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1))),
+    );
+    Ok(out)
 }
 
 impl DocStorage for PostgresDoc {

@@ -288,28 +288,17 @@ pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
     if !locked {
         return Ok(());
     }
-    let mut updates = Vec::new();
-    if let Some(row) = tx
-        .query_opt(
-            "SELECT data FROM epicenter_snapshots WHERE doc = $1",
-            &[&doc],
-        )
+    let numbered = super::read_numbered(&tx, doc, 0)
         .await
-        .map_err(|e| e.to_string())?
-    {
-        updates.push(row.get::<_, Vec<u8>>(0));
-    }
-    let rows = tx
-        .query(
-            "SELECT seq, data FROM epicenter_updates WHERE doc = $1 ORDER BY seq",
-            &[&doc],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some(upto) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+        .map_err(|e| super::describe(&e))?;
+    let Some(upto) = numbered.last().map(|(n, _)| *n as i64) else {
         return Ok(());
     };
-    updates.extend(rows.iter().map(|r| r.get::<_, Vec<u8>>(1)));
+    if numbered.len() < 2 {
+        // Only a snapshot: nothing to fold.
+        return Ok(());
+    }
+    let updates: Vec<Vec<u8>> = numbered.into_iter().map(|(_, u)| u).collect();
     let folded = tokio::task::spawn_blocking(move || {
         let doc = yrs::Doc::new();
         crate::storage::replay(&doc, &updates)?;
