@@ -193,6 +193,7 @@ pub(crate) const REMOTE_ORIGIN: &[u8] = b"\xECremote";
 
 /// The origin of a transaction applying other nodes' updates, after which the doc holds
 /// every update shared storage numbered up to `through`.
+#[cfg(any(test, feature = "redis"))]
 pub(crate) fn remote_origin(through: u64) -> yrs::Origin {
     let mut bytes = REMOTE_ORIGIN.to_vec();
     bytes.extend_from_slice(&through.to_be_bytes());

@@ -96,14 +96,14 @@ impl DynamicDoc {
     }
 
     /// The doc's storage.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub fn storage(&self) -> &Arc<dyn DocStorage> {
         &self.storage
     }
 
     /// Applies an update another node has already stored: not stored again (see
     /// `storage::REMOTE_ORIGIN`), refused once the doc is closed.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub fn apply_remote(&self, bytes: &[u8], through: u64) -> Result<(), WorkspaceError> {
         let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
         let mut txn = self
