@@ -233,6 +233,17 @@ async fn run(
     mut published: mpsc::Receiver<Publish>,
     shutdown: CancellationToken,
 ) {
+    // This process's name on the bus: the node's name and an incarnation, so a node killed
+    // and started again at once under its name is a new one to the others, and the
+    // presence of the old one's clients still goes when its heartbeat lapses.
+    let config = RedisBus {
+        node: format!("{}#{:016x}", config.node, incarnation()),
+        ..config
+    };
+    // Nodes whose heartbeat key was missing, and since when: one is taken for gone only
+    // once it stays missing for half of `node_timeout` (a restarted Redis holds no keys
+    // until every node's next beat).
+    let mut missing: HashMap<String, tokio::time::Instant> = HashMap::new();
     let client = match redis::Client::open(config.url.as_str()) {
         Ok(client) => client,
         Err(e) => {
@@ -298,11 +309,13 @@ async fn run(
                     _ = beat.tick() => {}
                 }
                 if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    // Lives half the timeout and is renewed every third: present while
+                    // the node is (see `missing`).
                     let _: redis::RedisResult<()> = redis::cmd("SET")
                         .arg(node_key(&node))
                         .arg(1)
                         .arg("PX")
-                        .arg(timeout.as_millis() as u64)
+                        .arg((timeout / 2).as_millis() as u64)
                         .query_async(&mut c)
                         .await;
                 }
@@ -352,7 +365,7 @@ async fn run(
                 .ok();
             if conn.is_none() {
                 // Redis is away: the storage is the way to catch up meanwhile.
-                check(&docs, &hub, None).await;
+                check(&docs, &hub, None, &mut missing, config.node_timeout).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff.min(config.catch_up_interval)) => {}
@@ -425,11 +438,29 @@ async fn run(
             .await
             .is_ok()
         {
-            check(&docs, &hub, conn.as_mut()).await;
+            check(
+                &docs,
+                &hub,
+                conn.as_mut(),
+                &mut missing,
+                config.node_timeout,
+            )
+            .await;
         }
     }
     publisher.abort();
     heartbeat.abort();
+}
+
+/// A number that tells this process from an earlier one of the same node.
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
 }
 
 /// The Redis server's `run_id`: a new one after every restart.
@@ -464,6 +495,8 @@ async fn check(
     docs: &Docs,
     hub: &super::SyncHub,
     conn: Option<&mut redis::aio::MultiplexedConnection>,
+    missing: &mut HashMap<String, tokio::time::Instant>,
+    node_timeout: Duration,
 ) {
     let (ids, storage): (Vec<String>, _) = {
         let states = lock(docs);
@@ -485,12 +518,27 @@ async fn check(
     let Some(c) = conn else { return };
     let rooms: Vec<_> = ids.iter().filter_map(|doc| hub.live_room(doc)).collect();
     let nodes: BTreeSet<String> = rooms.iter().flat_map(|r| r.remote_nodes()).collect();
+    missing.retain(|node, _| nodes.contains(node));
     for node in nodes {
         let alive: redis::RedisResult<bool> = redis::cmd("EXISTS")
             .arg(node_key(&node))
             .query_async(c)
             .await;
-        if let Ok(false) = alive {
+        let gone = match alive {
+            Ok(true) => {
+                missing.remove(&node);
+                false
+            }
+            Ok(false) => {
+                let since = *missing
+                    .entry(node.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+                since.elapsed() >= node_timeout / 2
+            }
+            Err(_) => false,
+        };
+        if gone {
+            missing.remove(&node);
             for room in &rooms {
                 if room.remote_nodes().contains(&node) {
                     tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
@@ -538,8 +586,11 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
             return;
         }
     };
-    for (n, update) in missing {
+    for (i, (n, update)) in missing.into_iter().enumerate() {
         let (known, through) = match lock(docs).get(doc) {
+            // Numbers are gap-free: a first one past a gap is a snapshot, which folds
+            // updates this node lacks whatever its number (even one of its own commits').
+            Some(s) if i == 0 && n > s.applied + 1 => (false, s.through_with(n)),
             Some(s) => (n <= s.applied || s.ahead.contains(&n), s.through_with(n)),
             None => return,
         };

@@ -39,7 +39,8 @@ impl DynamicDoc {
             guid: id.into(),
             ..Options::default()
         });
-        crate::storage::replay(&doc, &updates).map_err(|e| format!("stored {e}"))?;
+        crate::storage::replay_loaded(&doc, &updates, &*storage)
+            .map_err(|e| format!("stored {e}"))?;
         let s = storage.clone();
         doc.observe_update_v1(STORAGE_OBSERVER, move |txn, event| {
             // Already stored by the node that committed it.

@@ -71,7 +71,7 @@ fn open_and_load(
         ..Options::default()
     });
     let core = Core::new(definition, doc);
-    crate::storage::replay(&core.doc, &updates)
+    crate::storage::replay_loaded(&core.doc, &updates, &*storage)
         .map_err(|e| WorkspaceError::BadUpdate(format!("stored {e}")))?;
     if core.doc.transact().store().pending_update().is_some() {
         tracing::warn!(

@@ -467,7 +467,12 @@ impl DocStorage for PostgresDoc {
 
     fn compact(&self) -> BoxFuture<Result<(), StorageError>> {
         let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
-        Box::pin(async move { writer::compact(&pool, &doc).await.map_err(unavailable) })
+        Box::pin(async move {
+            writer::compact(&pool, &doc)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
     }
 
     fn close(&self) -> BoxFuture<Result<(), StorageError>> {

@@ -93,7 +93,9 @@ pub(super) struct Writer {
 
 impl Writer {
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        let mut since_fold = 0u64;
+        // No fold is tried before this number (after one that failed or found another
+        // node folding).
+        let mut fold_after = 0u64;
         let mut closing = false;
         while !closing {
             let Some(first) = rx.recv().await else { break };
@@ -138,9 +140,9 @@ impl Writer {
                 continue;
             }
             let mut backoff = Duration::from_millis(10);
-            let stored_through = loop {
+            let (stored_through, logged) = loop {
                 match self.commit_numbered(&batch, &ops).await {
-                    Ok(last) => break last,
+                    Ok(stored) => break stored,
                     Err(Failure {
                         message,
                         permanent: true,
@@ -185,12 +187,15 @@ impl Writer {
             self.shared
                 .committed
                 .send_modify(|c| c.number = c.number.max(numbered));
-            since_fold += batch.len() as u64;
             self.tell(stored_through, batch);
-            if since_fold >= self.options.compact_after_updates {
-                since_fold = 0;
-                if let Err(e) = compact(&self.pool, &self.shared.doc).await {
-                    tracing::warn!(doc = %self.shared.doc, error = %e, "compaction failed");
+            // The log's length in the database, whoever wrote it and in how many sessions.
+            if logged >= self.options.compact_after_updates && stored_through >= fold_after {
+                let folded = compact(&self.pool, &self.shared.doc).await;
+                if !matches!(folded, Ok(true)) {
+                    if let Err(e) = folded {
+                        tracing::warn!(doc = %self.shared.doc, error = %e, "compaction failed");
+                    }
+                    fold_after = stored_through + (self.options.compact_after_updates / 4).max(1);
                 }
             }
         }
@@ -213,12 +218,12 @@ impl Writer {
     }
 
     /// Stores `batch` and the mirror's `ops` in one transaction; returns the number of the
-    /// batch's last update.
+    /// batch's last update and how many updates the doc's log holds (not folded yet).
     async fn commit_numbered(
         &self,
         batch: &[(u64, Vec<u8>)],
         ops: &[MirrorOp],
-    ) -> Result<u64, Failure> {
+    ) -> Result<(u64, u64), Failure> {
         let started = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(Failure::transient)?;
         let mut tx = client.transaction().await.map_err(Failure::from)?;
@@ -227,7 +232,7 @@ impl Writer {
                 .await
                 .map_err(Failure::transient)?;
             tx.commit().await.map_err(Failure::from)?;
-            return Ok(0);
+            return Ok((0, 0));
         }
         let n = batch.len() as i64;
         // Locks the doc's row until commit: numbers are gap-free, in commit order.
@@ -235,12 +240,13 @@ impl Writer {
             .query_one(
                 "INSERT INTO epicenter_docs (doc, next_seq) VALUES ($1, $2)
                  ON CONFLICT (doc) DO UPDATE SET next_seq = epicenter_docs.next_seq + $2
-                 RETURNING next_seq",
+                 RETURNING next_seq, folded",
                 &[&self.shared.doc, &n],
             )
             .await
             .map_err(Failure::from)?;
         let last: i64 = row.get(0);
+        let folded: i64 = row.get(1);
         let seqs: Vec<i64> = (last - n + 1..=last).collect();
         let data: Vec<&[u8]> = batch.iter().map(|(_, u)| u.as_slice()).collect();
         tx.execute(
@@ -255,7 +261,7 @@ impl Writer {
             .map_err(Failure::transient)?;
         tx.commit().await.map_err(Failure::from)?;
         crate::storage::COMMITS.committed(started.elapsed());
-        Ok(last as u64)
+        Ok((last as u64, (last - folded).max(0) as u64))
     }
 
     /// Writes the mirror's ops in `tx`.
@@ -272,9 +278,9 @@ impl Writer {
 }
 
 /// Folds a doc's snapshot and log into a new snapshot, under an advisory lock on the doc
-/// (another node folding it at the same time skips). Updates committed meanwhile keep
-/// their place after the new snapshot.
-pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
+/// (another node folding it at the same time skips: false). Updates committed meanwhile
+/// keep their place after the new snapshot.
+pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<bool, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     let locked: bool = tx
@@ -286,22 +292,23 @@ pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .get(0);
     if !locked {
-        return Ok(());
+        return Ok(false);
     }
     let numbered = super::read_numbered(&tx, doc, 0)
         .await
         .map_err(|e| super::describe(&e))?;
     let Some(upto) = numbered.last().map(|(n, _)| *n as i64) else {
-        return Ok(());
+        return Ok(true);
     };
     if numbered.len() < 2 {
         // Only a snapshot: nothing to fold.
-        return Ok(());
+        return Ok(true);
     }
     let updates: Vec<Vec<u8>> = numbered.into_iter().map(|(_, u)| u).collect();
     let folded = tokio::task::spawn_blocking(move || {
         let doc = yrs::Doc::new();
-        crate::storage::replay(&doc, &updates)?;
+        // Every node skips what does not apply; the fold leaves it out.
+        crate::storage::replay_skipping(&doc, &updates);
         let state = crate::storage::full_state(&doc.transact());
         Ok::<_, String>(state)
     })
@@ -320,5 +327,11 @@ pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.execute(
+        "UPDATE epicenter_docs SET folded = $2 WHERE doc = $1",
+        &[&doc, &upto],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map(|_| true).map_err(|e| e.to_string())
 }
