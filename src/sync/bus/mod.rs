@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::lock::lock;
 use crate::workspace::WorkspaceClient;
 
+mod sign;
+use sign::Signer;
+
 /// How a node joins the others: the Redis server they share and this node's name.
 #[derive(Debug, Clone)]
 pub struct RedisBus {
@@ -29,6 +32,7 @@ pub struct RedisBus {
     node: String,
     catch_up_interval: Duration,
     node_timeout: Duration,
+    signer: Option<Signer>,
 }
 
 impl RedisBus {
@@ -40,7 +44,18 @@ impl RedisBus {
             node: node.into(),
             catch_up_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(30),
+            signer: None,
         }
+    }
+
+    /// A secret every node shares: each entry a node puts on the bus is signed with it
+    /// (HMAC-SHA256), and entries without a valid signature are ignored, so whoever can
+    /// write to Redis without the secret cannot put updates or presence into the nodes'
+    /// docs. Without one, Redis is trusted like the database. All nodes must use the same
+    /// secret (or none).
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.signer = Some(Signer::new(secret.as_ref()));
+        self
     }
 
     /// How long a node may go without renewing its heartbeat before the others take it
@@ -253,6 +268,7 @@ async fn run(
     };
     let publisher = {
         let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
+        let signer = config.signer.clone();
         tokio::spawn(async move {
             let mut conn: Option<redis::aio::MultiplexedConnection> = None;
             loop {
@@ -267,6 +283,18 @@ async fn run(
                 // Lost when Redis is down: the other nodes catch up from the storage (and
                 // awareness is renewed by its clients every 15 s).
                 let mut add = redis::cmd("XADD");
+                let signature = signer.as_ref().map(|s| match &next {
+                    Publish::Update(doc, n, update) => s.sign(&[
+                        b"u",
+                        doc.as_bytes(),
+                        node.as_bytes(),
+                        &n.to_be_bytes(),
+                        update,
+                    ]),
+                    Publish::Awareness(doc, frame) => {
+                        s.sign(&[b"a", doc.as_bytes(), node.as_bytes(), frame])
+                    }
+                });
                 match next {
                     Publish::Update(doc, n, update) => add
                         .arg(stream_key(&doc))
@@ -291,6 +319,9 @@ async fn run(
                         .arg("a")
                         .arg(frame.as_ref()),
                 };
+                if let Some(signature) = signature {
+                    add.arg(sign::FIELD).arg(signature);
+                }
                 let sent: redis::RedisResult<String> = add.query_async(c).await;
                 if sent.is_err() {
                     conn = None;
@@ -420,8 +451,25 @@ async fn run(
                         if node == config.node {
                             continue;
                         }
+                        let signature = entry.get::<Vec<u8>>(sign::FIELD).unwrap_or_default();
+                        let signed = |parts: &[&[u8]]| {
+                            let ok = config
+                                .signer
+                                .as_ref()
+                                .is_none_or(|s| s.verify(parts, &signature));
+                            if !ok {
+                                tracing::warn!(
+                                    doc,
+                                    node,
+                                    "ignored a bus entry without a valid signature"
+                                );
+                            }
+                            ok
+                        };
                         if let Some(frame) = entry.get::<Vec<u8>>("a") {
-                            relay_in(&hub, doc, &node, frame);
+                            if signed(&[b"a", doc.as_bytes(), node.as_bytes(), &frame]) {
+                                relay_in(&hub, doc, &node, frame);
+                            }
                             continue;
                         }
                         let (Some(n), Some(update)) =
@@ -429,7 +477,16 @@ async fn run(
                         else {
                             continue;
                         };
-                        deliver(&docs, doc, n, update).await;
+                        let parts: [&[u8]; 5] = [
+                            b"u",
+                            doc.as_bytes(),
+                            node.as_bytes(),
+                            &n.to_be_bytes(),
+                            &update,
+                        ];
+                        if signed(&parts) {
+                            deliver(&docs, doc, n, update).await;
+                        }
                     }
                 }
             }
