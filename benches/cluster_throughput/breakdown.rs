@@ -130,6 +130,8 @@ async fn once(args: &Args, catch_up: Duration) {
         }
         acked
     });
+    // `--settle` ms between the reader's join and the first update (cluster_latency: 0).
+    tokio::time::sleep(Duration::from_millis(args.num("settle", 0))).await;
     let log = probe::log_slow_statements(&pg).await;
     let pressure = common::cpu_pressure_us();
     let base = Instant::now();

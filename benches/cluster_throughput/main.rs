@@ -5,13 +5,13 @@
 //! cargo bench --features postgres,redis --bench cluster_throughput -- [section] [--flag value]...
 //! ```
 //!
-//! Sections (default: all, one after the other; each takes under 2 minutes):
+//! Sections (default: all, one after the other; each takes under a minute):
 //! - `roundtrip`: an update then SYNC_STATUS, waiting for the echo, one at a time
 //!   (`--count`, default 2,000): Postgres, then SQLite and memory storage for comparison.
-//! - `writers`: 64 sync clients (`--writers`) each keep `--window` (8) updates in flight,
-//!   each followed by SYNC_STATUS; an update counts once its echo arrives. One doc and 64
-//!   docs, on one node and spread over two; SQLite for comparison. `--seconds` (6) measured
-//!   after 2 s of warm-up; `--batch` (1) updates per SYNC_STATUS; `--pool` (16) Postgres
+//! - `writers`: 64 sync clients (`--writers`) each keep `--window` (8) batches of `--batch`
+//!   (1) updates in flight, each batch followed by SYNC_STATUS; an update counts once its
+//!   batch's echo arrives. One doc and 64 docs, on one node and spread over two; SQLite for
+//!   comparison. `--seconds` (6) measured after 2 s of warm-up; `--pool` (16) Postgres
 //!   connections per node; `--only <text>` runs the cases whose name holds it.
 //! - `coldjoin`: a ~`--mb` (20) MB doc written through node A; an empty client joins it on
 //!   node B, which never loaded it.
@@ -22,7 +22,8 @@
 //!   of its own (`--own-runtimes 0`: all on one, as the other sections).
 //! - `breakdown`: where a cross-node update's time goes at `--rate` (1,000/s) for
 //!   `--seconds` (5), from a Redis tap beside node B; with the default 1 s catch-up check
-//!   and with it out of the way.
+//!   and with it out of the way. `--settle` ms between the reader's join and the first
+//!   update (default 0, as in cluster_latency).
 
 #[path = "../../tests/support/services.rs"]
 mod services;
