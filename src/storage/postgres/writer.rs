@@ -40,6 +40,20 @@ pub(crate) enum Msg {
     Close,
 }
 
+/// Stores a batch of one doc's updates (`$1` doc, `$2` how many, `$3` their bytes, `$4`
+/// this node) and returns the doc's last number and what its snapshot covers. Numbering
+/// locks the doc's row until commit, so numbers are gap-free and appear in commit order.
+const STORE: &str = "
+    WITH d AS (
+        INSERT INTO epicenter_docs (doc, next_seq) VALUES ($1, $2)
+        ON CONFLICT (doc) DO UPDATE SET next_seq = epicenter_docs.next_seq + $2
+        RETURNING next_seq, folded),
+    u AS (
+        INSERT INTO epicenter_updates (doc, seq, data, node)
+        SELECT $1, d.next_seq - $2 + t.ord, t.data, $4
+        FROM d, UNNEST($3::BYTEA[]) WITH ORDINALITY AS t(data, ord))
+    SELECT next_seq, folded FROM d";
+
 /// Why a commit failed, and whether a retry may cure it.
 #[derive(Debug)]
 pub(super) struct Failure {
@@ -226,40 +240,37 @@ impl Writer {
     ) -> Result<(u64, u64), Failure> {
         let started = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(Failure::transient)?;
-        let mut tx = client.transaction().await.map_err(Failure::from)?;
-        if batch.is_empty() {
+        let n = batch.len() as i64;
+        let data: Vec<&[u8]> = batch.iter().map(|(_, u)| u.as_slice()).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&self.shared.doc, &n, &data, &self.options.node];
+        let row = if ops.is_empty() {
+            // One statement is one transaction: one round trip (the statement is prepared
+            // once per connection).
+            let store = client.prepare_cached(STORE).await.map_err(Failure::from)?;
+            client
+                .query_one(&store, &params)
+                .await
+                .map_err(Failure::from)?
+        } else {
+            let mut tx = client.transaction().await.map_err(Failure::from)?;
+            let row = if batch.is_empty() {
+                None
+            } else {
+                let store = tx.prepare_cached(STORE).await.map_err(Failure::from)?;
+                Some(tx.query_one(&store, &params).await.map_err(Failure::from)?)
+            };
             self.write_mirror(&mut tx, ops)
                 .await
                 .map_err(Failure::transient)?;
             tx.commit().await.map_err(Failure::from)?;
-            return Ok((0, 0));
-        }
-        let n = batch.len() as i64;
-        // Locks the doc's row until commit: numbers are gap-free, in commit order.
-        let row = tx
-            .query_one(
-                "INSERT INTO epicenter_docs (doc, next_seq) VALUES ($1, $2)
-                 ON CONFLICT (doc) DO UPDATE SET next_seq = epicenter_docs.next_seq + $2
-                 RETURNING next_seq, folded",
-                &[&self.shared.doc, &n],
-            )
-            .await
-            .map_err(Failure::from)?;
+            match row {
+                Some(row) => row,
+                None => return Ok((0, 0)),
+            }
+        };
         let last: i64 = row.get(0);
         let folded: i64 = row.get(1);
-        let seqs: Vec<i64> = (last - n + 1..=last).collect();
-        let data: Vec<&[u8]> = batch.iter().map(|(_, u)| u.as_slice()).collect();
-        tx.execute(
-            "INSERT INTO epicenter_updates (doc, seq, data, node)
-             SELECT $1, s, d, $4 FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS t(s, d)",
-            &[&self.shared.doc, &seqs, &data, &self.options.node],
-        )
-        .await
-        .map_err(Failure::from)?;
-        self.write_mirror(&mut tx, ops)
-            .await
-            .map_err(Failure::transient)?;
-        tx.commit().await.map_err(Failure::from)?;
         crate::storage::COMMITS.committed(started.elapsed());
         Ok((last as u64, (last - folded).max(0) as u64))
     }

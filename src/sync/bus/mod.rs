@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::lock::lock;
 use crate::workspace::WorkspaceClient;
 
+mod publish;
 mod sign;
+use publish::Publish;
 use sign::Signer;
 
 /// How a node joins the others: the Redis server they share and this node's name.
@@ -89,12 +91,6 @@ fn node_key(node: &str) -> String {
     format!("epicenter:node:{node}")
 }
 
-/// What the publisher sends.
-enum Publish {
-    Update(String, u64, Vec<u8>),
-    Awareness(String, bytes::Bytes),
-}
-
 /// Where another node's update of a doc goes on this node.
 #[derive(Clone)]
 enum Target {
@@ -159,6 +155,8 @@ type Docs = Arc<Mutex<HashMap<String, DocState>>>;
 pub(crate) struct BusHandle {
     docs: Docs,
     publish: mpsc::Sender<Publish>,
+    /// Wakes the reader when a doc joins, so it reads the doc's stream at once.
+    added: Arc<tokio::sync::Notify>,
 }
 
 impl BusHandle {
@@ -177,6 +175,7 @@ impl BusHandle {
                 ahead: BTreeSet::new(),
             },
         );
+        self.added.notify_one();
         let (states, publish) = (self.docs.clone(), self.publish.clone());
         storage.on_commit(Arc::new(
             move |doc: &str, updates: crate::storage::Numbered| {
@@ -228,9 +227,11 @@ pub(crate) fn start(
             }
         }
     });
+    let added = Arc::new(tokio::sync::Notify::new());
     let handle = Arc::new(BusHandle {
         docs: docs.clone(),
         publish,
+        added: added.clone(),
     });
     for client in clients {
         let id = client.id().to_string();
@@ -238,14 +239,15 @@ pub(crate) fn start(
     }
     hub.set_bus(handle);
     let config = config.clone();
-    tokio::spawn(run(config, docs, hub, published, shutdown));
+    tokio::spawn(run(config, docs, added, hub, published, shutdown));
 }
 
 async fn run(
     config: RedisBus,
     docs: Docs,
+    added: Arc<tokio::sync::Notify>,
     hub: Arc<super::SyncHub>,
-    mut published: mpsc::Receiver<Publish>,
+    published: mpsc::Receiver<Publish>,
     shutdown: CancellationToken,
 ) {
     // This process's name on the bus: the node's name and an incarnation, so a node killed
@@ -266,69 +268,13 @@ async fn run(
             return;
         }
     };
-    let publisher = {
-        let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
-        let signer = config.signer.clone();
-        tokio::spawn(async move {
-            let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = published.recv() => match next { Some(next) => next, None => return },
-                };
-                if conn.is_none() {
-                    conn = client.get_multiplexed_async_connection().await.ok();
-                }
-                let Some(c) = conn.as_mut() else { continue };
-                // Lost when Redis is down: the other nodes catch up from the storage (and
-                // awareness is renewed by its clients every 15 s).
-                let mut add = redis::cmd("XADD");
-                let signature = signer.as_ref().map(|s| match &next {
-                    Publish::Update(doc, n, update) => s.sign(&[
-                        b"u",
-                        doc.as_bytes(),
-                        node.as_bytes(),
-                        &n.to_be_bytes(),
-                        update,
-                    ]),
-                    Publish::Awareness(doc, frame) => {
-                        s.sign(&[b"a", doc.as_bytes(), node.as_bytes(), frame])
-                    }
-                });
-                match next {
-                    Publish::Update(doc, n, update) => add
-                        .arg(stream_key(&doc))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(10_000)
-                        .arg("*")
-                        .arg("node")
-                        .arg(&node)
-                        .arg("n")
-                        .arg(n)
-                        .arg("u")
-                        .arg(update),
-                    Publish::Awareness(doc, frame) => add
-                        .arg(awareness_key(&doc))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(1000)
-                        .arg("*")
-                        .arg("node")
-                        .arg(&node)
-                        .arg("a")
-                        .arg(frame.as_ref()),
-                };
-                if let Some(signature) = signature {
-                    add.arg(sign::FIELD).arg(signature);
-                }
-                let sent: redis::RedisResult<String> = add.query_async(c).await;
-                if sent.is_err() {
-                    conn = None;
-                }
-            }
-        })
-    };
+    let publisher = tokio::spawn(publish::run(
+        client.clone(),
+        config.node.clone(),
+        config.signer.clone(),
+        published,
+        shutdown.clone(),
+    ));
     let heartbeat = {
         let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
         let timeout = config.node_timeout;
@@ -363,6 +309,8 @@ async fn run(
     // The Redis server instance read last: a restarted one numbers its entries from the
     // start again, so the positions read so far no longer apply.
     let mut server_run: Option<String> = None;
+    // The reader connection's id, to wake it from a blocking read (CLIENT UNBLOCK).
+    let mut reader_id: Option<i64> = None;
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
         // The docs on the bus now (dynamic docs come and go with their rooms).
@@ -382,7 +330,7 @@ async fn run(
         if keys.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = added.notified() => {}
             }
             continue;
         }
@@ -413,6 +361,7 @@ async fn run(
                     }
                 }
                 server_run = run;
+                reader_id = redis::cmd("CLIENT").arg("ID").query_async(c).await.ok();
             }
         }
         let Some(c) = conn.as_mut() else { continue };
@@ -428,9 +377,26 @@ async fn run(
         for (_, key) in &keys {
             read.arg(&last[key]);
         }
-        let reply: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+        let reply: redis::RedisResult<Option<StreamReadReply>> = {
+            let reading = read.query_async(c);
+            tokio::pin!(reading);
+            tokio::select! {
             _ = shutdown.cancelled() => break,
-            reply = read.query_async(c) => reply,
+            reply = &mut reading => reply,
+            // A doc joined: end the blocking read so the next one includes its stream.
+            _ = added.notified() => {
+                if let (Some(id), Ok(mut other)) =
+                    (reader_id, client.get_multiplexed_async_connection().await)
+                {
+                    let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                        .arg("UNBLOCK")
+                        .arg(id)
+                        .query_async(&mut other)
+                        .await;
+                }
+                reading.await
+            }
+            }
         };
         match reply {
             Err(e) => {
