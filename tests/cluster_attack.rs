@@ -148,7 +148,9 @@ async fn a_row_id_too_long_for_a_postgres_index_does_not_wedge_the_doc() {
     posts
         .upsert(json!({"id": incompressible(8000), "title": "long"}))
         .unwrap();
-    posts.upsert(json!({"id": "innocent", "title": "t"})).unwrap();
+    posts
+        .upsert(json!({"id": "innocent", "title": "t"}))
+        .unwrap();
     let flushed = tokio::time::timeout(GUARD, a.flush()).await;
     assert!(
         matches!(flushed, Ok(Ok(()))),
@@ -299,7 +301,13 @@ async fn a_stored_update_that_does_not_decode_does_not_stop_nodes_from_starting(
     let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {
         return;
     };
-    let (a, _) = serve(open(&pg, "a").await, &redis, "a", Duration::from_millis(100)).await;
+    let (a, _) = serve(
+        open(&pg, "a").await,
+        &redis,
+        "a",
+        Duration::from_millis(100),
+    )
+    .await;
     let db = sql(&pg).await;
     db.batch_execute(
         "INSERT INTO epicenter_docs (doc, next_seq) VALUES ('blog', 1)
@@ -416,7 +424,10 @@ async fn a_forged_bus_entry_does_not_replace_a_stored_update() {
         gets(&b_client, "real").await,
         "node b never got an acknowledged write"
     );
-    assert!(!has(&b_client, "forged"), "node b serves a row no node stored");
+    assert!(
+        !has(&b_client, "forged"),
+        "node b serves a row no node stored"
+    );
     a.destroy().await.unwrap();
     b.destroy().await.unwrap();
 }
@@ -440,7 +451,10 @@ async fn garbage_on_the_bus_neither_stops_it_nor_reaches_the_doc() {
         (u, &[("x", b"1")]),
         (u, &[("node", b"m"), ("n", b"not a number"), ("u", b"\x00")]),
         (u, &[("node", b"m"), ("n", b"-1"), ("u", b"\x00")]),
-        (u, &[("node", b"m"), ("n", b"1"), ("u", b"\xff\xff\xff\xff\xff")]),
+        (
+            u,
+            &[("node", b"m"), ("n", b"1"), ("u", b"\xff\xff\xff\xff\xff")],
+        ),
         (u, &[("node", b"m"), ("n", b"1"), ("u", b"")]),
         (u, &[("node", b"\xff\xfe"), ("n", b"1"), ("u", b"\x00\x00")]),
         (aw, &[("node", b"m"), ("a", b"\x01\xff\xff\xff\xff\xff")]),
@@ -462,6 +476,9 @@ async fn garbage_on_the_bus_neither_stops_it_nor_reaches_the_doc() {
 // Presence
 // ---------------------------------------------------------------------------------------
 
+/// The nodes' `node_timeout`: long enough for a killed node to be back before it ends.
+const NODE_TIMEOUT_MS: u64 = 3000;
+
 /// The `blog` example (built by `cargo test`) as a node on `port`; it names itself on the
 /// bus after the host and the port, so a node restarted on its port keeps its name.
 fn blog_node(pg: &Postgres, redis: &Redis, port: u16) -> Option<ChildGuard> {
@@ -476,7 +493,7 @@ fn blog_node(pg: &Postgres, redis: &Redis, port: u16) -> Option<ChildGuard> {
         .env("EPICENTER_REDIS_URL", redis.url())
         .env("PORT", port.to_string())
         .env("RUST_LOG", "warn")
-        .env("EPICENTER_NODE_TIMEOUT_MS", "1000")
+        .env("EPICENTER_NODE_TIMEOUT_MS", NODE_TIMEOUT_MS.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -487,6 +504,19 @@ fn blog_node(pg: &Postgres, redis: &Redis, port: u16) -> Option<ChildGuard> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Some(ChildGuard(child))
+}
+
+/// Sends step 1, so the server's handshake deadline (a first message within 10 s) does not
+/// close a connection that only listens.
+async fn hello(ws: &mut support::ws::Socket) {
+    use futures_util::SinkExt;
+    use yrs::updates::encoder::Encode;
+    let step1 = yrs::sync::Message::Sync(yrs::sync::SyncMessage::SyncStep1(StateVector::default()));
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        step1.encode_v1().into(),
+    ))
+    .await
+    .unwrap();
 }
 
 /// Kills (SIGKILL) the process when dropped.
@@ -517,15 +547,76 @@ async fn presence_of_a_killed_node_goes_even_when_it_restarts_at_once() {
     };
     let _b = blog_node(&pg, &redis, b_port).unwrap();
     let mut on_b = join(format!("127.0.0.1:{b_port}"), "blog").await;
+    hello(&mut on_b).await;
     let mut on_a = join(format!("127.0.0.1:{a_port}"), "blog").await;
     announce_until_heard(&mut on_a, &mut on_b, 7, r#"{"user":"ann"}"#).await;
     drop(a); // SIGKILL
     let _a = blog_node(&pg, &redis, a_port).unwrap();
-    // Three node timeouts and more: the removal should long be there.
-    let state = tokio::time::timeout(GUARD, awareness_of(&mut on_b, 7)).await;
+    // Past twice the node timeout, the removal should long be there.
+    let wait = Duration::from_millis(NODE_TIMEOUT_MS * 2 + 2000);
+    let state = tokio::time::timeout(wait, awareness_of(&mut on_b, 7)).await;
     assert_eq!(
         state.ok().as_deref(),
         Some("null"),
         "the killed node's client is still present"
     );
+}
+
+/// Redis restarted empty holds no heartbeat until each node's next beat (a third of
+/// `node_timeout`: 10 s by default), and the other nodes' first check after they reconnect
+/// takes every node whose key is missing for gone: the presence of live nodes' clients is
+/// removed everywhere, until the clients renew it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: after a Redis restart, live nodes are taken for gone and their clients' presence removed everywhere"]
+async fn presence_of_live_nodes_survives_a_redis_restart() {
+    use support::ws::{announce_until_heard, join};
+    let (Some(pg), Some(mut redis)) = (Postgres::start(), Redis::start()) else {
+        return;
+    };
+    let quick = Duration::from_millis(100);
+    let (a, a_addr) = serve(open(&pg, "a").await, &redis, "a", quick).await;
+    let (b, b_addr) = serve(open(&pg, "b").await, &redis, "b", quick).await;
+    let mut on_b = join(b_addr, "blog").await;
+    hello(&mut on_b).await;
+    let mut on_a = join(a_addr, "blog").await;
+    announce_until_heard(&mut on_a, &mut on_b, 7, r#"{"user":"ann"}"#).await;
+    redis.restart();
+    // The nodes go on: a write crosses again.
+    rest_post(a_addr, "after").await;
+    assert!(gets(b.client("blog").unwrap(), "after").await);
+    // Every state of client 7 node b's connection hears in the next seconds.
+    let mut heard = Vec::new();
+    let _ = tokio::time::timeout(GUARD, async {
+        loop {
+            heard.push(support::ws::awareness_of(&mut on_b, 7).await);
+        }
+    })
+    .await;
+    assert!(
+        !heard.iter().any(|s| s == "null"),
+        "node a is alive, yet its client's presence was removed: {heard:?}"
+    );
+    a.destroy().await.unwrap();
+    b.destroy().await.unwrap();
+}
+
+/// Field names SQLite and the definition accept but a Postgres table cannot have (system
+/// column names). Either the workspace opens, or the error says why; Postgres errors are
+/// shown by `tokio_postgres::Error`'s `Display`, which is only "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a Postgres refusal surfaces as \"db error\", without the server's message"]
+async fn a_field_postgres_cannot_mirror_is_refused_with_the_reason() {
+    let Some(pg) = Postgres::start() else { return };
+    let def = WorkspaceDefinition::builder("blog")
+        .table("posts", [("id", id()), ("xmin", text())])
+        .build()
+        .unwrap();
+    let storage = PostgresStorage::connect(&pg.url()).await.unwrap();
+    if let Err(e) = def.with_storage(storage).create().await {
+        let message = e.to_string();
+        assert!(
+            message.contains("xmin"),
+            "the error does not say what is wrong: {message}"
+        );
+    }
 }
