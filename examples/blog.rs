@@ -15,7 +15,8 @@
 //! `redis` features on), it runs as one node of several: the workspace is stored in that
 //! Postgres database and the nodes tell each other of their writes over that Redis server.
 //! `EPICENTER_NODE_TIMEOUT_MS` sets how soon the others drop a dead node's presence
-//! (default 30,000).
+//! (default 30,000); `EPICENTER_BUS_SECRET`, the secret the nodes sign their bus entries
+//! with (every node the same; entries without a valid signature are ignored).
 //!
 //! ```sh
 //! cargo run --features postgres,redis --example blog   # with the variables above, and PORT
@@ -111,6 +112,9 @@ async fn node(
         .and_then(|ms| ms.parse().ok())
     {
         bus = bus.node_timeout(std::time::Duration::from_millis(ms));
+    }
+    if let Ok(secret) = std::env::var("EPICENTER_BUS_SECRET") {
+        bus = bus.secret(secret);
     }
     let options = ServerOptions::default().redis_bus(bus);
     Ok((client, options))

@@ -37,18 +37,18 @@ async fn node(
     let storage = PostgresStorage::connect_with(&pg.url(), options)
         .await
         .unwrap();
-    let client = WorkspaceDefinition::builder("blog")
-        .table("posts", [("id", id()), ("title", text())])
-        .build()
-        .unwrap()
-        .with_storage(storage)
-        .create()
-        .await
-        .unwrap();
+    let client = blog().with_storage(storage).create().await.unwrap();
     let bus = RedisBus::new(redis.url(), name).catch_up_interval(catch_up);
     let server = create_server([client], ServerOptions::default().port(0).redis_bus(bus)).unwrap();
     let addr = server.start().await.unwrap();
     (server, addr)
+}
+
+fn blog() -> WorkspaceDefinition {
+    WorkspaceDefinition::builder("blog")
+        .table("posts", [("id", id()), ("title", text())])
+        .build()
+        .unwrap()
 }
 
 async fn post(addr: SocketAddr, id: &str, title: &str) {
@@ -250,4 +250,70 @@ async fn dynamic_docs_live_on_every_node() {
     until_update_with(&mut on_b, "second").await;
     a.destroy().await.unwrap();
     b.destroy().await.unwrap();
+}
+
+/// With a shared secret, an entry written to Redis by someone without it (here with the
+/// number node b expects next) is ignored: the real update of that number still arrives,
+/// and the forged content never reaches the doc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_forged_bus_entries_are_ignored() {
+    use yrs::{ReadTxn, StateVector, Transact};
+    let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let storage = PostgresStorage::connect_with(
+            &pg.url(),
+            PostgresOptions {
+                node: name.into(),
+                ..PostgresOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let client = blog().with_storage(storage).create().await.unwrap();
+        let bus = RedisBus::new(redis.url(), name)
+            .catch_up_interval(Duration::from_secs(3600))
+            .secret("s3cret");
+        let server =
+            create_server([client], ServerOptions::default().port(0).redis_bus(bus)).unwrap();
+        let addr = server.start().await.unwrap();
+        nodes.push((server, addr));
+    }
+    let scratch = blog().in_memory().create().await.unwrap();
+    scratch
+        .table("posts")
+        .unwrap()
+        .upsert(json!({"id": "forged", "title": "never stored"}))
+        .unwrap();
+    let forged = scratch
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for signature in [&b""[..], &[0u8; 32][..]] {
+        let _: String = redis::cmd("XADD")
+            .arg("epicenter:{blog}:u")
+            .arg("*")
+            .arg("node")
+            .arg("mallory")
+            .arg("n")
+            .arg(1)
+            .arg("u")
+            .arg(&forged)
+            .arg("s")
+            .arg(signature)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    post(nodes[0].1, "real", "update 1").await;
+    until_seen(&nodes[1].0, "real", "update 1").await;
+    let posts = nodes[1].0.client("blog").unwrap().table("posts").unwrap();
+    assert_eq!(posts.get("forged"), RowResult::NotFound);
+    for (server, _) in nodes {
+        server.destroy().await.unwrap();
+    }
 }

@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use epicenter_server::storage::{PostgresOptions, PostgresStorage};
 use epicenter_server::workspace::{
     boolean, id, integer, json as json_field, real, tags, text, WorkspaceClient,
@@ -19,7 +17,8 @@ use serde_json::{json, Value};
 use support::services::Postgres;
 use tokio_postgres::NoTls;
 
-const GUARD: Duration = Duration::from_secs(30);
+#[cfg(feature = "redis")]
+const GUARD: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn blog() -> WorkspaceDefinition {
     WorkspaceDefinition::builder("blog")
@@ -232,7 +231,8 @@ async fn concurrent_writers_on_several_nodes_converge_in_the_mirror() {
     let mut servers = Vec::new();
     for name in ["a", "b", "c"] {
         let client = open(&pg, name, blog()).await;
-        let bus = RedisBus::new(redis.url(), name).catch_up_interval(Duration::from_millis(200));
+        let bus = RedisBus::new(redis.url(), name)
+            .catch_up_interval(std::time::Duration::from_millis(200));
         let server =
             create_server([client], ServerOptions::default().port(0).redis_bus(bus)).unwrap();
         server.start().await.unwrap();
@@ -292,7 +292,7 @@ async fn concurrent_writers_on_several_nodes_converge_in_the_mirror() {
                     return want;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;
@@ -309,6 +309,7 @@ async fn concurrent_writers_on_several_nodes_converge_in_the_mirror() {
     }
 }
 
+#[cfg(feature = "redis")]
 /// Rows as the mirror shows them: every column present (absent ones null), numbers
 /// compared as numbers.
 fn normalise(rows: &[Value]) -> Vec<Value> {

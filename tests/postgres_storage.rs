@@ -172,3 +172,73 @@ async fn rest_writes_during_a_database_outage_get_503_then_are_stored() {
     assert_eq!(titles(&b), ["during the outage"]);
     b.destroy().await.unwrap();
 }
+
+/// A refusal no retry cures (here a constraint the updates break) fails the doc's waiting
+/// flushes and refuses its later writes, instead of retrying for ever while memory fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_fails_flushes_and_later_writes() {
+    let Some(pg) = Postgres::start() else { return };
+    let a = client(&pg, "a").await;
+    let posts = a.table("posts").unwrap();
+    posts.upsert(json!({"id": "1", "title": "fine"})).unwrap();
+    a.flush().await.unwrap();
+    let (db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(
+        "ALTER TABLE epicenter_updates ADD CONSTRAINT small CHECK (octet_length(data) < 200)",
+    )
+    .await
+    .unwrap();
+    posts
+        .upsert(json!({"id": "2", "title": "x".repeat(500)}))
+        .unwrap();
+    let err = tokio::time::timeout(GUARD, a.flush())
+        .await
+        .expect("a flush does not wait for ever on a permanent refusal")
+        .unwrap_err();
+    assert!(err.to_string().contains("small"), "{err}");
+    assert!(a.storage_status().failed.is_some());
+    let refused = posts.upsert(json!({"id": "3", "title": "after"}));
+    assert!(refused.is_err(), "a write was taken by a failed storage");
+}
+
+/// A close that gives up (the database is gone for longer than `close_timeout`) says so,
+/// and flushes still waiting learn it too instead of waiting for ever; so does a flush
+/// after an update that arrived once the storage was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_gives_up_fails_every_waiting_flush() {
+    use epicenter_server::storage::StorageProvider;
+    let Some(mut pg) = Postgres::start() else {
+        return;
+    };
+    let options = PostgresOptions {
+        close_timeout: Duration::from_millis(300),
+        ..PostgresOptions::default()
+    };
+    let storage = PostgresStorage::connect_with(&pg.url(), options)
+        .await
+        .unwrap();
+    let doc = tokio::task::spawn_blocking(move || storage.open("d", None).unwrap())
+        .await
+        .unwrap();
+    pg.kill();
+    doc.append(vec![0, 0], Vec::new());
+    let waiting = doc.flush();
+    let closed = tokio::time::timeout(GUARD, doc.close()).await.unwrap();
+    assert!(
+        closed.is_err(),
+        "a close that stored nothing claimed success"
+    );
+    let waited = tokio::time::timeout(GUARD, waiting)
+        .await
+        .expect("a flush waiting on a closed storage never returned");
+    assert!(waited.is_err());
+    doc.append(vec![0, 0], Vec::new());
+    assert!(tokio::time::timeout(GUARD, doc.flush())
+        .await
+        .unwrap()
+        .is_err());
+    pg.restart();
+}

@@ -162,6 +162,46 @@ pub(crate) fn replay<'a>(
     Ok(())
 }
 
+/// Applies stored v1 updates to `doc` like [`replay`], but skips, loudly, each one that
+/// does not decode or apply. For shared storage: several nodes write it, a running node
+/// skips such an update when it arrives, and a node opening the doc must not be stopped
+/// by it either. Returns how many were skipped.
+pub(crate) fn replay_skipping<'a>(
+    doc: &yrs::Doc,
+    updates: impl IntoIterator<Item = &'a Vec<u8>>,
+) -> usize {
+    use yrs::Transact;
+    let mut skipped = 0;
+    for (n, bytes) in updates.into_iter().enumerate() {
+        let applied = decode_update(bytes).and_then(|u| {
+            doc.transact_mut()
+                .apply_update(u)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = applied {
+            tracing::error!(update = n, error = %e, "skipping a stored update that does not apply");
+            skipped += 1;
+        }
+    }
+    skipped
+}
+
+/// Replays what `storage` loaded: skipping what does not apply when the storage is shared
+/// (see [`replay_skipping`]), failing on it otherwise (one node's storage checks its data;
+/// an update that does not apply means damage).
+pub(crate) fn replay_loaded(
+    doc: &yrs::Doc,
+    updates: &[Vec<u8>],
+    storage: &dyn DocStorage,
+) -> Result<(), String> {
+    if storage.loaded_through().is_some() {
+        replay_skipping(doc, updates);
+        Ok(())
+    } else {
+        replay(doc, updates)
+    }
+}
+
 /// How a doc's storage is doing, from [`DocStorage::status`] (and
 /// [`WorkspaceClient::storage_status`](crate::workspace::WorkspaceClient::storage_status)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,6 +233,7 @@ pub(crate) const REMOTE_ORIGIN: &[u8] = b"\xECremote";
 
 /// The origin of a transaction applying other nodes' updates, after which the doc holds
 /// every update shared storage numbered up to `through`.
+#[cfg(any(test, feature = "redis"))]
 pub(crate) fn remote_origin(through: u64) -> yrs::Origin {
     let mut bytes = REMOTE_ORIGIN.to_vec();
     bytes.extend_from_slice(&through.to_be_bytes());
@@ -314,6 +355,16 @@ pub trait DocStorage: Send + Sync + 'static {
     /// up (a snapshot that folds some of them comes first, numbered as the last it covers).
     fn updates_after(&self, _after: u64) -> BoxFuture<Result<Numbered, StorageError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Shared storage: the number of the last update stored for each of `docs` (a doc with
+    /// none is left out), in one question for all; any open doc of the storage answers
+    /// for every doc. What a node compares with what it has applied, to catch up.
+    fn stored_through(
+        &self,
+        _docs: Vec<String>,
+    ) -> BoxFuture<Result<std::collections::HashMap<String, u64>, StorageError>> {
+        Box::pin(async { Ok(std::collections::HashMap::new()) })
     }
 
     /// Shared storage with a mirror: the rows changed by updates other nodes committed,

@@ -39,7 +39,8 @@ impl DynamicDoc {
             guid: id.into(),
             ..Options::default()
         });
-        crate::storage::replay(&doc, &updates).map_err(|e| format!("stored {e}"))?;
+        crate::storage::replay_loaded(&doc, &updates, &*storage)
+            .map_err(|e| format!("stored {e}"))?;
         let s = storage.clone();
         doc.observe_update_v1(STORAGE_OBSERVER, move |txn, event| {
             // Already stored by the node that committed it.
@@ -96,14 +97,14 @@ impl DynamicDoc {
     }
 
     /// The doc's storage.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub fn storage(&self) -> &Arc<dyn DocStorage> {
         &self.storage
     }
 
     /// Applies an update another node has already stored: not stored again (see
     /// `storage::REMOTE_ORIGIN`), refused once the doc is closed.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub fn apply_remote(&self, bytes: &[u8], through: u64) -> Result<(), WorkspaceError> {
         let update = crate::storage::decode_update(bytes).map_err(WorkspaceError::BadUpdate)?;
         let mut txn = self

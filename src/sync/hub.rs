@@ -189,7 +189,7 @@ impl SyncHub {
     }
 
     /// Sends the awareness of rooms opened from now on to `relay` (the bus to other nodes).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn set_relay(&self, relay: super::room::Relay) {
         let _ = self.relay.set(relay);
     }
@@ -201,7 +201,7 @@ impl SyncHub {
     }
 
     /// The room `id`, if it is loaded and not being loaded or evicted right now.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn live_room(&self, id: &str) -> Option<Arc<Room>> {
         let entry = lock(&self.rooms).get(id).cloned()?;
         let slot = entry.slot.try_lock().ok()?;

@@ -71,7 +71,7 @@ fn open_and_load(
         ..Options::default()
     });
     let core = Core::new(definition, doc);
-    crate::storage::replay(&core.doc, &updates)
+    crate::storage::replay_loaded(&core.doc, &updates, &*storage)
         .map_err(|e| WorkspaceError::BadUpdate(format!("stored {e}")))?;
     if core.doc.transact().store().pending_update().is_some() {
         tracing::warn!(
@@ -271,7 +271,7 @@ impl WorkspaceClient {
     /// other, and every sync connection gets it, but it is not stored again and never
     /// refused for want of local storage. LWW losers it reveals are settled (a local
     /// transaction, stored as usual).
-    #[cfg_attr(not(any(test, feature = "redis")), allow(dead_code))]
+    #[cfg(any(test, feature = "redis"))]
     /// Once it is in, the doc holds every stored update numbered up to `through`.
     pub(crate) fn apply_remote(&self, bytes: &[u8], through: u64) -> Result<(), WorkspaceError> {
         let core = &self.inner.core;
@@ -288,7 +288,7 @@ impl WorkspaceClient {
     }
 
     /// The client's storage.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn storage(&self) -> &Arc<dyn DocStorage> {
         &self.inner.storage
     }

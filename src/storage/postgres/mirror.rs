@@ -118,10 +118,46 @@ impl Mirror {
             .await
             .map_err(|e| e.to_string())?
             .map(|r| r.get(0));
+        // Our own tables live in the current schema; a mirror there could take their
+        // names. System schemas are not ours to write.
+        let current: Option<String> = tx
+            .query_one("SELECT current_schema()::TEXT", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if current.as_deref() == Some(ws.as_str())
+            || ws.starts_with("pg_")
+            || ws == "information_schema"
+        {
+            return Err(format!(
+                "schema `{ws}` is not free for a mirror (it holds the server's own or the \
+                 system's tables): give the workspace another id, or set \
+                 PostgresOptions::mirror_tables to false"
+            ));
+        }
+        // Only tables the mirror made (those of the stored definition) are ever dropped;
+        // a table of the same name made by anyone else is left alone, and refused.
+        let old = stored
+            .as_deref()
+            .and_then(|s| WorkspaceDefinition::from_json(s).ok());
+        let ours = |name: &str| old.iter().flat_map(|d| &d.tables).any(|t| t.name == name);
+        for table in &def.tables {
+            let qualified = format!("{schema}.{}", ident(&table.name));
+            let exists: bool = tx
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if exists && !ours(&table.name) {
+                return Err(format!(
+                    "table {qualified} exists and was not made by the mirror; it is left \
+                     alone: drop or rename it, or set PostgresOptions::mirror_tables to false"
+                ));
+            }
+        }
         let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {schema};");
         if stored.as_deref() != Some(wanted.as_str()) {
-            let old = stored.and_then(|s| WorkspaceDefinition::from_json(&s).ok());
-            for table in old.iter().flat_map(|d| &d.tables).chain(&def.tables) {
+            for table in old.iter().flat_map(|d| &d.tables) {
                 ddl += &format!("DROP TABLE IF EXISTS {schema}.{};", ident(&table.name));
             }
             tx.execute("DELETE FROM epicenter_mirror_rows WHERE ws = $1", &[&ws])
@@ -186,15 +222,70 @@ impl Mirror {
         if ops.is_empty() {
             return Ok(());
         }
+        if self.try_write(tx, ops).await? {
+            return Ok(());
+        }
+        // Something in there is refused: one row at a time, so only that stays out.
+        for unit in self.one_by_one(ops) {
+            self.try_write(tx, std::slice::from_ref(&unit)).await?;
+        }
+        Ok(())
+    }
+
+    /// `ops` as units of one row each: a reset becomes its deletions (a reset with no rows)
+    /// followed by each of its rows.
+    fn one_by_one(&self, ops: &[MirrorOp]) -> Vec<MirrorOp> {
+        let mut out = Vec::new();
+        for op in ops {
+            match op {
+                MirrorOp::Change((version, change)) => {
+                    out.push(MirrorOp::Change((*version, change.clone())))
+                }
+                MirrorOp::Reset(version, tables) => {
+                    let empty = tables
+                        .iter()
+                        .map(|(t, _)| (t.clone(), Vec::new()))
+                        .collect();
+                    out.push(MirrorOp::Reset(*version, empty));
+                    for (name, rows) in tables {
+                        let Some(table) = self.tables.iter().find(|t| &t.def.name == name) else {
+                            continue;
+                        };
+                        let id_field = table.def.id_field();
+                        for row in rows {
+                            let Some(id) = row.get(id_field).and_then(Value::as_str) else {
+                                continue;
+                            };
+                            let change = RowChange {
+                                table: name.clone(),
+                                id: id.to_string(),
+                                row: Some(row.clone()),
+                            };
+                            out.push(MirrorOp::Change((*version, change)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `ops` in a savepoint. Ok(false) when the database refused their data (rolled
+    /// back and logged); errors a retry may cure are returned.
+    async fn try_write(&self, tx: &mut Transaction<'_>, ops: &[MirrorOp]) -> Result<bool, String> {
         let sp = tx.savepoint("mirror").await.map_err(|e| e.to_string())?;
         match self.write_ops(&sp, ops).await {
-            Ok(()) => sp.commit().await.map_err(|e| e.to_string()),
+            Ok(()) => sp.commit().await.map(|_| true).map_err(|e| e.to_string()),
             Err(e) if is_data_error(&e) => {
+                let e = super::describe(&e);
                 tracing::error!(workspace = %self.ws, error = %e,
-                    "the SQL mirror refused rows; they are left out (the doc keeps them)");
-                sp.rollback().await.map_err(|e| e.to_string())
+                    "the SQL mirror refused a row; it is left out (the doc keeps it)");
+                sp.rollback()
+                    .await
+                    .map(|_| false)
+                    .map_err(|e| e.to_string())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(super::describe(&e)),
         }
     }
 
@@ -333,10 +424,11 @@ impl MirrorTable {
 }
 
 /// Whether the database refused the data itself (SQLSTATE classes 22: data exception,
-/// 23: integrity, 42: a table or column that is not there), which no retry cures.
+/// 23: integrity, 42: a table or column that is not there, 54: a limit such as an id too
+/// long for an index), which no retry cures.
 fn is_data_error(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
-        ["22", "23", "42"]
+        ["22", "23", "42", "54"]
             .iter()
             .any(|class| c.code().starts_with(class))
     })

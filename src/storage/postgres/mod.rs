@@ -102,6 +102,14 @@ impl std::fmt::Debug for PostgresStorage {
     }
 }
 
+/// A Postgres error with what the server said (its `Display` alone is "db error").
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{db}"),
+        None => e.to_string(),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable {
         reason: format!("postgres: {e}"),
@@ -117,6 +125,12 @@ impl PostgresStorage {
 
     /// [`PostgresStorage::connect`] with options.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StorageError> {
+        if options.node.contains('\0') {
+            return Err(StorageError::Damaged {
+                path: "postgres".into(),
+                detail: "the node name has a NUL character, which Postgres text cannot hold".into(),
+            });
+        }
         let config: tokio_postgres::Config = url.parse().map_err(|e| StorageError::Damaged {
             path: "postgres".into(),
             detail: format!("bad connection string: {e}"),
@@ -148,6 +162,13 @@ impl StorageProvider for PostgresStorage {
         doc_id: &str,
         definition: Option<&WorkspaceDefinition>,
     ) -> Result<Box<dyn DocStorage>, StorageError> {
+        if doc_id.contains('\0') {
+            // Postgres text cannot hold it: every commit would fail.
+            return Err(StorageError::Damaged {
+                path: format!("postgres doc {doc_id:?}"),
+                detail: "a doc id with a NUL character cannot be stored in Postgres".into(),
+            });
+        }
         let mirror = match definition {
             Some(def) if self.options.mirror_tables => {
                 let pool = self.pool.clone();
@@ -167,7 +188,7 @@ impl StorageProvider for PostgresStorage {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             doc: doc_id.to_string(),
-            tx,
+            tx: Mutex::new(Some(tx)),
             appended: AtomicU64::new(0),
             committed: watch::channel(Committed::default()).0,
             pending_bytes: AtomicU64::new(0),
@@ -201,7 +222,9 @@ impl StorageProvider for PostgresStorage {
 /// What a doc's handle and its writer share.
 pub(super) struct Shared {
     pub doc: String,
-    pub tx: mpsc::UnboundedSender<Msg>,
+    /// To the writer; `None` once closed. Sending under the lock means nothing is sent
+    /// after the close message, where the writer would never see it.
+    pub tx: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
     /// Updates appended so far (the number of the last one).
     pub appended: AtomicU64,
     pub committed: watch::Sender<Committed>,
@@ -219,6 +242,15 @@ pub(super) struct Shared {
     /// The doc holds every update numbered up to this one: the version of the rows it
     /// hands the mirror (see `mirror.rs`).
     pub through: AtomicU64,
+}
+
+impl Shared {
+    /// Sends to the writer; false once the storage is closed (or its writer stopped).
+    fn send(&self, msg: Msg) -> bool {
+        lock(&self.tx)
+            .as_ref()
+            .is_some_and(|tx| tx.send(msg).is_ok())
+    }
 }
 
 struct PostgresDoc {
@@ -245,37 +277,47 @@ impl PostgresDoc {
             .read_only(true)
             .start()
             .await
-            .map_err(unavailable)?;
-        let snapshot = tx
-            .query_opt(
-                "SELECT upto, data FROM epicenter_snapshots WHERE doc = $1",
-                &[&doc],
-            )
+            .map_err(|e| unavailable(describe(&e)))?;
+        let out = read_numbered(&tx, doc, after)
             .await
-            .map_err(unavailable)?;
-        let mut out = Vec::new();
-        let mut from = after;
-        if let Some(row) = snapshot {
-            let upto: i64 = row.get(0);
-            if upto > after {
-                out.push((upto as u64, row.get::<_, Vec<u8>>(1)));
-                from = upto;
-            }
-        }
-        let rows = tx
-            .query(
-                "SELECT seq, data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
-                &[&doc, &from],
-            )
-            .await
-            .map_err(unavailable)?;
-        out.extend(
-            rows.into_iter()
-                .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1))),
-        );
-        tx.commit().await.map_err(unavailable)?;
+            .map_err(|e| unavailable(describe(&e)))?;
+        tx.commit().await.map_err(|e| unavailable(describe(&e)))?;
         Ok(out)
     }
+}
+
+/// The snapshot (when it covers something after `after`) and the log after it, numbered,
+/// read in `tx`. Only a snapshot that covers something new is read: its bytes can be large,
+/// and nodes ask every second.
+pub(super) async fn read_numbered(
+    tx: &tokio_postgres::Transaction<'_>,
+    doc: &str,
+    after: i64,
+) -> Result<super::Numbered, tokio_postgres::Error> {
+    let snapshot = tx
+        .query_opt(
+            "SELECT upto, data FROM epicenter_snapshots WHERE doc = $1 AND upto > $2",
+            &[&doc, &after],
+        )
+        .await?;
+    let mut out = Vec::new();
+    let mut from = after;
+    if let Some(row) = snapshot {
+        let upto: i64 = row.get(0);
+        out.push((upto as u64, row.get::<_, Vec<u8>>(1)));
+        from = upto;
+    }
+    let rows = tx
+        .query(
+            "SELECT seq, data FROM epicenter_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
+            &[&doc, &from],
+        )
+        .await?;
+    out.extend(
+        rows.into_iter()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1))),
+    );
+    Ok(out)
 }
 
 impl DocStorage for PostgresDoc {
@@ -317,7 +359,7 @@ impl DocStorage for PostgresDoc {
             version,
             tables,
         };
-        if shared.tx.send(msg).is_err() {
+        if !shared.send(msg) {
             shared.lost.store(true, Ordering::Release);
         }
     }
@@ -326,8 +368,29 @@ impl DocStorage for PostgresDoc {
         self.shared.through.fetch_max(through, Ordering::AcqRel);
         if !rows.is_empty() {
             let version = self.shared.through.load(Ordering::Acquire);
-            let _ = self.shared.tx.send(Msg::Rows { version, rows });
+            self.shared.send(Msg::Rows { version, rows });
         }
+    }
+
+    fn stored_through(
+        &self,
+        docs: Vec<String>,
+    ) -> BoxFuture<Result<std::collections::HashMap<String, u64>, StorageError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let rows = client
+                .query(
+                    "SELECT doc, next_seq FROM epicenter_docs WHERE doc = ANY($1)",
+                    &[&docs],
+                )
+                .await
+                .map_err(|e| unavailable(describe(&e)))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                .collect())
+        })
     }
 
     fn on_commit(&self, listener: super::CommitListener) {
@@ -338,6 +401,9 @@ impl DocStorage for PostgresDoc {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
+        }
+        if let Some(e) = &shared.committed.borrow().error {
+            return Err(StorageError::WriterFailed(e.clone()));
         }
         let pending = shared.pending_bytes.load(Ordering::Acquire);
         if pending >= shared.max_pending_bytes {
@@ -374,8 +440,9 @@ impl DocStorage for PostgresDoc {
             rows,
             version,
         };
-        if shared.tx.send(msg).is_err() {
+        if !shared.send(msg) {
             shared.lost.store(true, Ordering::Release);
+            tracing::error!(doc = %shared.doc, "an update arrived after the storage was closed; it is not stored");
         }
     }
 
@@ -400,7 +467,12 @@ impl DocStorage for PostgresDoc {
 
     fn compact(&self) -> BoxFuture<Result<(), StorageError>> {
         let (pool, doc) = (self.pool.clone(), self.shared.doc.clone());
-        Box::pin(async move { writer::compact(&pool, &doc).await.map_err(unavailable) })
+        Box::pin(async move {
+            writer::compact(&pool, &doc)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
     }
 
     fn close(&self) -> BoxFuture<Result<(), StorageError>> {
@@ -414,14 +486,21 @@ impl DocStorage for PostgresDoc {
                 Err(_) => {
                     let waiting =
                         shared.appended.load(Ordering::Acquire) - shared.committed.borrow().number;
-                    Err(StorageError::WriterFailed(format!(
+                    let why = format!(
                         "{waiting} updates were not stored: the database did not take them \
                          within {timeout:?}"
-                    )))
+                    );
+                    // Flushes still waiting learn it too, instead of waiting for good.
+                    shared
+                        .committed
+                        .send_modify(|c| c.error = Some(why.clone()));
+                    Err(StorageError::WriterFailed(why))
                 }
             };
             shared.closed.store(true, Ordering::Release);
-            let _ = shared.tx.send(Msg::Close);
+            if let Some(tx) = lock(&shared.tx).take() {
+                let _ = tx.send(Msg::Close);
+            }
             if let Some(task) = task {
                 if result.is_ok() {
                     let _ = task.await;

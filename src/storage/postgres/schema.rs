@@ -1,7 +1,8 @@
 //! The tables, created and migrated at startup. Every node runs the migration; an advisory
 //! lock makes them take turns, and a version table says what is already there.
 //!
-//! - `epicenter_docs(doc, next_seq)`: one row per doc. Writers lock it to number their
+//! - `epicenter_docs(doc, next_seq, folded)`: one row per doc (`folded`: the number the
+//!   snapshot covers, so the log holds `next_seq - folded` updates). Writers lock it to number their
 //!   updates, so a doc's sequence numbers are gap-free and visible in commit order: a node
 //!   that has applied everything up to `n` catches up with `seq > n`.
 //! - `epicenter_updates(doc, seq, data, node)`: the log.
@@ -42,6 +43,10 @@ const STEPS: &[&str] = &[
         id TEXT NOT NULL,
         version BIGINT NOT NULL,
         PRIMARY KEY (ws, tbl, id));
+",
+    "
+    ALTER TABLE epicenter_docs ADD COLUMN folded BIGINT NOT NULL DEFAULT 0;
+    UPDATE epicenter_docs d SET folded = s.upto FROM epicenter_snapshots s WHERE s.doc = d.doc;
 ",
 ];
 

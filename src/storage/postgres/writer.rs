@@ -40,6 +40,55 @@ pub(crate) enum Msg {
     Close,
 }
 
+/// Stores a batch of one doc's updates (`$1` doc, `$2` how many, `$3` their bytes, `$4`
+/// this node) and returns the doc's last number and what its snapshot covers. Numbering
+/// locks the doc's row until commit, so numbers are gap-free and appear in commit order.
+const STORE: &str = "
+    WITH d AS (
+        INSERT INTO epicenter_docs (doc, next_seq) VALUES ($1, $2)
+        ON CONFLICT (doc) DO UPDATE SET next_seq = epicenter_docs.next_seq + $2
+        RETURNING next_seq, folded),
+    u AS (
+        INSERT INTO epicenter_updates (doc, seq, data, node)
+        SELECT $1, d.next_seq - $2 + t.ord, t.data, $4
+        FROM d, UNNEST($3::BYTEA[]) WITH ORDINALITY AS t(data, ord))
+    SELECT next_seq, folded FROM d";
+
+/// Why a commit failed, and whether a retry may cure it.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl Failure {
+    /// A failure a retry may cure (the pool, the connection, the mirror's transient errors).
+    pub fn transient(e: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: e.to_string(),
+            permanent: false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    /// Permanent when the database refused the data or the statement itself (SQLSTATE
+    /// classes 22 data exception, 23 integrity, 42 syntax or a missing table, 54 a limit
+    /// exceeded, XX internal error); a lost connection, a restart, a deadlock, a full disk
+    /// (53) and the like are worth retrying.
+    fn from(e: tokio_postgres::Error) -> Failure {
+        let permanent = e.code().is_some_and(|c| {
+            ["22", "23", "42", "54", "XX"]
+                .iter()
+                .any(|class| c.code().starts_with(class))
+        });
+        Failure {
+            message: super::describe(&e),
+            permanent,
+        }
+    }
+}
+
 /// What is durable so far.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Committed {
@@ -58,7 +107,9 @@ pub(super) struct Writer {
 
 impl Writer {
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        let mut since_fold = 0u64;
+        // No fold is tried before this number (after one that failed or found another
+        // node folding).
+        let mut fold_after = 0u64;
         let mut closing = false;
         while !closing {
             let Some(first) = rx.recv().await else { break };
@@ -103,10 +154,23 @@ impl Writer {
                 continue;
             }
             let mut backoff = Duration::from_millis(10);
-            let stored_through = loop {
+            let (stored_through, logged) = loop {
                 match self.commit_numbered(&batch, &ops).await {
-                    Ok(last) => break last,
-                    Err(e) => {
+                    Ok(stored) => break stored,
+                    Err(Failure {
+                        message,
+                        permanent: true,
+                    }) => {
+                        // No retry cures it: every waiting flush fails, and so does every
+                        // later write (the doc is refused until it is reopened).
+                        tracing::error!(doc = %self.shared.doc, error = %message,
+                            "the database refuses this doc's updates for good");
+                        self.shared
+                            .committed
+                            .send_modify(|c| c.error = Some(message));
+                        return;
+                    }
+                    Err(Failure { message: e, .. }) => {
                         tracing::warn!(doc = %self.shared.doc, error = %e, ?backoff, "commit failed; retrying");
                         *lock(&self.shared.retrying) = Some(e);
                         crate::storage::COMMITS.failed();
@@ -137,12 +201,15 @@ impl Writer {
             self.shared
                 .committed
                 .send_modify(|c| c.number = c.number.max(numbered));
-            since_fold += batch.len() as u64;
             self.tell(stored_through, batch);
-            if since_fold >= self.options.compact_after_updates {
-                since_fold = 0;
-                if let Err(e) = compact(&self.pool, &self.shared.doc).await {
-                    tracing::warn!(doc = %self.shared.doc, error = %e, "compaction failed");
+            // The log's length in the database, whoever wrote it and in how many sessions.
+            if logged >= self.options.compact_after_updates && stored_through >= fold_after {
+                let folded = compact(&self.pool, &self.shared.doc).await;
+                if !matches!(folded, Ok(true)) {
+                    if let Err(e) = folded {
+                        tracing::warn!(doc = %self.shared.doc, error = %e, "compaction failed");
+                    }
+                    fold_after = stored_through + (self.options.compact_after_updates / 4).max(1);
                 }
             }
         }
@@ -165,45 +232,47 @@ impl Writer {
     }
 
     /// Stores `batch` and the mirror's `ops` in one transaction; returns the number of the
-    /// batch's last update.
+    /// batch's last update and how many updates the doc's log holds (not folded yet).
     async fn commit_numbered(
         &self,
         batch: &[(u64, Vec<u8>)],
         ops: &[MirrorOp],
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, u64), Failure> {
         let started = std::time::Instant::now();
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
-        let mut tx = client.transaction().await.map_err(|e| e.to_string())?;
-        if batch.is_empty() {
-            self.write_mirror(&mut tx, ops).await?;
-            tx.commit().await.map_err(|e| e.to_string())?;
-            return Ok(0);
-        }
+        let mut client = self.pool.get().await.map_err(Failure::transient)?;
         let n = batch.len() as i64;
-        // Locks the doc's row until commit: numbers are gap-free, in commit order.
-        let row = tx
-            .query_one(
-                "INSERT INTO epicenter_docs (doc, next_seq) VALUES ($1, $2)
-                 ON CONFLICT (doc) DO UPDATE SET next_seq = epicenter_docs.next_seq + $2
-                 RETURNING next_seq",
-                &[&self.shared.doc, &n],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let last: i64 = row.get(0);
-        let seqs: Vec<i64> = (last - n + 1..=last).collect();
         let data: Vec<&[u8]> = batch.iter().map(|(_, u)| u.as_slice()).collect();
-        tx.execute(
-            "INSERT INTO epicenter_updates (doc, seq, data, node)
-             SELECT $1, s, d, $4 FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS t(s, d)",
-            &[&self.shared.doc, &seqs, &data, &self.options.node],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        self.write_mirror(&mut tx, ops).await?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&self.shared.doc, &n, &data, &self.options.node];
+        let row = if ops.is_empty() {
+            // One statement is one transaction: one round trip (the statement is prepared
+            // once per connection).
+            let store = client.prepare_cached(STORE).await.map_err(Failure::from)?;
+            client
+                .query_one(&store, &params)
+                .await
+                .map_err(Failure::from)?
+        } else {
+            let mut tx = client.transaction().await.map_err(Failure::from)?;
+            let row = if batch.is_empty() {
+                None
+            } else {
+                let store = tx.prepare_cached(STORE).await.map_err(Failure::from)?;
+                Some(tx.query_one(&store, &params).await.map_err(Failure::from)?)
+            };
+            self.write_mirror(&mut tx, ops)
+                .await
+                .map_err(Failure::transient)?;
+            tx.commit().await.map_err(Failure::from)?;
+            match row {
+                Some(row) => row,
+                None => return Ok((0, 0)),
+            }
+        };
+        let last: i64 = row.get(0);
+        let folded: i64 = row.get(1);
         crate::storage::COMMITS.committed(started.elapsed());
-        Ok(last as u64)
+        Ok((last as u64, (last - folded).max(0) as u64))
     }
 
     /// Writes the mirror's ops in `tx`.
@@ -220,9 +289,9 @@ impl Writer {
 }
 
 /// Folds a doc's snapshot and log into a new snapshot, under an advisory lock on the doc
-/// (another node folding it at the same time skips). Updates committed meanwhile keep
-/// their place after the new snapshot.
-pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
+/// (another node folding it at the same time skips: false). Updates committed meanwhile
+/// keep their place after the new snapshot.
+pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<bool, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     let locked: bool = tx
@@ -234,33 +303,23 @@ pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .get(0);
     if !locked {
-        return Ok(());
+        return Ok(false);
     }
-    let mut updates = Vec::new();
-    if let Some(row) = tx
-        .query_opt(
-            "SELECT data FROM epicenter_snapshots WHERE doc = $1",
-            &[&doc],
-        )
+    let numbered = super::read_numbered(&tx, doc, 0)
         .await
-        .map_err(|e| e.to_string())?
-    {
-        updates.push(row.get::<_, Vec<u8>>(0));
-    }
-    let rows = tx
-        .query(
-            "SELECT seq, data FROM epicenter_updates WHERE doc = $1 ORDER BY seq",
-            &[&doc],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some(upto) = rows.last().map(|r| r.get::<_, i64>(0)) else {
-        return Ok(());
+        .map_err(|e| super::describe(&e))?;
+    let Some(upto) = numbered.last().map(|(n, _)| *n as i64) else {
+        return Ok(true);
     };
-    updates.extend(rows.iter().map(|r| r.get::<_, Vec<u8>>(1)));
+    if numbered.len() < 2 {
+        // Only a snapshot: nothing to fold.
+        return Ok(true);
+    }
+    let updates: Vec<Vec<u8>> = numbered.into_iter().map(|(_, u)| u).collect();
     let folded = tokio::task::spawn_blocking(move || {
         let doc = yrs::Doc::new();
-        crate::storage::replay(&doc, &updates)?;
+        // Every node skips what does not apply; the fold leaves it out.
+        crate::storage::replay_skipping(&doc, &updates);
         let state = crate::storage::full_state(&doc.transact());
         Ok::<_, String>(state)
     })
@@ -279,5 +338,11 @@ pub(super) async fn compact(pool: &Pool, doc: &str) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.execute(
+        "UPDATE epicenter_docs SET folded = $2 WHERE doc = $1",
+        &[&doc, &upto],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map(|_| true).map_err(|e| e.to_string())
 }

@@ -61,7 +61,7 @@ impl Room {
     /// Applies an update another node has already stored, through the doc's one way in
     /// for such updates; every connection gets it. Then the doc holds every stored update
     /// numbered up to `through`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub fn apply_remote(&self, update: &[u8], through: u64) -> Result<(), String> {
         match &self.doc {
             super::RoomDoc::Workspace(client) => client.apply_remote(update, through),
@@ -71,7 +71,7 @@ impl Room {
     }
 
     /// The doc's storage.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub fn storage(&self) -> std::sync::Arc<dyn crate::storage::DocStorage> {
         match &self.doc {
             super::RoomDoc::Workspace(client) => client.storage().clone(),

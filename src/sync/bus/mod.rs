@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::lock::lock;
 use crate::workspace::WorkspaceClient;
 
+mod publish;
+mod sign;
+use publish::Publish;
+use sign::Signer;
+
 /// How a node joins the others: the Redis server they share and this node's name.
 #[derive(Debug, Clone)]
 pub struct RedisBus {
@@ -29,6 +34,7 @@ pub struct RedisBus {
     node: String,
     catch_up_interval: Duration,
     node_timeout: Duration,
+    signer: Option<Signer>,
 }
 
 impl RedisBus {
@@ -40,7 +46,18 @@ impl RedisBus {
             node: node.into(),
             catch_up_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(30),
+            signer: None,
         }
+    }
+
+    /// A secret every node shares: each entry a node puts on the bus is signed with it
+    /// (HMAC-SHA256), and entries without a valid signature are ignored, so whoever can
+    /// write to Redis without the secret cannot put updates or presence into the nodes'
+    /// docs. Without one, Redis is trusted like the database. All nodes must use the same
+    /// secret (or none).
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.signer = Some(Signer::new(secret.as_ref()));
+        self
     }
 
     /// How long a node may go without renewing its heartbeat before the others take it
@@ -72,12 +89,6 @@ fn awareness_key(doc: &str) -> String {
 
 fn node_key(node: &str) -> String {
     format!("epicenter:node:{node}")
-}
-
-/// What the publisher sends.
-enum Publish {
-    Update(String, u64, Vec<u8>),
-    Awareness(String, bytes::Bytes),
 }
 
 /// Where another node's update of a doc goes on this node.
@@ -144,6 +155,8 @@ type Docs = Arc<Mutex<HashMap<String, DocState>>>;
 pub(crate) struct BusHandle {
     docs: Docs,
     publish: mpsc::Sender<Publish>,
+    /// Wakes the reader when a doc joins, so it reads the doc's stream at once.
+    added: Arc<tokio::sync::Notify>,
 }
 
 impl BusHandle {
@@ -162,6 +175,7 @@ impl BusHandle {
                 ahead: BTreeSet::new(),
             },
         );
+        self.added.notify_one();
         let (states, publish) = (self.docs.clone(), self.publish.clone());
         storage.on_commit(Arc::new(
             move |doc: &str, updates: crate::storage::Numbered| {
@@ -213,9 +227,11 @@ pub(crate) fn start(
             }
         }
     });
+    let added = Arc::new(tokio::sync::Notify::new());
     let handle = Arc::new(BusHandle {
         docs: docs.clone(),
         publish,
+        added: added.clone(),
     });
     for client in clients {
         let id = client.id().to_string();
@@ -223,16 +239,28 @@ pub(crate) fn start(
     }
     hub.set_bus(handle);
     let config = config.clone();
-    tokio::spawn(run(config, docs, hub, published, shutdown));
+    tokio::spawn(run(config, docs, added, hub, published, shutdown));
 }
 
 async fn run(
     config: RedisBus,
     docs: Docs,
+    added: Arc<tokio::sync::Notify>,
     hub: Arc<super::SyncHub>,
-    mut published: mpsc::Receiver<Publish>,
+    published: mpsc::Receiver<Publish>,
     shutdown: CancellationToken,
 ) {
+    // This process's name on the bus: the node's name and an incarnation, so a node killed
+    // and started again at once under its name is a new one to the others, and the
+    // presence of the old one's clients still goes when its heartbeat lapses.
+    let config = RedisBus {
+        node: format!("{}#{:016x}", config.node, incarnation()),
+        ..config
+    };
+    // Nodes whose heartbeat key was missing, and since when: one is taken for gone only
+    // once it stays missing for half of `node_timeout` (a restarted Redis holds no keys
+    // until every node's next beat).
+    let mut missing: HashMap<String, tokio::time::Instant> = HashMap::new();
     let client = match redis::Client::open(config.url.as_str()) {
         Ok(client) => client,
         Err(e) => {
@@ -240,53 +268,13 @@ async fn run(
             return;
         }
     };
-    let publisher = {
-        let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = published.recv() => match next { Some(next) => next, None => return },
-                };
-                if conn.is_none() {
-                    conn = client.get_multiplexed_async_connection().await.ok();
-                }
-                let Some(c) = conn.as_mut() else { continue };
-                // Lost when Redis is down: the other nodes catch up from the storage (and
-                // awareness is renewed by its clients every 15 s).
-                let mut add = redis::cmd("XADD");
-                match next {
-                    Publish::Update(doc, n, update) => add
-                        .arg(stream_key(&doc))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(10_000)
-                        .arg("*")
-                        .arg("node")
-                        .arg(&node)
-                        .arg("n")
-                        .arg(n)
-                        .arg("u")
-                        .arg(update),
-                    Publish::Awareness(doc, frame) => add
-                        .arg(awareness_key(&doc))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(1000)
-                        .arg("*")
-                        .arg("node")
-                        .arg(&node)
-                        .arg("a")
-                        .arg(frame.as_ref()),
-                };
-                let sent: redis::RedisResult<String> = add.query_async(c).await;
-                if sent.is_err() {
-                    conn = None;
-                }
-            }
-        })
-    };
+    let publisher = tokio::spawn(publish::run(
+        client.clone(),
+        config.node.clone(),
+        config.signer.clone(),
+        published,
+        shutdown.clone(),
+    ));
     let heartbeat = {
         let (client, node, shutdown) = (client.clone(), config.node.clone(), shutdown.clone());
         let timeout = config.node_timeout;
@@ -298,11 +286,13 @@ async fn run(
                     _ = beat.tick() => {}
                 }
                 if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    // Lives half the timeout and is renewed every third: present while
+                    // the node is (see `missing`).
                     let _: redis::RedisResult<()> = redis::cmd("SET")
                         .arg(node_key(&node))
                         .arg(1)
                         .arg("PX")
-                        .arg(timeout.as_millis() as u64)
+                        .arg((timeout / 2).as_millis() as u64)
                         .query_async(&mut c)
                         .await;
                 }
@@ -316,6 +306,11 @@ async fn run(
     let start = |key: &str| if key.ends_with(":a") { "$" } else { "0" }.to_string();
     let mut last: HashMap<String, String> = HashMap::new();
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    // The Redis server instance read last: a restarted one numbers its entries from the
+    // start again, so the positions read so far no longer apply.
+    let mut server_run: Option<String> = None;
+    // The reader connection's id, to wake it from a blocking read (CLIENT UNBLOCK).
+    let mut reader_id: Option<i64> = None;
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
         // The docs on the bus now (dynamic docs come and go with their rooms).
@@ -335,7 +330,7 @@ async fn run(
         if keys.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = added.notified() => {}
             }
             continue;
         }
@@ -349,9 +344,7 @@ async fn run(
                 .ok();
             if conn.is_none() {
                 // Redis is away: the storage is the way to catch up meanwhile.
-                for (doc, _) in &keys {
-                    catch_up_doc(&docs, doc).await;
-                }
+                check(&docs, &hub, None, &mut missing, config.node_timeout).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff.min(config.catch_up_interval)) => {}
@@ -360,6 +353,16 @@ async fn run(
                 continue;
             }
             backoff = Duration::from_millis(50);
+            if let Some(c) = conn.as_mut() {
+                let run = run_id(c).await;
+                if run.is_none() || run != server_run {
+                    for (key, id) in last.iter_mut() {
+                        *id = start(key);
+                    }
+                }
+                server_run = run;
+                reader_id = redis::cmd("CLIENT").arg("ID").query_async(c).await.ok();
+            }
         }
         let Some(c) = conn.as_mut() else { continue };
         let mut read = redis::cmd("XREAD");
@@ -374,18 +377,31 @@ async fn run(
         for (_, key) in &keys {
             read.arg(&last[key]);
         }
-        let reply: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+        let reply: redis::RedisResult<Option<StreamReadReply>> = {
+            let reading = read.query_async(c);
+            tokio::pin!(reading);
+            tokio::select! {
             _ = shutdown.cancelled() => break,
-            reply = read.query_async(c) => reply,
+            reply = &mut reading => reply,
+            // A doc joined: end the blocking read so the next one includes its stream.
+            _ = added.notified() => {
+                if let (Some(id), Ok(mut other)) =
+                    (reader_id, client.get_multiplexed_async_connection().await)
+                {
+                    let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                        .arg("UNBLOCK")
+                        .arg(id)
+                        .query_async(&mut other)
+                        .await;
+                }
+                reading.await
+            }
+            }
         };
         match reply {
             Err(e) => {
                 tracing::warn!(error = %e, "reading the bus failed; reconnecting");
                 conn = None;
-                // A restarted Redis numbers its entries from the start again.
-                for (key, id) in last.iter_mut() {
-                    *id = start(key);
-                }
             }
             Ok(None) => {}
             Ok(Some(reply)) => {
@@ -401,8 +417,25 @@ async fn run(
                         if node == config.node {
                             continue;
                         }
+                        let signature = entry.get::<Vec<u8>>(sign::FIELD).unwrap_or_default();
+                        let signed = |parts: &[&[u8]]| {
+                            let ok = config
+                                .signer
+                                .as_ref()
+                                .is_none_or(|s| s.verify(parts, &signature));
+                            if !ok {
+                                tracing::warn!(
+                                    doc,
+                                    node,
+                                    "ignored a bus entry without a valid signature"
+                                );
+                            }
+                            ok
+                        };
                         if let Some(frame) = entry.get::<Vec<u8>>("a") {
-                            relay_in(&hub, doc, &node, frame);
+                            if signed(&[b"a", doc.as_bytes(), node.as_bytes(), &frame]) {
+                                relay_in(&hub, doc, &node, frame);
+                            }
                             continue;
                         }
                         let (Some(n), Some(update)) =
@@ -410,7 +443,16 @@ async fn run(
                         else {
                             continue;
                         };
-                        deliver(&docs, doc, n, update).await;
+                        let parts: [&[u8]; 5] = [
+                            b"u",
+                            doc.as_bytes(),
+                            node.as_bytes(),
+                            &n.to_be_bytes(),
+                            &update,
+                        ];
+                        if signed(&parts) {
+                            deliver(&docs, doc, n, update).await;
+                        }
                     }
                 }
             }
@@ -419,17 +461,37 @@ async fn run(
             .await
             .is_ok()
         {
-            let docs_now: Vec<String> = lock(&docs).keys().cloned().collect();
-            for doc in &docs_now {
-                catch_up_doc(&docs, doc).await;
-                if let (Some(room), Some(c)) = (hub.live_room(doc), conn.as_mut()) {
-                    drop_gone_nodes(&room, c).await;
-                }
-            }
+            check(
+                &docs,
+                &hub,
+                conn.as_mut(),
+                &mut missing,
+                config.node_timeout,
+            )
+            .await;
         }
     }
     publisher.abort();
     heartbeat.abort();
+}
+
+/// A number that tells this process from an earlier one of the same node.
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
+/// The Redis server's `run_id`: a new one after every restart.
+async fn run_id(c: &mut redis::aio::MultiplexedConnection) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(c).await.ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_string())
 }
 
 /// Applies another node's awareness frame to room `doc`, when it is open here.
@@ -449,16 +511,63 @@ fn relay_in(hub: &super::SyncHub, doc: &str, node: &str, frame: Vec<u8>) {
     }
 }
 
-/// Removes the awareness of nodes whose heartbeat has lapsed.
-async fn drop_gone_nodes(room: &super::room::Room, c: &mut redis::aio::MultiplexedConnection) {
-    for node in room.remote_nodes() {
+/// The periodic check: catches up every doc the storage holds more of than this node has
+/// applied (one query for all of them), and removes the awareness of nodes whose
+/// heartbeat has lapsed (one question per node).
+async fn check(
+    docs: &Docs,
+    hub: &super::SyncHub,
+    conn: Option<&mut redis::aio::MultiplexedConnection>,
+    missing: &mut HashMap<String, tokio::time::Instant>,
+    node_timeout: Duration,
+) {
+    let (ids, storage): (Vec<String>, _) = {
+        let states = lock(docs);
+        let storage = states.values().next().map(|s| s.client.storage());
+        (states.keys().cloned().collect(), storage)
+    };
+    let Some(storage) = storage else { return };
+    match storage.stored_through(ids.clone()).await {
+        Ok(stored) => {
+            for doc in &ids {
+                let applied = lock(docs).get(doc).map(|s| s.applied);
+                if applied.is_some_and(|a| stored.get(doc).is_some_and(|&n| n > a)) {
+                    catch_up_doc(docs, doc).await;
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot check the docs against the storage now"),
+    }
+    let Some(c) = conn else { return };
+    let rooms: Vec<_> = ids.iter().filter_map(|doc| hub.live_room(doc)).collect();
+    let nodes: BTreeSet<String> = rooms.iter().flat_map(|r| r.remote_nodes()).collect();
+    missing.retain(|node, _| nodes.contains(node));
+    for node in nodes {
         let alive: redis::RedisResult<bool> = redis::cmd("EXISTS")
             .arg(node_key(&node))
             .query_async(c)
             .await;
-        if let Ok(false) = alive {
-            tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
-            room.drop_remote_node(&node);
+        let gone = match alive {
+            Ok(true) => {
+                missing.remove(&node);
+                false
+            }
+            Ok(false) => {
+                let since = *missing
+                    .entry(node.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+                since.elapsed() >= node_timeout / 2
+            }
+            Err(_) => false,
+        };
+        if gone {
+            missing.remove(&node);
+            for room in &rooms {
+                if room.remote_nodes().contains(&node) {
+                    tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
+                    room.drop_remote_node(&node);
+                }
+            }
         }
     }
 }
@@ -500,8 +609,11 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
             return;
         }
     };
-    for (n, update) in missing {
+    for (i, (n, update)) in missing.into_iter().enumerate() {
         let (known, through) = match lock(docs).get(doc) {
+            // Numbers are gap-free: a first one past a gap is a snapshot, which folds
+            // updates this node lacks whatever its number (even one of its own commits').
+            Some(s) if i == 0 && n > s.applied + 1 => (false, s.through_with(n)),
             Some(s) => (n <= s.applied || s.ahead.contains(&n), s.through_with(n)),
             None => return,
         };
