@@ -56,6 +56,15 @@ pub enum StorageError {
         /// What was found.
         detail: String,
     },
+    /// The storage cannot hold this doc as it is defined (a name it cannot take, a table
+    /// of the same name it did not make); no retry helps.
+    #[error("storage cannot hold {doc}: {reason}")]
+    Refused {
+        /// The doc (workspace id).
+        doc: String,
+        /// Why, and what to change.
+        reason: String,
+    },
     /// An SQLite call failed.
     #[cfg(feature = "sqlite")]
     #[error("sqlite storage {path}: {source}")]

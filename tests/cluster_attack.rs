@@ -1,7 +1,6 @@
 //! Attacks on the bus between nodes: updates over Redis Streams and the catch-up from
-//! Postgres. Each `#[ignore]`d test shows a defect still open (it passes once fixed):
-//! `cargo test --features postgres,redis --test cluster_attack -- --ignored`. The others
-//! are attacks that hold up. Skipped when PostgreSQL or Redis is not installed.
+//! Postgres. Each test is an attack from a review, kept as a regression test. Skipped when
+//! PostgreSQL or Redis is not installed.
 //! Presence: `cluster_attack_presence.rs`; the writer and the mirror:
 //! `cluster_attack_storage.rs`.
 #![cfg(all(feature = "postgres", feature = "redis"))]
@@ -34,7 +33,6 @@ type Fields<'a> = &'a [(&'a str, &'a [u8])];
 /// same secret, carry the numbers the new database gives its own updates next, so the node
 /// applies the old content as those numbers and skips the real updates that get them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: bus entries left in Redis by an earlier database are applied as the new database's updates, which are then skipped"]
 async fn entries_left_by_an_earlier_database_are_not_applied() {
     let (Some(old_db), Some(redis)) = (Postgres::start(), Redis::start()) else {
         return;
@@ -70,7 +68,6 @@ async fn entries_left_by_an_earlier_database_are_not_applied() {
 /// every doc (`stored_through`), so the docs of the other database are never found behind,
 /// and what their Redis entries did not bring never arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: the periodic check asks one storage about every doc; docs stored in another database are never caught up"]
 async fn the_periodic_check_covers_docs_of_every_storage() {
     let (Some(pg1), Some(pg2), Some(redis)) =
         (Postgres::start(), Postgres::start(), Redis::start())
@@ -110,7 +107,6 @@ async fn the_periodic_check_covers_docs_of_every_storage() {
 /// reader reconnects and fails again at once, in a loop, and no doc's entries are read
 /// any more; updates then cross only with the periodic check, and presence not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: one key of the wrong type under a stream name stops the bus reader for every doc (and reconnects in a hot loop)"]
 async fn a_key_of_another_type_does_not_stop_the_bus() {
     let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {
         return;

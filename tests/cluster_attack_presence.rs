@@ -1,10 +1,8 @@
 //! Attacks on presence across nodes (awareness over the bus, heartbeats, nodes that die,
-//! restart or lose Redis). Each `#[ignore]`d test shows a defect still open (it passes
-//! once fixed): `cargo test --features postgres,redis --test cluster_attack_presence --
-//! --ignored`. One test runs the `blog` example as a real process: build it first
-//! (`cargo build --features postgres,redis --example blog`; a plain `cargo test` builds
-//! it). The others are attacks that hold up. Skipped when PostgreSQL or Redis is not
-//! installed.
+//! restart or lose Redis). Each test is an attack from a review, kept as a regression
+//! test. One runs the `blog` example as a real process: build it first (`cargo build
+//! --features postgres,redis --example blog`; `cargo test` builds it). Skipped when
+//! PostgreSQL or Redis is not installed.
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod support;
@@ -142,7 +140,6 @@ async fn presence_of_live_nodes_survives_a_redis_restart() {
 /// database, but a presence removal (a client leaving) is not: the other nodes keep the
 /// client's state for as long as its node lives, and hand it to every connection that joins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: the first entries published after a Redis restart are dropped; a lost presence removal leaves a ghost for good"]
 async fn a_client_leaving_just_after_a_redis_restart_leaves_everywhere() {
     use support::ws::{announce_until_heard, awareness_of, join};
     let (Some(pg), Some(mut redis)) = (Postgres::start(), Redis::start()) else {
@@ -171,7 +168,6 @@ async fn a_client_leaving_just_after_a_redis_restart_leaves_everywhere() {
 /// `catch_up_interval`: with that set longer than `node_timeout` (fewer database queries),
 /// a dead node's clients stay present for up to that long, not `node_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a dead node's presence goes only at the storage check (catch_up_interval), not within node_timeout"]
 async fn a_dead_nodes_presence_goes_within_node_timeout_whatever_the_catch_up_interval() {
     use support::ws::{awareness, awareness_of, join};
     let (Some(pg), Some(redis)) = (Postgres::start(), Redis::start()) else {

@@ -1,8 +1,6 @@
 //! Attacks on the Postgres side of several nodes: the writer, the SQL mirror, compaction
-//! and what is stored. Each `#[ignore]`d test shows a defect still open (it passes once
-//! fixed): `cargo test --features postgres,redis --test cluster_attack_storage --
-//! --ignored`. The others are attacks that hold up. Skipped when PostgreSQL or Redis is
-//! not installed.
+//! and what is stored. Each test is an attack from a review, kept as a regression test.
+//! Skipped when PostgreSQL or Redis is not installed.
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod support;
@@ -206,7 +204,6 @@ async fn a_stored_update_that_does_not_decode_does_not_stop_nodes_from_starting(
 /// the mirror's preparation formats the Postgres error with `to_string()`, which drops
 /// what the server said (`describe` in `postgres/mod.rs` keeps it, but is not used there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a field named like a Postgres system column (xmin) makes the workspace unopenable, with the error \"db error\""]
 async fn a_field_postgres_cannot_mirror_is_refused_with_the_reason() {
     let Some(pg) = Postgres::start() else { return };
     let def = WorkspaceDefinition::builder("blog")

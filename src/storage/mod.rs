@@ -357,6 +357,12 @@ pub trait DocStorage: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// Shared storage: which store the doc is in. Docs with the same id are in one store,
+    /// and any of them answers [`DocStorage::stored_through`] for all. Default 0.
+    fn store_id(&self) -> usize {
+        0
+    }
+
     /// Shared storage: the number of the last update stored for each of `docs` (a doc with
     /// none is left out), in one question for all; any open doc of the storage answers
     /// for every doc. What a node compares with what it has applied, to catch up.

@@ -30,6 +30,9 @@ use crate::storage::RowChange;
 /// Postgres truncates longer identifiers (63 bytes), which could make two names one.
 const MAX_IDENT: usize = 63;
 
+/// Columns every Postgres table has already.
+const SYSTEM_COLUMNS: &[&str] = &["tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"];
+
 /// Quotes an SQL identifier.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -75,6 +78,21 @@ struct MirrorTable {
     delete_others: String,
 }
 
+/// Why a mirror cannot be prepared.
+pub(super) enum Refusal {
+    /// The definition cannot be mirrored (a name Postgres cannot take, a table that is
+    /// not the mirror's): no retry helps.
+    Definition(String),
+    /// The database failed.
+    Database(String),
+}
+
+impl Refusal {
+    fn database(e: tokio_postgres::Error) -> Refusal {
+        Refusal::Database(super::describe(&e))
+    }
+}
+
 pub(super) struct Mirror {
     ws: String,
     tables: Vec<MirrorTable>,
@@ -83,9 +101,12 @@ pub(super) struct Mirror {
 impl Mirror {
     /// Creates the workspace's schema and tables, or rebuilds them when the stored
     /// definition differs, under an advisory lock (nodes opening it at once take turns).
-    pub async fn prepare(client: &mut Client, def: &WorkspaceDefinition) -> Result<Mirror, String> {
+    pub async fn prepare(
+        client: &mut Client,
+        def: &WorkspaceDefinition,
+    ) -> Result<Mirror, Refusal> {
         def.check()
-            .map_err(|e| format!("the definition cannot be mirrored: {e}"))?;
+            .map_err(|e| Refusal::Definition(format!("the definition cannot be mirrored: {e}")))?;
         let long = std::iter::once(def.id.as_str())
             .chain(def.tables.iter().map(|t| t.name.as_str()))
             .chain(
@@ -95,45 +116,57 @@ impl Mirror {
             )
             .find(|n| n.len() > MAX_IDENT);
         if let Some(name) = long {
-            return Err(format!(
+            return Err(Refusal::Definition(format!(
                 "`{name}` is longer than Postgres names may be ({MAX_IDENT} bytes); \
                  it cannot be mirrored"
-            ));
+            )));
+        }
+        let system = def
+            .tables
+            .iter()
+            .flat_map(|t| t.fields.iter().map(move |f| (t, f)))
+            .find(|(_, f)| SYSTEM_COLUMNS.contains(&f.name.as_str()));
+        if let Some((table, field)) = system {
+            return Err(Refusal::Definition(format!(
+                "field `{}` of table `{}` is named like a Postgres system column, which a \
+                 table cannot have; rename it or set PostgresOptions::mirror_tables to false",
+                field.name, table.name
+            )));
         }
         let ws = def.id.clone();
         let schema = ident(&ws);
         let wanted = def.to_json();
-        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await.map_err(Refusal::database)?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 11))",
             &[&ws],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Refusal::database)?;
         let stored: Option<String> = tx
             .query_opt(
                 "SELECT definition FROM epicenter_mirrors WHERE ws = $1",
                 &[&ws],
             )
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(Refusal::database)?
             .map(|r| r.get(0));
         // Our own tables live in the current schema; a mirror there could take their
         // names. System schemas are not ours to write.
         let current: Option<String> = tx
             .query_one("SELECT current_schema()::TEXT", &[])
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(Refusal::database)?
             .get(0);
         if current.as_deref() == Some(ws.as_str())
             || ws.starts_with("pg_")
             || ws == "information_schema"
         {
-            return Err(format!(
+            return Err(Refusal::Definition(format!(
                 "schema `{ws}` is not free for a mirror (it holds the server's own or the \
                  system's tables): give the workspace another id, or set \
                  PostgresOptions::mirror_tables to false"
-            ));
+            )));
         }
         // Only tables the mirror made (those of the stored definition) are ever dropped;
         // a table of the same name made by anyone else is left alone, and refused.
@@ -146,13 +179,13 @@ impl Mirror {
             let exists: bool = tx
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(Refusal::database)?
                 .get(0);
             if exists && !ours(&table.name) {
-                return Err(format!(
+                return Err(Refusal::Definition(format!(
                     "table {qualified} exists and was not made by the mirror; it is left \
                      alone: drop or rename it, or set PostgresOptions::mirror_tables to false"
-                ));
+                )));
             }
         }
         let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {schema};");
@@ -162,14 +195,14 @@ impl Mirror {
             }
             tx.execute("DELETE FROM epicenter_mirror_rows WHERE ws = $1", &[&ws])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Refusal::database)?;
             tx.execute(
                 "INSERT INTO epicenter_mirrors (ws, definition) VALUES ($1, $2)
                  ON CONFLICT (ws) DO UPDATE SET definition = $2",
                 &[&ws, &wanted],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Refusal::database)?;
         }
         let mut tables = Vec::new();
         for table in &def.tables {
@@ -209,8 +242,8 @@ impl Mirror {
                 def: table.clone(),
             });
         }
-        tx.batch_execute(&ddl).await.map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        tx.batch_execute(&ddl).await.map_err(Refusal::database)?;
+        tx.commit().await.map_err(Refusal::database)?;
         Ok(Mirror { ws, tables })
     }
 

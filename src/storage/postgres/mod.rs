@@ -90,6 +90,8 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStorage {
     pool: Pool,
+    /// Tells this database's docs from another's (`DocStorage::store_id`).
+    store: Arc<()>,
     options: PostgresOptions,
     runtime: tokio::runtime::Handle,
 }
@@ -150,6 +152,7 @@ impl PostgresStorage {
         schema::migrate(&mut client).await.map_err(unavailable)?;
         Ok(PostgresStorage {
             pool,
+            store: Arc::new(()),
             options,
             runtime: tokio::runtime::Handle::current(),
         })
@@ -164,9 +167,9 @@ impl StorageProvider for PostgresStorage {
     ) -> Result<Box<dyn DocStorage>, StorageError> {
         if doc_id.contains('\0') {
             // Postgres text cannot hold it: every commit would fail.
-            return Err(StorageError::Damaged {
-                path: format!("postgres doc {doc_id:?}"),
-                detail: "a doc id with a NUL character cannot be stored in Postgres".into(),
+            return Err(StorageError::Refused {
+                doc: format!("{doc_id:?}"),
+                reason: "Postgres text cannot hold a NUL character".into(),
             });
         }
         let mirror = match definition {
@@ -176,9 +179,14 @@ impl StorageProvider for PostgresStorage {
                     let mut client = pool.get().await.map_err(unavailable)?;
                     mirror::Mirror::prepare(&mut client, def)
                         .await
-                        .map_err(|detail| StorageError::Damaged {
-                            path: format!("postgres mirror of {}", def.id),
-                            detail,
+                        .map_err(|refusal| match refusal {
+                            mirror::Refusal::Definition(reason) => StorageError::Refused {
+                                doc: def.id.clone(),
+                                reason: format!("its SQL mirror in Postgres: {reason}"),
+                            },
+                            mirror::Refusal::Database(why) => {
+                                unavailable(format!("preparing the mirror of {}: {why}", def.id))
+                            }
                         })
                 })?;
                 Some(Arc::new(prepared))
@@ -215,6 +223,7 @@ impl StorageProvider for PostgresStorage {
             close_timeout: self.options.close_timeout,
             task: Mutex::new(Some(task)),
             mirrors,
+            store: Arc::as_ptr(&self.store) as usize,
         }))
     }
 }
@@ -260,6 +269,7 @@ struct PostgresDoc {
     close_timeout: Duration,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     mirrors: bool,
+    store: usize,
 }
 
 impl PostgresDoc {
@@ -370,6 +380,10 @@ impl DocStorage for PostgresDoc {
             let version = self.shared.through.load(Ordering::Acquire);
             self.shared.send(Msg::Rows { version, rows });
         }
+    }
+
+    fn store_id(&self) -> usize {
+        self.store
     }
 
     fn stored_through(

@@ -15,7 +15,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::streams::StreamReadReply;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +22,7 @@ use crate::lock::lock;
 use crate::workspace::WorkspaceClient;
 
 mod publish;
+mod reader;
 mod sign;
 use publish::Publish;
 use sign::Signer;
@@ -257,10 +257,6 @@ async fn run(
         node: format!("{}#{:016x}", config.node, incarnation()),
         ..config
     };
-    // Nodes whose heartbeat key was missing, and since when: one is taken for gone only
-    // once it stays missing for half of `node_timeout` (a restarted Redis holds no keys
-    // until every node's next beat).
-    let mut missing: HashMap<String, tokio::time::Instant> = HashMap::new();
     let client = match redis::Client::open(config.url.as_str()) {
         Ok(client) => client,
         Err(e) => {
@@ -299,178 +295,7 @@ async fn run(
             }
         })
     };
-    let mut catch_up = tokio::time::interval(config.catch_up_interval);
-    // Update streams are read from their start ("0"): entries already applied are
-    // skipped. Awareness streams from what comes next ("$"): old states are not replayed
-    // (their clients renew them every 15 s).
-    let start = |key: &str| if key.ends_with(":a") { "$" } else { "0" }.to_string();
-    let mut last: HashMap<String, String> = HashMap::new();
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-    // The Redis server instance read last: a restarted one numbers its entries from the
-    // start again, so the positions read so far no longer apply.
-    let mut server_run: Option<String> = None;
-    // The reader connection's id, to wake it from a blocking read (CLIENT UNBLOCK).
-    let mut reader_id: Option<i64> = None;
-    let mut backoff = Duration::from_millis(50);
-    while !shutdown.is_cancelled() {
-        // The docs on the bus now (dynamic docs come and go with their rooms).
-        let keys: Vec<(String, String)> = lock(&docs)
-            .keys()
-            .flat_map(|doc| {
-                [
-                    (doc.clone(), stream_key(doc)),
-                    (doc.clone(), awareness_key(doc)),
-                ]
-            })
-            .collect();
-        last.retain(|key, _| keys.iter().any(|(_, k)| k == key));
-        for (_, key) in &keys {
-            last.entry(key.clone()).or_insert_with(|| start(key));
-        }
-        if keys.is_empty() {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = added.notified() => {}
-            }
-            continue;
-        }
-        if conn.is_none() {
-            let options = redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(5)))
-                .set_connection_timeout(Some(Duration::from_secs(2)));
-            conn = client
-                .get_multiplexed_async_connection_with_config(&options)
-                .await
-                .ok();
-            if conn.is_none() {
-                // Redis is away: the storage is the way to catch up meanwhile.
-                check(&docs, &hub, None, &mut missing, config.node_timeout).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff.min(config.catch_up_interval)) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            backoff = Duration::from_millis(50);
-            if let Some(c) = conn.as_mut() {
-                let run = run_id(c).await;
-                if run.is_none() || run != server_run {
-                    for (key, id) in last.iter_mut() {
-                        *id = start(key);
-                    }
-                }
-                server_run = run;
-                reader_id = redis::cmd("CLIENT").arg("ID").query_async(c).await.ok();
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let mut read = redis::cmd("XREAD");
-        read.arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(500)
-            .arg("STREAMS");
-        for (_, key) in &keys {
-            read.arg(key);
-        }
-        for (_, key) in &keys {
-            read.arg(&last[key]);
-        }
-        let reply: redis::RedisResult<Option<StreamReadReply>> = {
-            let reading = read.query_async(c);
-            tokio::pin!(reading);
-            tokio::select! {
-            _ = shutdown.cancelled() => break,
-            reply = &mut reading => reply,
-            // A doc joined: end the blocking read so the next one includes its stream.
-            _ = added.notified() => {
-                if let (Some(id), Ok(mut other)) =
-                    (reader_id, client.get_multiplexed_async_connection().await)
-                {
-                    let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                        .arg("UNBLOCK")
-                        .arg(id)
-                        .query_async(&mut other)
-                        .await;
-                }
-                reading.await
-            }
-            }
-        };
-        match reply {
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the bus failed; reconnecting");
-                conn = None;
-            }
-            Ok(None) => {}
-            Ok(Some(reply)) => {
-                for stream in reply.keys {
-                    let Some((doc, _)) = keys.iter().find(|(_, key)| *key == stream.key) else {
-                        continue;
-                    };
-                    for entry in stream.ids {
-                        last.insert(stream.key.clone(), entry.id.clone());
-                        let Some(node) = entry.get::<String>("node") else {
-                            continue;
-                        };
-                        if node == config.node {
-                            continue;
-                        }
-                        let signature = entry.get::<Vec<u8>>(sign::FIELD).unwrap_or_default();
-                        let signed = |parts: &[&[u8]]| {
-                            let ok = config
-                                .signer
-                                .as_ref()
-                                .is_none_or(|s| s.verify(parts, &signature));
-                            if !ok {
-                                tracing::warn!(
-                                    doc,
-                                    node,
-                                    "ignored a bus entry without a valid signature"
-                                );
-                            }
-                            ok
-                        };
-                        if let Some(frame) = entry.get::<Vec<u8>>("a") {
-                            if signed(&[b"a", doc.as_bytes(), node.as_bytes(), &frame]) {
-                                relay_in(&hub, doc, &node, frame);
-                            }
-                            continue;
-                        }
-                        let (Some(n), Some(update)) =
-                            (entry.get::<u64>("n"), entry.get::<Vec<u8>>("u"))
-                        else {
-                            continue;
-                        };
-                        let parts: [&[u8]; 5] = [
-                            b"u",
-                            doc.as_bytes(),
-                            node.as_bytes(),
-                            &n.to_be_bytes(),
-                            &update,
-                        ];
-                        if signed(&parts) {
-                            deliver(&docs, doc, n, update).await;
-                        }
-                    }
-                }
-            }
-        }
-        if tokio::time::timeout(Duration::ZERO, catch_up.tick())
-            .await
-            .is_ok()
-        {
-            check(
-                &docs,
-                &hub,
-                conn.as_mut(),
-                &mut missing,
-                config.node_timeout,
-            )
-            .await;
-        }
-    }
+    reader::run(&config, &docs, &added, &hub, &client, &shutdown).await;
     publisher.abort();
     heartbeat.abort();
 }
@@ -484,92 +309,6 @@ fn incarnation() -> u64 {
         h.write_u128(t.as_nanos());
     }
     h.finish()
-}
-
-/// The Redis server's `run_id`: a new one after every restart.
-async fn run_id(c: &mut redis::aio::MultiplexedConnection) -> Option<String> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(c).await.ok()?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_string())
-}
-
-/// Applies another node's awareness frame to room `doc`, when it is open here.
-fn relay_in(hub: &super::SyncHub, doc: &str, node: &str, frame: Vec<u8>) {
-    let Some(room) = hub.live_room(doc) else {
-        return;
-    };
-    match super::protocol::decode(&frame) {
-        Ok(super::protocol::Inbound::Awareness(update)) => {
-            room.apply_remote_awareness(node, update, bytes::Bytes::from(frame));
-        }
-        _ => tracing::debug!(
-            doc,
-            node,
-            "ignored a malformed awareness frame from the bus"
-        ),
-    }
-}
-
-/// The periodic check: catches up every doc the storage holds more of than this node has
-/// applied (one query for all of them), and removes the awareness of nodes whose
-/// heartbeat has lapsed (one question per node).
-async fn check(
-    docs: &Docs,
-    hub: &super::SyncHub,
-    conn: Option<&mut redis::aio::MultiplexedConnection>,
-    missing: &mut HashMap<String, tokio::time::Instant>,
-    node_timeout: Duration,
-) {
-    let (ids, storage): (Vec<String>, _) = {
-        let states = lock(docs);
-        let storage = states.values().next().map(|s| s.client.storage());
-        (states.keys().cloned().collect(), storage)
-    };
-    let Some(storage) = storage else { return };
-    match storage.stored_through(ids.clone()).await {
-        Ok(stored) => {
-            for doc in &ids {
-                let applied = lock(docs).get(doc).map(|s| s.applied);
-                if applied.is_some_and(|a| stored.get(doc).is_some_and(|&n| n > a)) {
-                    catch_up_doc(docs, doc).await;
-                }
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "cannot check the docs against the storage now"),
-    }
-    let Some(c) = conn else { return };
-    let rooms: Vec<_> = ids.iter().filter_map(|doc| hub.live_room(doc)).collect();
-    let nodes: BTreeSet<String> = rooms.iter().flat_map(|r| r.remote_nodes()).collect();
-    missing.retain(|node, _| nodes.contains(node));
-    for node in nodes {
-        let alive: redis::RedisResult<bool> = redis::cmd("EXISTS")
-            .arg(node_key(&node))
-            .query_async(c)
-            .await;
-        let gone = match alive {
-            Ok(true) => {
-                missing.remove(&node);
-                false
-            }
-            Ok(false) => {
-                let since = *missing
-                    .entry(node.clone())
-                    .or_insert_with(tokio::time::Instant::now);
-                since.elapsed() >= node_timeout / 2
-            }
-            Err(_) => false,
-        };
-        if gone {
-            missing.remove(&node);
-            for room in &rooms {
-                if room.remote_nodes().contains(&node) {
-                    tracing::info!(node, room = %room.id, "node gone; removing its awareness states");
-                    room.drop_remote_node(&node);
-                }
-            }
-        }
-    }
 }
 
 /// Applies another node's update `n` to `doc`, in order: the next one at once, an old one
@@ -602,7 +341,16 @@ async fn catch_up_doc(docs: &Docs, doc: &str) {
         let Some(state) = states.get(doc) else { return };
         (state.client.clone(), state.applied)
     };
-    let missing = match client.storage().updates_after(after).await {
+    // Bounded: a database that hangs must not stop delivery over Redis for every doc.
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.storage().updates_after(after),
+    );
+    let missing = match read.await.unwrap_or_else(|_| {
+        Err(crate::error::StorageError::Unavailable {
+            reason: "the storage did not answer within 10 s".into(),
+        })
+    }) {
         Ok(missing) => missing,
         Err(e) => {
             tracing::debug!(doc, error = %e, "cannot catch up from the storage now");

@@ -45,14 +45,18 @@ pub(super) async fn run(
             pipe.add_command(xadd(next, &node, signer.as_ref()))
                 .ignore();
         }
-        if conn.is_none() {
-            conn = client.get_multiplexed_async_connection().await.ok();
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        // Lost when Redis is down: the other nodes catch up from the storage (and
-        // awareness is renewed by its clients every 15 s).
-        let sent: redis::RedisResult<()> = pipe.query_async(c).await;
-        if sent.is_err() {
+        // Tried twice (a connection that broke, e.g. Redis restarted, is made anew), then
+        // lost: the other nodes catch up from the storage, and awareness is renewed by its
+        // clients every 15 s.
+        for _ in 0..2 {
+            if conn.is_none() {
+                conn = client.get_multiplexed_async_connection().await.ok();
+            }
+            let Some(c) = conn.as_mut() else { break };
+            let sent: redis::RedisResult<()> = pipe.query_async(c).await;
+            if sent.is_ok() {
+                break;
+            }
             conn = None;
         }
     }
