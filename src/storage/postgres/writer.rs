@@ -54,6 +54,9 @@ const STORE: &str = "
         FROM d, UNNEST($3::BYTEA[]) WITH ORDINALITY AS t(data, ord))
     SELECT next_seq, folded FROM d";
 
+/// Most bytes of updates one commit takes (a single update may be larger).
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
 /// Why a commit failed, and whether a retry may cure it.
 #[derive(Debug)]
 pub(super) struct Failure {
@@ -117,6 +120,7 @@ impl Writer {
             let mut ops = Vec::new();
             // The highest number in this round (appends and resets).
             let mut numbered = 0;
+            let mut batch_bytes = 0usize;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -127,6 +131,7 @@ impl Writer {
                         version,
                     } => {
                         numbered = numbered.max(number);
+                        batch_bytes += update.len();
                         batch.push((number, update));
                         ops.extend(rows.into_iter().map(|r| MirrorOp::Change((version, r))));
                     }
@@ -143,7 +148,10 @@ impl Writer {
                     }
                     Msg::Close => closing = true,
                 }
-                if batch.len() < self.options.max_batch && !closing {
+                // Bounded in bytes too: one statement must stay far below Postgres's 1 GB
+                // message limit, or a retried batch could never go through.
+                if batch.len() < self.options.max_batch && batch_bytes < MAX_BATCH_BYTES && !closing
+                {
                     next = rx.try_recv().ok();
                 }
             }
