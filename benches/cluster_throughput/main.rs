@@ -36,6 +36,7 @@ mod coldjoin;
 mod common;
 mod observers;
 mod probe;
+mod rest;
 mod roundtrip;
 mod writers;
 
@@ -98,6 +99,7 @@ fn main() {
             "catchup",
             "breakdown",
             "observers",
+            "rest",
         ],
         one => vec![one],
     };
@@ -111,8 +113,9 @@ fn main() {
             "catchup" => runtime.block_on(catchup::run(&args)),
             "observers" => runtime.block_on(observers::run(&args)),
             "breakdown" => runtime.block_on(breakdown::run(&args)),
+            "rest" => runtime.block_on(rest::run(&args)),
             other => panic!(
-                "unknown section {other}: roundtrip, writers, coldjoin, catchup, observers, breakdown or all"
+                "unknown section {other}: roundtrip, writers, coldjoin, catchup, observers, breakdown, rest or all"
             ),
         }
         eprintln!("{section}: {:.1} s", started.elapsed().as_secs_f64());
