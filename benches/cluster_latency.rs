@@ -1,6 +1,6 @@
 //! Cross-node delivery latency: nodes in this process over a PostgreSQL and a Redis server
 //! of their own (started here, as the cluster tests do). A sync client on node 1 sends
-//! updates at a fixed rate, each followed by SYNC_STATUS; a sync client on every node
+//! updates at a fixed rate; a sync client on every node
 //! (node 1 included) records when each update arrives. Prints p50/p99 per node count.
 //!
 //! ```sh
