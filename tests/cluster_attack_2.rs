@@ -1,5 +1,5 @@
 //! Attacks on several nodes after the one-statement commits, the new bus reader and the
-//! versioned mirror. Each open defect is an ignored test that fails until it is fixed.
+//! versioned mirror, kept as regression tests.
 //! Skipped when PostgreSQL or Redis is not installed.
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
@@ -19,7 +19,6 @@ use support::services::{Postgres, Redis};
 /// the new database gives its next updates: the node applies the old content as them and
 /// skips the real ones (the periodic check finds nothing missing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: after a Redis restart that kept its data, the reader rereads streams from 0 and takes an earlier database's entries for new ones"]
 async fn a_restarted_redis_that_kept_its_streams_brings_no_old_entries() {
     let (Some(old_db), Some(mut redis)) = (Postgres::start(), Redis::start()) else {
         return;
@@ -92,7 +91,6 @@ async fn mirrored_title(db: &tokio_postgres::Client, id: &str) -> Option<String>
 /// storage handle below stands for), the mirror keeps the stale row for good while every
 /// live node's doc says otherwise, until some node opens the workspace again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: an own row write is versioned below its own number, so a reset from a load just before it ties and overwrites it"]
 async fn a_reset_from_a_load_just_before_a_write_does_not_overwrite_it() {
     let Some(pg) = Postgres::start() else { return };
     let a = open(&pg, "a").await;

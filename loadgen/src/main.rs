@@ -70,7 +70,11 @@
 //!   `--rooms R` the URL's `{i}` is replaced by 0..R (servers with dynamic docs) and
 //!   connections spread over them. Needs SYNC_STATUS, so our server only.
 //!
-//! Common flags: `--url` (required), `--server-pid P` (report the server's RSS, peak RSS
+//! - `floor --clients N --rate R --duration S --per-write K`: no server; the floor of
+//!   fan-out on this machine (one `write()` per delivery, or K updates per write), with the
+//!   sender's CPU per delivery to compare a server's with (see `src/floor.rs`).
+//!
+//! Common flags: `--url` (required but for `floor`), `--server-pid P` (report the server's RSS, peak RSS
 //! and CPU time from `/proc/P`), `--threads` (runtime worker threads, default 1: the other
 //! core is the server's), `--concurrency` (parallel handshakes, default 200).
 //!
@@ -101,6 +105,8 @@ use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Array, ClientID, Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+
+mod floor;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -138,6 +144,7 @@ fn main() {
             "join" => join(&args).await,
             "awareness" => awareness(&args).await,
             "churn" => churn(&args).await,
+            "floor" => floor::floor(&args),
             other => Err(format!("unknown scenario `{other}`\n\n{USAGE}").into()),
         }
     });
@@ -154,7 +161,7 @@ fn main() {
 }
 
 const USAGE: &str =
-    "usage: sync_load <connect|fanout|join|awareness|churn> --url ws://HOST:PORT/ROOM [flags]
+    "usage: sync_load <connect|fanout|join|awareness|churn|floor> --url ws://HOST:PORT/ROOM [flags]
   connect   --clients 1000 [--concurrency 200] [--hold 2]
   fanout    --clients 100 --writers 10 --rate 1000 --duration 20 [--drain 5]
             [--value-bytes 0] [--slow-clients 0] [--slow-quiet 3] [--server-log FILE]
@@ -163,6 +170,8 @@ const USAGE: &str =
   churn     --workers 50 --duration 600 [--warmup 60] [--idle 65] [--edits 3]
             [--data list|map] [--keys 100] [--rooms 1] [--awareness-ids connection|worker]
             [--abrupt-every 10] [--pause-ms 0] [--sample-s 5]
+  floor     --clients 100 --rate 2000 --duration 10 [--per-write 1] [--frame-bytes 30]
+            (no server, no --url: loopback TCP writes, the floor of fan-out)
   common    [--server-pid P] [--threads 1] [--concurrency 200] [--root load]";
 
 // ---------------------------------------------------------------------------------------

@@ -207,6 +207,8 @@ impl StorageProvider for PostgresStorage {
             listener: Mutex::new(None),
             loaded: AtomicU64::new(0),
             through: AtomicU64::new(0),
+            remote_rows: Default::default(),
+            remote_rows_dropped: AtomicBool::new(false),
         });
         let mirrors = mirror.is_some();
         let writer = Writer {
@@ -251,7 +253,14 @@ pub(super) struct Shared {
     /// The doc holds every update numbered up to this one: the version of the rows it
     /// hands the mirror (see `mirror.rs`).
     pub through: AtomicU64,
+    /// Rows of other nodes' updates queued for the mirror, and whether some were dropped
+    /// (see `remote_rows`).
+    pub remote_rows: std::sync::atomic::AtomicUsize,
+    pub remote_rows_dropped: AtomicBool,
 }
+
+/// Most rows of other nodes' updates that wait for the mirror.
+const MAX_REMOTE_ROWS: usize = 100_000;
 
 impl Shared {
     /// Sends to the writer; false once the storage is closed (or its writer stopped).
@@ -376,10 +385,27 @@ impl DocStorage for PostgresDoc {
 
     fn remote_rows(&self, through: u64, rows: Vec<RowChange>) {
         self.shared.through.fetch_max(through, Ordering::AcqRel);
-        if !rows.is_empty() {
-            let version = self.shared.through.load(Ordering::Acquire);
-            self.shared.send(Msg::Rows { version, rows });
+        if rows.is_empty() {
+            return;
         }
+        // Bounded: the node that committed these updates wrote their rows itself; these
+        // writes only repair rows it computed from a doc that lacked something, which the
+        // next open repairs too. While the database is away they are dropped past a bound.
+        let queued = self.shared.remote_rows.load(Ordering::Acquire);
+        if queued + rows.len() > MAX_REMOTE_ROWS {
+            if !self.shared.remote_rows_dropped.swap(true, Ordering::AcqRel) {
+                tracing::warn!(doc = %self.shared.doc, "the database is behind: rows of other nodes' updates are left to them");
+            }
+            return;
+        }
+        self.shared
+            .remote_rows_dropped
+            .store(false, Ordering::Release);
+        self.shared
+            .remote_rows
+            .fetch_add(rows.len(), Ordering::AcqRel);
+        let version = self.shared.through.load(Ordering::Acquire);
+        self.shared.send(Msg::Rows { version, rows });
     }
 
     fn store_id(&self) -> usize {

@@ -54,6 +54,23 @@ const STORE: &str = "
         FROM d, UNNEST($3::BYTEA[]) WITH ORDINALITY AS t(data, ord))
     SELECT next_seq, folded FROM d";
 
+/// Gives the rows of a batch's own updates the best version they can claim, now that the
+/// batch's numbers are known (from `first`): a row computed when the doc held every update
+/// before the batch was computed from a doc holding every update up to its own, so it
+/// claims its own update's number. Without that, its version would tie with a reset from a
+/// load just before it, which could then overwrite it. Others keep the version they had.
+fn own_versions(ops: &mut [MirrorOp], own: &[(usize, u64, u64)], first: u64) {
+    for &(at, version, index) in own {
+        if let MirrorOp::Change((v, _)) = &mut ops[at] {
+            *v = if version + 1 >= first {
+                version.max(first + index)
+            } else {
+                version
+            };
+        }
+    }
+}
+
 /// Most bytes of updates one commit takes (a single update may be larger).
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
@@ -118,9 +135,13 @@ impl Writer {
             let Some(first) = rx.recv().await else { break };
             let mut batch = Vec::new();
             let mut ops = Vec::new();
+            // The rows of this batch's own updates: (op index, version at append, index
+            // of the update in the batch); see `own_versions`.
+            let mut own = Vec::new();
             // The highest number in this round (appends and resets).
             let mut numbered = 0;
             let mut batch_bytes = 0usize;
+            let mut remote_rows = 0usize;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -132,10 +153,14 @@ impl Writer {
                     } => {
                         numbered = numbered.max(number);
                         batch_bytes += update.len();
+                        for row in rows {
+                            own.push((ops.len(), version, batch.len() as u64));
+                            ops.push(MirrorOp::Change((version, row)));
+                        }
                         batch.push((number, update));
-                        ops.extend(rows.into_iter().map(|r| MirrorOp::Change((version, r))));
                     }
                     Msg::Rows { version, rows } => {
+                        remote_rows += rows.len();
                         ops.extend(rows.into_iter().map(|r| MirrorOp::Change((version, r))));
                     }
                     Msg::Reset {
@@ -163,7 +188,7 @@ impl Writer {
             }
             let mut backoff = Duration::from_millis(10);
             let (stored_through, logged) = loop {
-                match self.commit_numbered(&batch, &ops).await {
+                match self.commit_numbered(&batch, &mut ops, &own).await {
                     Ok(stored) => break stored,
                     Err(Failure {
                         message,
@@ -188,6 +213,9 @@ impl Writer {
                 }
             };
             *lock(&self.shared.retrying) = None;
+            self.shared
+                .remote_rows
+                .fetch_sub(remote_rows, Ordering::AcqRel);
             if batch.is_empty() {
                 self.shared
                     .committed
@@ -244,7 +272,8 @@ impl Writer {
     async fn commit_numbered(
         &self,
         batch: &[(u64, Vec<u8>)],
-        ops: &[MirrorOp],
+        ops: &mut [MirrorOp],
+        own: &[(usize, u64, u64)],
     ) -> Result<(u64, u64), Failure> {
         let started = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(Failure::transient)?;
@@ -266,7 +295,13 @@ impl Writer {
                 None
             } else {
                 let store = tx.prepare_cached(STORE).await.map_err(Failure::from)?;
-                Some(tx.query_one(&store, &params).await.map_err(Failure::from)?)
+                let row = tx.query_one(&store, &params).await.map_err(Failure::from)?;
+                own_versions(
+                    ops,
+                    own,
+                    row.get::<_, i64>(0) as u64 + 1 - batch.len() as u64,
+                );
+                Some(row)
             };
             self.write_mirror(&mut tx, ops)
                 .await

@@ -6,8 +6,9 @@
 //! last entry, and is caught up from the storage at once (entries left by an earlier
 //! database, or from before the doc was loaded, are never taken for new ones); after a
 //! lost connection to the same Redis server it reads on from where it was; a restarted
-//! server (a new `run_id`) is read from the start of each stream (everything in it came
-//! after the restart).
+//! server (a new `run_id`, or none to be had) may have reloaded old entries from disk: its
+//! update streams start after their last entry with a catch-up from the storage, as for a
+//! doc joining, and its awareness streams are read from their start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -159,6 +160,13 @@ impl Reader<'_> {
         self.backoff = Duration::from_millis(50);
         let run = run_id(&mut c).await;
         if run.is_none() || run != self.server_run {
+            // A restarted server (or one we cannot tell): it may have reloaded old entries
+            // (an earlier database's) from disk. Update streams start again after their
+            // last entry, and their docs are caught up from the storage. Awareness streams
+            // are read from their start: presence is not in the storage, a removal sent
+            // while this node was away must still arrive, and replayed frames end where
+            // their clients are (frames carry clocks; gone nodes' clients are dropped).
+            self.last.retain(|key, _| key.ends_with(":a"));
             for id in self.last.values_mut() {
                 *id = "0".into();
             }
