@@ -52,9 +52,11 @@ impl RedisBus {
 
     /// A secret every node shares: each entry a node puts on the bus is signed with it
     /// (HMAC-SHA256), and entries without a valid signature are ignored, so whoever can
-    /// write to Redis without the secret cannot put updates or presence into the nodes'
-    /// docs. Without one, Redis is trusted like the database. All nodes must use the same
-    /// secret (or none).
+    /// write to Redis without the secret cannot put updates or new presence into the nodes'
+    /// docs. Not covered: heartbeat keys (such a writer can keep a dead node's presence up,
+    /// or take a live one's down) and replays of presence entries once signed. Without a
+    /// secret, Redis is trusted like the database. All nodes must use the same secret (or
+    /// none).
     pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.signer = Some(Signer::new(secret.as_ref()));
         self
