@@ -201,6 +201,8 @@ impl Args {
         const KNOWN: &[&str] = &[
             "url",
             "clients",
+            "per-write",
+            "frame-bytes",
             "server-pid",
             "threads",
             "concurrency",
