@@ -13,6 +13,8 @@
 #              handshakes at a time; server RSS per connection
 #   fanout     FANOUT_CLIENTS=100 clients, FANOUT_WRITERS=10 of them writing FANOUT_RATE=1000
 #              updates/s in all for FANOUT_DURATION=20 s; deliveries/s, latency, lost, convergence.
+#              Then the floor at the same size and rate (raw loopback writes, one update per
+#              write and FLOOR_PER_WRITE=4 per write; no server), for the same table.
 #              FANOUT_SLOW=N (default 0) adds N slow consumers: they join the room, complete the
 #              handshake, then never read until the run is over (the server should close them
 #              with 1013 once its send queue for one overflows); afterwards each reads to the
@@ -153,6 +155,15 @@ for scenario in "${scenarios[@]}"; do
     status=1
   fi
   stop_server
+  # The floor at the same size and rate, in the same run: raw loopback writes, one update
+  # per write and FLOOR_PER_WRITE (default 4) per write (see loadgen/src/floor.rs).
+  if [ "$scenario" = fanout ]; then
+    for per_write in 1 "${FLOOR_PER_WRITE:-4}"; do
+      echo "== floor, $per_write update(s) per write" >&2
+      "$loadgen" floor --clients "$FANOUT_CLIENTS" --rate "$FANOUT_RATE" \
+        --duration "$FANOUT_DURATION" --per-write "$per_write" | tee -a "$OUT" || status=1
+    done
+  fi
 done
 # tee copies the human lines too; keep only the JSON ones in $OUT.
 sed -i -n '/^{/p' "$OUT"
