@@ -329,3 +329,56 @@ fn normalise(rows: &[Value]) -> Vec<Value> {
         })
         .collect()
 }
+
+/// Writes queued while the previous commit waits (here on a lock held from outside) go in
+/// a later batch, computed from a doc that lacked nothing but this node's own earlier
+/// updates: their rows must still replace the earlier batch's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_batch_queued_behind_a_slow_commit_land() {
+    let Some(pg) = Postgres::start() else { return };
+    let client = open(&pg, "a", blog()).await;
+    let posts = client.table("posts").unwrap();
+    posts.upsert(post("0", "zero")).unwrap();
+    client.flush().await.unwrap();
+
+    let mut db = sql(&pg).await;
+    let lock = db.transaction().await.unwrap();
+    lock.execute(
+        "SELECT * FROM epicenter_docs WHERE doc = 'blog' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    posts.upsert(post("1", "one")).unwrap();
+    // The writer's commit of row 1 now waits for the lock.
+    let watcher = sql(&pg).await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the commit never waited for the lock");
+    posts.update("1", json!({"views": 42})).unwrap();
+    lock.commit().await.unwrap();
+    client.flush().await.unwrap();
+
+    let rows = mirrored(&watcher).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[1]["views"], 42,
+        "the later batch's row was refused: {rows:?}"
+    );
+    client.destroy().await.unwrap();
+}

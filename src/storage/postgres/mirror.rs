@@ -21,8 +21,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use deadpool_postgres::Transaction as Tx;
 use serde_json::Value;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 
 use crate::schema::{FieldType, Row, TableDefinition, WorkspaceDefinition};
 use crate::storage::RowChange;
@@ -251,7 +252,7 @@ impl Mirror {
     /// logged and dropped, and the caller's transaction (the log) goes on. Errors that a
     /// retry may cure (the connection, a deadlock) fail the whole transaction; the caller
     /// keeps `ops` for the retry.
-    pub async fn write(&self, tx: &mut Transaction<'_>, ops: &[MirrorOp]) -> Result<(), String> {
+    pub async fn write(&self, tx: &mut Tx<'_>, ops: &[MirrorOp]) -> Result<(), String> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -305,7 +306,7 @@ impl Mirror {
 
     /// Writes `ops` in a savepoint. Ok(false) when the database refused their data (rolled
     /// back and logged); errors a retry may cure are returned.
-    async fn try_write(&self, tx: &mut Transaction<'_>, ops: &[MirrorOp]) -> Result<bool, String> {
+    async fn try_write(&self, tx: &mut Tx<'_>, ops: &[MirrorOp]) -> Result<bool, String> {
         let sp = tx.savepoint("mirror").await.map_err(|e| e.to_string())?;
         match self.write_ops(&sp, ops).await {
             Ok(()) => sp.commit().await.map(|_| true).map_err(|e| e.to_string()),
@@ -322,11 +323,7 @@ impl Mirror {
         }
     }
 
-    async fn write_ops(
-        &self,
-        tx: &Transaction<'_>,
-        ops: &[MirrorOp],
-    ) -> Result<(), tokio_postgres::Error> {
+    async fn write_ops(&self, tx: &Tx<'_>, ops: &[MirrorOp]) -> Result<(), tokio_postgres::Error> {
         let mut changes: Changes = BTreeMap::new();
         for op in ops {
             match op {
@@ -346,7 +343,7 @@ impl Mirror {
     /// Writes the latest change of each row (sorted, so nodes lock rows in one order).
     async fn write_changes(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         changes: Changes<'_>,
     ) -> Result<(), tokio_postgres::Error> {
         let mut by_table: BTreeMap<&str, Vec<(u64, &RowChange)>> = BTreeMap::new();
@@ -361,11 +358,14 @@ impl Mirror {
             let versions: Vec<i64> = changes.iter().map(|(v, _)| *v as i64).collect();
             let won: HashSet<String> = tx
                 .query(
-                    "INSERT INTO epicenter_mirror_rows (ws, tbl, id, version)
+                    &tx.prepare_cached(
+                        "INSERT INTO epicenter_mirror_rows (ws, tbl, id, version)
                      SELECT $1, $2, i, v FROM UNNEST($3::TEXT[], $4::BIGINT[]) AS t(i, v)
                      ON CONFLICT (ws, tbl, id) DO UPDATE SET version = EXCLUDED.version
                      WHERE epicenter_mirror_rows.version <= EXCLUDED.version
                      RETURNING id",
+                    )
+                    .await?,
                     &[&self.ws, &name, &ids, &versions],
                 )
                 .await?
@@ -382,7 +382,8 @@ impl Mirror {
             }
             table.put(tx, &rows).await?;
             if !gone.is_empty() {
-                tx.execute(&table.delete, &[&gone]).await?;
+                tx.execute(&tx.prepare_cached(&table.delete).await?, &[&gone])
+                    .await?;
             }
         }
         Ok(())
@@ -392,7 +393,7 @@ impl Mirror {
     /// and rows it lacks are deleted, each unless a write with a higher version landed.
     async fn reset(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         version: u64,
         tables: &[(String, Vec<Row>)],
     ) -> Result<(), tokio_postgres::Error> {
@@ -418,10 +419,14 @@ impl Mirror {
             let ids: Vec<&str> = owned.iter().map(|c| c.id.as_str()).collect();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&self.ws, name, &(version as i64), &ids];
-            tx.execute(&table.delete_others, &params).await?;
+            tx.execute(&tx.prepare_cached(&table.delete_others).await?, &params)
+                .await?;
             tx.execute(
-                "UPDATE epicenter_mirror_rows SET version = $3
+                &tx.prepare_cached(
+                    "UPDATE epicenter_mirror_rows SET version = $3
                  WHERE ws = $1 AND tbl = $2 AND version <= $3 AND NOT (id = ANY($4))",
+                )
+                .await?,
                 &params,
             )
             .await?;
@@ -435,7 +440,7 @@ impl Mirror {
 type Changes<'a> = BTreeMap<(&'a str, &'a str), (u64, &'a RowChange)>;
 
 impl MirrorTable {
-    async fn put(&self, tx: &Transaction<'_>, rows: &[&Row]) -> Result<(), tokio_postgres::Error> {
+    async fn put(&self, tx: &Tx<'_>, rows: &[&Row]) -> Result<(), tokio_postgres::Error> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -451,7 +456,11 @@ impl MirrorTable {
                 Value::Object(cells)
             })
             .collect();
-        tx.execute(&self.upsert, &[&Value::Array(json)]).await?;
+        tx.execute(
+            &tx.prepare_cached(&self.upsert).await?,
+            &[&Value::Array(json)],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -59,10 +59,22 @@ const STORE: &str = "
 /// before the batch was computed from a doc holding every update up to its own, so it
 /// claims its own update's number. Without that, its version would tie with a reset from a
 /// load just before it, which could then overwrite it. Others keep the version they had.
-fn own_versions(ops: &mut [MirrorOp], own: &[(usize, u64, u64)], first: u64) {
+/// The doc held every update before the batch when its version reaches the run of this
+/// writer's own numbers that ends just before the batch (`own_run`: its own updates are in
+/// the doc whatever the version says).
+fn own_versions(
+    ops: &mut [MirrorOp],
+    own: &[(usize, u64, u64)],
+    first: u64,
+    own_run: Option<(u64, u64)>,
+) {
+    let lowest = match own_run {
+        Some((from, to)) if to + 1 == first => from,
+        _ => first,
+    };
     for &(at, version, index) in own {
         if let MirrorOp::Change((v, _)) = &mut ops[at] {
-            *v = if version + 1 >= first {
+            *v = if version + 1 >= lowest {
                 version.max(first + index)
             } else {
                 version
@@ -130,6 +142,8 @@ impl Writer {
         // No fold is tried before this number (after one that failed or found another
         // node folding).
         let mut fold_after = 0u64;
+        // The numbers of this writer's last commits, while they follow each other.
+        let mut own_run: Option<(u64, u64)> = None;
         let mut closing = false;
         while !closing {
             let Some(first) = rx.recv().await else { break };
@@ -188,7 +202,7 @@ impl Writer {
             }
             let mut backoff = Duration::from_millis(10);
             let (stored_through, logged) = loop {
-                match self.commit_numbered(&batch, &mut ops, &own).await {
+                match self.commit_numbered(&batch, &mut ops, &own, own_run).await {
                     Ok(stored) => break stored,
                     Err(Failure {
                         message,
@@ -225,6 +239,10 @@ impl Writer {
             // The doc holds its own updates: if it held everything before them, it now
             // holds everything through them.
             let first = stored_through + 1 - batch.len() as u64;
+            own_run = match own_run {
+                Some((from, to)) if to + 1 == first => Some((from, stored_through)),
+                _ => Some((first, stored_through)),
+            };
             let _ = self
                 .shared
                 .through
@@ -274,6 +292,7 @@ impl Writer {
         batch: &[(u64, Vec<u8>)],
         ops: &mut [MirrorOp],
         own: &[(usize, u64, u64)],
+        own_run: Option<(u64, u64)>,
     ) -> Result<(u64, u64), Failure> {
         let started = std::time::Instant::now();
         let mut client = self.pool.get().await.map_err(Failure::transient)?;
@@ -300,6 +319,7 @@ impl Writer {
                     ops,
                     own,
                     row.get::<_, i64>(0) as u64 + 1 - batch.len() as u64,
+                    own_run,
                 );
                 Some(row)
             };
@@ -321,7 +341,7 @@ impl Writer {
     /// Writes the mirror's ops in `tx`.
     async fn write_mirror(
         &self,
-        tx: &mut tokio_postgres::Transaction<'_>,
+        tx: &mut deadpool_postgres::Transaction<'_>,
         ops: &[MirrorOp],
     ) -> Result<(), String> {
         match &self.mirror {
