@@ -213,10 +213,22 @@ async fn a_forged_bus_entry_does_not_replace_a_stored_update() {
         .transact()
         .encode_state_as_update_v1(&StateVector::default());
     let mut c = redis_conn(&redis).await;
+    // Unsigned, and with a signature made without the secret.
     xadd(
         &mut c,
         "epicenter:{blog}:u",
         &[("node", b"mallory"), ("n", b"1"), ("u", &forged)],
+    )
+    .await;
+    xadd(
+        &mut c,
+        "epicenter:{blog}:u",
+        &[
+            ("node", b"mallory"),
+            ("n", b"1"),
+            ("u", &forged),
+            ("s", &[0u8; 32]),
+        ],
     )
     .await;
     rest_post(a_addr, "real").await; // update 1
