@@ -53,7 +53,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// less than this long ago holds its next flush until then, so its frames go out several
 /// per write (one `write()` per delivery is most of the CPU of fan-out). A quiet one
 /// flushes at once: latency only grows under load, by at most this.
-const FLUSH_WINDOW: Duration = Duration::from_millis(1);
+const FLUSH_WINDOW: Duration = Duration::from_millis(2);
 /// Average time between a connection's frames under which it counts as busy.
 const BUSY_GAP: Duration = Duration::from_micros(1000);
 
@@ -341,10 +341,17 @@ impl Io {
     /// Takes what is queued, sends what the socket accepts, and returns the next inbound
     /// message or the reason to stop.
     fn poll_event(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Poll<Event> {
-        // Frames are taken from the queue only once the previous batch is sent, so a
-        // peer that stops reading fills its queue (and is closed) instead of this buffer.
-        if self.frames.is_empty() {
-            if let Some((code, reason)) = out.poll_take(cx, Some(&mut self.taken)) {
+        // While a flush is held (see `FLUSH_WINDOW`), what the room queues stays in the
+        // queue and wakes nothing: the hold's timer wakes the task, which takes it all.
+        if self.held(cx) {
+            if let Some((code, reason)) = out.poll_take(None, None) {
+                return Poll::Ready(Event::Close(code, reason));
+            }
+        } else if self.frames.is_empty() {
+            // Frames are taken from the queue only once the previous batch is sent, so a
+            // peer that stops reading fills its queue (and is closed) instead of this
+            // buffer.
+            if let Some((code, reason)) = out.poll_take(Some(cx), Some(&mut self.taken)) {
                 return Poll::Ready(Event::Close(code, reason));
             }
             for item in self.taken.drain(..) {
@@ -356,7 +363,7 @@ impl Io {
                 }
             }
             shrink(&mut self.taken);
-        } else if let Some((code, reason)) = out.poll_take(cx, None) {
+        } else if let Some((code, reason)) = out.poll_take(Some(cx), None) {
             return Poll::Ready(Event::Close(code, reason));
         }
         while let Poll::Ready(Some(done)) = self.acks.poll_next_unpin(cx) {
@@ -447,41 +454,45 @@ impl Io {
                 Poll::Ready(result) => {
                     result?;
                     self.unflushed = false;
-                    let now = tokio::time::Instant::now();
-                    if let Some(last) = self.last_flush {
-                        let gap = (now - last).as_micros() as f32 / self.since_flush.max(1) as f32;
-                        self.gap_us = if self.gap_us == f32::MAX {
-                            gap
-                        } else {
-                            0.75 * self.gap_us + 0.25 * gap
-                        };
-                    }
-                    self.since_flush = 0;
-                    self.last_flush = Some(now);
+                    self.flushed();
                 }
             }
         }
         Ok(())
     }
 
-    /// Whether the flush waits (see `FLUSH_WINDOW`); the wait wakes the task when it ends.
+    /// After a flush: updates the average gap between messages and, when the
+    /// connection is busy, holds the next flush until `FLUSH_WINDOW` from now.
+    fn flushed(&mut self) {
+        let now = tokio::time::Instant::now();
+        if let Some(last) = self.last_flush {
+            let gap = (now - last).as_micros() as f32 / self.since_flush.max(1) as f32;
+            self.gap_us = if self.gap_us == f32::MAX {
+                gap
+            } else {
+                0.75 * self.gap_us + 0.25 * gap
+            };
+        }
+        self.since_flush = 0;
+        self.last_flush = Some(now);
+        if self.gap_us >= BUSY_GAP.as_micros() as f32 {
+            return;
+        }
+        let until = now + FLUSH_WINDOW;
+        match &mut self.hold {
+            Some(hold) => hold.as_mut().reset(until),
+            None => self.hold = Some(Box::pin(tokio::time::sleep_until(until))),
+        }
+        // The timer is polled (and wakes the task) only once something is pushed during
+        // the hold; a connection that gets nothing costs no wake-up.
+        self.holding = true;
+    }
+
+    /// Whether a flush is held (see `FLUSH_WINDOW`); the hold's timer wakes the task
+    /// when it ends.
     fn held(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.holding {
-            let Some(last) = self.last_flush else {
-                return false;
-            };
-            if self.gap_us >= BUSY_GAP.as_micros() as f32 {
-                return false;
-            }
-            let until = last + FLUSH_WINDOW;
-            if until <= tokio::time::Instant::now() {
-                return false;
-            }
-            match &mut self.hold {
-                Some(hold) => hold.as_mut().reset(until),
-                None => self.hold = Some(Box::pin(tokio::time::sleep_until(until))),
-            }
-            self.holding = true;
+            return false;
         }
         let Some(hold) = self.hold.as_mut() else {
             return false;

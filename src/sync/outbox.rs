@@ -114,12 +114,14 @@ impl Outbox {
     }
 
     /// For the connection's task: swaps the queued items into `into` (when given and
-    /// empty), and registers the task to be woken by the next push. Returns the close
-    /// frame once the server is closing the connection. The items taken still count
-    /// against the limit until [`Outbox::written`] says they are gone.
+    /// empty), and registers the task to be woken by the next push (with `cx`; without
+    /// one, pushes wake nothing until the next call with one: the task waits for
+    /// something else, a timer, and takes them all then). Returns the close frame once the
+    /// server is closing the connection. The items taken still count against the limit
+    /// until [`Outbox::written`] says they are gone.
     pub fn poll_take(
         &self,
-        cx: &Context<'_>,
+        cx: Option<&Context<'_>>,
         into: Option<&mut VecDeque<Out>>,
     ) -> Option<(u16, String)> {
         let mut state = lock(&self.0.state);
@@ -130,9 +132,10 @@ impl Outbox {
             std::mem::swap(&mut state.items, into);
             self.0.taken.fetch_add(into.len(), Ordering::AcqRel);
         }
-        match &mut state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            waker => *waker = Some(cx.waker().clone()),
+        match (&mut state.waker, cx) {
+            (Some(waker), Some(cx)) if waker.will_wake(cx.waker()) => {}
+            (waker, Some(cx)) => *waker = Some(cx.waker().clone()),
+            (waker, None) => *waker = None,
         }
         None
     }
@@ -152,6 +155,42 @@ mod tests {
         Out::Frame(Bytes::from_static(b"x"))
     }
 
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn pushes_wake_the_task_only_while_it_asks_to_be_woken() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let out = Outbox::new(8, Arc::default());
+        assert!(out.poll_take(Some(&cx), None).is_none());
+        out.push(frame());
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        // Holding: pushes queue silently, and are all there when the task takes them.
+        assert!(out.poll_take(Some(&cx), None).is_none());
+        assert!(out.poll_take(None, None).is_none());
+        out.push(frame());
+        out.push(frame());
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        let mut taken = VecDeque::new();
+        assert!(out.poll_take(Some(&cx), Some(&mut taken)).is_none());
+        assert_eq!(taken.len(), 3);
+        // A close still shows when the task looks, woken or not.
+        assert!(out.poll_take(None, None).is_none());
+        out.close(close::GOING_AWAY, "bye");
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            out.poll_take(None, None).map(|(code, _)| code),
+            Some(close::GOING_AWAY)
+        );
+    }
+
     #[test]
     fn items_taken_and_not_written_count_against_the_limit() {
         let out = Outbox::new(3, Arc::default());
@@ -159,13 +198,13 @@ mod tests {
         let mut taken = VecDeque::new();
         out.push(frame());
         out.push(frame());
-        assert!(out.poll_take(&cx, Some(&mut taken)).is_none());
+        assert!(out.poll_take(Some(&cx), Some(&mut taken)).is_none());
         assert_eq!(taken.len(), 2);
         // Two taken, one queued: the limit is reached.
         out.push(frame());
         out.push(frame());
         assert_eq!(
-            out.poll_take(&cx, None).map(|(code, _)| code),
+            out.poll_take(Some(&cx), None).map(|(code, _)| code),
             Some(close::TRY_AGAIN_LATER)
         );
         assert_eq!(out.stats().slow_consumer_closes.load(Ordering::Relaxed), 1);
@@ -175,13 +214,13 @@ mod tests {
         let mut taken = VecDeque::new();
         out.push(frame());
         out.push(frame());
-        assert!(out.poll_take(&cx, Some(&mut taken)).is_none());
+        assert!(out.poll_take(Some(&cx), Some(&mut taken)).is_none());
         taken.clear();
         out.written();
         out.written();
         out.push(frame());
         out.push(frame());
-        assert!(out.poll_take(&cx, Some(&mut taken)).is_none());
+        assert!(out.poll_take(Some(&cx), Some(&mut taken)).is_none());
         assert_eq!(taken.len(), 2);
     }
 }
