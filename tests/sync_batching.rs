@@ -127,19 +127,24 @@ async fn a_burst_arrives_whole_and_in_order_and_its_last_update_is_not_held_back
         .await
         .unwrap();
     for ws in &mut receivers {
-        let frame = loop {
-            match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
-                Some(Ok(Ws::Binary(frame))) => break frame,
-                Some(Ok(_)) => continue,
-                other => panic!("{other:?}"),
-            }
-        };
+        let frame = next_frame(ws).await;
         assert!(matches!(
             Message::decode_v1(&frame),
             Ok(Message::Sync(SyncMessage::Update(_)))
         ));
     }
     server.destroy().await.unwrap();
+}
+
+/// The next binary frame.
+async fn next_frame(ws: &mut Socket) -> bytes::Bytes {
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 fn sync_status(version: u64) -> Vec<u8> {
@@ -184,13 +189,7 @@ async fn sync_status_during_a_burst_is_echoed_after_what_came_before_it() {
     assert!(before.is_some());
     // The writer gets its own echo, and none of its updates back.
     let mut writer = writing.await.unwrap();
-    let echo = loop {
-        match tokio::time::timeout(GUARD, writer.next()).await.unwrap() {
-            Some(Ok(Ws::Binary(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    };
+    let echo = next_frame(&mut writer).await;
     assert_eq!(&echo[..], &status[..]);
     server.destroy().await.unwrap();
 }
