@@ -8,6 +8,9 @@
 //! curl localhost:3913/workspaces/blog/tables/posts
 //! ```
 //!
+//! With `EPICENTER_DATA_DIR=memory`, nothing is stored (the doc lives in memory only and is
+//! gone at exit): what the sync benchmarks use to measure fan-out without the disk.
+//!
 //! With `EPICENTER_TOKEN` set, every request needs that token (`Authorization: Bearer <token>`,
 //! or `?token=<token>` for WebSockets); the OpenAPI document and Scalar page stay open.
 //!
@@ -57,6 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             options = node_options;
             client
         }
+        (None, None) if data_dir == "memory" => blog.in_memory().create().await?,
         (None, None) => {
             // `<data dir>/blog.db`.
             blog.with_storage(SqliteStorage::new(&data_dir))

@@ -26,6 +26,10 @@ const GUARD: Duration = Duration::from_secs(10);
 const BURST: usize = 600;
 
 async fn server() -> (Server, SocketAddr) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let client = WorkspaceDefinition::builder("blog")
         .table("posts", [("id", id()), ("title", text())])
         .build()
@@ -86,9 +90,8 @@ async fn receive(
                 .unwrap();
             updates += 1;
         }
-        let got = text.get_string(&doc.transact());
-        if got.chars().count() >= len && (marker.is_none() || marker_at.is_some()) {
-            return (got, marker_at);
+        if text.len(&doc.transact()) as usize >= len && (marker.is_none() || marker_at.is_some()) {
+            return (text.get_string(&doc.transact()), marker_at);
         }
     }
 }
@@ -232,4 +235,82 @@ async fn a_shutdown_in_the_middle_of_a_burst_closes_with_1001() {
     destroyed.unwrap();
     assert_eq!(code, close::GOING_AWAY);
     writing.await.unwrap();
+}
+
+/// A socket that receives slowly: its receive buffer is small and its reader stops for a
+/// while, so the server's writes to it block and split frames.
+async fn slow_reader(addr: SocketAddr) -> Socket {
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/workspaces/blog/sync");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    // The server's step 1.
+    next_frame(&mut ws).await;
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_by_pushes_and_pongs_from_the_task_interleave_whole_and_in_order() {
+    const UPDATES: usize = 60;
+    let (server, addr) = server().await;
+    let mut receiver = slow_reader(addr).await;
+    // A first message, so the handshake deadline does not close it while it reads.
+    receiver
+        .send(Ws::Binary(
+            Message::Sync(SyncMessage::SyncStep1(Default::default()))
+                .encode_v1()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        Message::decode_v1(&next_frame(&mut receiver).await),
+        Ok(Message::Sync(SyncMessage::SyncStep2(_)))
+    ));
+    let mut writer = join(addr, "blog").await;
+    // Updates 2 ms apart (a quiet connection: written by the room's pushes themselves),
+    // each 40 KB, while the receiver reads nothing and sends pings (answered by its
+    // task): the two kinds of writes interleave on the socket. (Frames a full socket
+    // splits between a push and the task: `outbox`'s unit tests.)
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let chunk = |i: usize| {
+        char::from(b'a' + (i % 26) as u8)
+            .to_string()
+            .repeat(100_000)
+    };
+    let writing = async {
+        for i in 0..UPDATES {
+            let update = {
+                let mut txn = doc.transact_mut();
+                text.push(&mut txn, &chunk(i));
+                txn.encode_update_v1()
+            };
+            let frame = Message::Sync(SyncMessage::Update(update)).encode_v1();
+            writer.send(Ws::Binary(frame.into())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let pinging = async {
+        for _ in 0..10 {
+            receiver.send(Ws::Ping(vec![1].into())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    };
+    tokio::join!(writing, pinging);
+    // Every frame whole (the socket parses it) and in order: update i carries chunk i.
+    for i in 0..UPDATES {
+        let frame = next_frame(&mut receiver).await;
+        let Ok(Message::Sync(SyncMessage::Update(update))) = Message::decode_v1(&frame) else {
+            panic!("frame {i} is not an update");
+        };
+        let letter = b'a' + (i % 26) as u8;
+        let count = update.iter().filter(|&&b| b == letter).count();
+        assert!(count >= 40_000, "update {i} came out of order");
+    }
+    server.destroy().await.unwrap();
 }

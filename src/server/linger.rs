@@ -25,12 +25,14 @@ const LINGER_IDLE: Duration = Duration::from_secs(2);
 const LINGER_TOTAL: Duration = Duration::from_secs(30);
 
 /// Where a [`Returning`] stream goes back to once its user drops it.
-pub(super) type Slot = Arc<Mutex<Option<TcpStream>>>;
+pub(super) type Slot = Arc<Mutex<Option<Arc<TcpStream>>>>;
 
 /// A TCP stream that goes back to its slot when dropped (hyper owns the stream while it
-/// serves the connection and drops it at the end, or hands it on to an upgrade).
+/// serves the connection and drops it at the end, or hands it on to an upgrade). The
+/// stream is shared ([`Returning::shared`]): a sync connection's send queue writes to it
+/// directly while the connection's task is idle (see `sync::outbox`).
 pub(super) struct Returning {
-    tcp: Option<TcpStream>,
+    tcp: Option<Arc<TcpStream>>,
     slot: Slot,
 }
 
@@ -38,15 +40,20 @@ impl Returning {
     pub fn new(tcp: TcpStream) -> (Returning, Slot) {
         let slot = Slot::default();
         let stream = Returning {
-            tcp: Some(tcp),
+            tcp: Some(Arc::new(tcp)),
             slot: slot.clone(),
         };
         (stream, slot)
     }
 
-    fn tcp(&mut self) -> Pin<&mut TcpStream> {
+    /// Another handle on the stream.
+    pub fn shared(&self) -> Arc<TcpStream> {
+        self.tcp().clone()
+    }
+
+    fn tcp(&self) -> &Arc<TcpStream> {
         // Only `drop` takes it.
-        Pin::new(self.tcp.as_mut().expect("the stream is only taken on drop"))
+        self.tcp.as_ref().expect("the stream is only taken on drop")
     }
 }
 
@@ -64,7 +71,7 @@ impl AsyncRead for Returning {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.get_mut().tcp().poll_read(cx, buf)
+        crate::sync::wire::poll_read(self.get_mut().tcp(), cx, buf)
     }
 }
 
@@ -74,7 +81,7 @@ impl AsyncWrite for Returning {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut().tcp().poll_write(cx, buf)
+        crate::sync::wire::poll_write_vectored(self.get_mut().tcp(), cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -82,19 +89,20 @@ impl AsyncWrite for Returning {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.get_mut().tcp().poll_write_vectored(cx, bufs)
+        crate::sync::wire::poll_write_vectored(self.get_mut().tcp(), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_mut().tcp().poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // TCP streams buffer nothing in user space.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_mut().tcp().poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(crate::sync::wire::shutdown_write(self.get_mut().tcp()))
     }
 }
 
@@ -102,7 +110,11 @@ impl AsyncWrite for Returning {
 /// an upgrade), then reads and discards until the client closes, stops sending for
 /// `LINGER_IDLE`, `LINGER_TOTAL` has passed, or the server stops.
 pub(super) async fn linger(slot: &Slot, stop: &mut watch::Receiver<bool>) {
-    let Some(mut tcp) = crate::lock::lock(slot).take() else {
+    let Some(tcp) = crate::lock::lock(slot).take() else {
+        return;
+    };
+    // Another handle still held (a sync connection's queue): that connection closes it.
+    let Ok(mut tcp) = Arc::try_unwrap(tcp) else {
         return;
     };
     if tcp.shutdown().await.is_err() {

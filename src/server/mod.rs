@@ -396,6 +396,8 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         // Whether the connection got as far as a request: a header deadline hit before
         // that is a client that never sent one; after it, an idle keep-alive connection.
+        let (tcp, returned) = linger::Returning::new(tcp);
+        let wire = tcp.shared();
         let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = served.clone();
         let app = app.clone();
@@ -408,6 +410,9 @@ async fn serve(
             request
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            request
+                .extensions_mut()
+                .insert(sync_route::TcpStreamOf(wire.clone()));
             // A body that stops arriving fails after the same deadline as slow headers,
             // instead of holding the connection and its task forever.
             let request = request.map(|body| {
@@ -431,7 +436,7 @@ async fn serve(
         connections.spawn(async move {
             // hyper's deadline starts once it knows the protocol, which it learns from the
             // first bytes: a connection that sends none is held to the deadline here.
-            if !first_bytes_within(&tcp, header_read_timeout).await {
+            if !first_bytes_within(&tcp.shared(), header_read_timeout).await {
                 tracing::warn!(
                     %peer,
                     timeout = ?header_read_timeout,
@@ -439,7 +444,6 @@ async fn serve(
                 );
                 return;
             }
-            let (tcp, returned) = linger::Returning::new(tcp);
             // In a block, so hyper's connection (and with it the stream) is dropped before
             // the linger.
             let result = {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
 use super::{Access, ApiError, ServerState};
+use crate::sync::wire::Wire;
 use crate::sync::Transport;
 
 /// A valid WebSocket upgrade request.
@@ -20,9 +21,17 @@ pub(crate) struct SyncUpgrade {
     pub origin: Option<String>,
     /// The client's address, when the server put it in the request (as `ConnectInfo`).
     pub peer: Option<SocketAddr>,
+    /// The connection's TCP stream, when the server put it in the request.
+    wire: Option<Wire>,
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
+
+/// The TCP stream a request came on, which the server's accept loop puts in each
+/// request's extensions: once upgraded, a sync connection's queue writes to it directly
+/// while the connection is quiet.
+#[derive(Clone)]
+pub(crate) struct TcpStreamOf(pub Wire);
 
 /// Why a request is not a WebSocket upgrade: answered with 426 in the JSON envelope.
 pub(crate) struct NotAnUpgrade(&'static str);
@@ -84,9 +93,14 @@ impl<S: Send + Sync> FromRequestParts<S> for SyncUpgrade {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(peer)| *peer);
+        let wire = parts
+            .extensions
+            .remove::<TcpStreamOf>()
+            .map(|TcpStreamOf(wire)| wire);
         Ok(SyncUpgrade {
             origin,
             peer,
+            wire,
             key,
             on_upgrade,
         })
@@ -108,7 +122,10 @@ impl SyncUpgrade {
                 }
             }
         };
-        state.inner.sync.serve(transport, id, access, self.peer);
+        state
+            .inner
+            .sync
+            .serve(transport, id, access, self.peer, self.wire);
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -21,14 +21,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWrite;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::Instrument;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
+use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
 use super::hub::SyncHub;
 use super::protocol::{self, close, Inbound};
 use super::room::{Out, Outbox, Room};
+use super::wire::{RawFrame, Wire};
 use crate::access::Access;
 use crate::storage::BoxFuture;
 use crate::StorageError;
@@ -49,13 +49,11 @@ const DIRECT: usize = 16 * 1024;
 const READ_BUFFER: usize = 512;
 /// Bytes of frames gathered before a write; a flush writes the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
-/// A busy connection (frames arriving less than `BUSY_GAP` apart on average) that flushed
+/// A busy connection (frames arriving less than `outbox::BUSY_GAP` apart on average) that flushed
 /// less than this long ago holds its next flush until then, so its frames go out several
 /// per write (one `write()` per delivery is most of the CPU of fan-out). A quiet one
 /// flushes at once: latency only grows under load, by at most this.
 const FLUSH_WINDOW: Duration = Duration::from_millis(2);
-/// Average time between a connection's frames under which it counts as busy.
-const BUSY_GAP: Duration = Duration::from_micros(1000);
 
 /// The byte stream a sync connection runs over: for the server, an upgraded HTTP
 /// connection. The sync layer knows nothing of HTTP; the server hands it the stream.
@@ -84,13 +82,14 @@ pub(crate) async fn run(
     id: String,
     access: Access,
     peer: Option<SocketAddr>,
+    wire: Option<Wire>,
 ) {
     let conn = hub.next_conn_id();
     let span = tracing::info_span!("sync", room = %id, conn);
     hub.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_open.fetch_add(1, Ordering::Relaxed);
     let peer = peer.map(|peer| peer.ip());
-    serve(socket, &hub, id, conn, access, peer)
+    serve(socket, &hub, id, conn, access, peer, wire)
         .instrument(span)
         .await;
     hub.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -103,6 +102,7 @@ async fn serve(
     conn: u64,
     access: Access,
     peer: Option<IpAddr>,
+    wire: Option<Wire>,
 ) {
     if access == Access::Denied {
         hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +132,7 @@ async fn serve(
         return;
     }
     let read_only = access == Access::ReadOnly;
-    let out = Outbox::new(hub.options.send_queue, hub.stats.clone());
+    let out = Outbox::new(hub.options.send_queue, hub.stats.clone(), wire);
     // Futures awaited once or rarely are boxed, so an idle connection's task does not
     // carry their state.
     let (entry, room) = match Box::pin(hub.join(&id, conn, out.clone(), peer)).await {
@@ -291,8 +291,9 @@ struct Io {
     taken: VecDeque<Out>,
     /// Frames to send, in order.
     frames: VecDeque<Bytes>,
-    /// The big message being written straight to the socket.
-    direct: Option<Direct>,
+    /// The big message (or the rest of one a push began) being written straight to the
+    /// socket.
+    direct: Option<RawFrame>,
     /// SYNC_STATUS echoes waiting for durability, in order.
     acks: FuturesOrdered<BoxFuture<Result<Bytes, StorageError>>>,
     /// SYNC_STATUS echoes ready to send.
@@ -303,13 +304,10 @@ struct Io {
     alive: bool,
     /// Whether frames were written since the last flush.
     unflushed: bool,
-    /// When the socket was last flushed; whether a flush is held back until
-    /// `FLUSH_WINDOW` after it, and the timer (made once, reused).
-    last_flush: Option<tokio::time::Instant>,
-    /// Messages written since the last flush, and the average time between messages
-    /// (microseconds, a moving average over flushes).
+    /// Messages written since the last flush.
     since_flush: u32,
-    gap_us: f32,
+    /// Whether a flush is held back until `FLUSH_WINDOW` after the last, and the timer
+    /// (made once, reused).
     holding: bool,
     hold: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -330,9 +328,7 @@ impl Io {
             ping_due: false,
             alive: true,
             unflushed: false,
-            last_flush: None,
             since_flush: 0,
-            gap_us: f32::MAX,
             holding: false,
             hold: None,
         }
@@ -360,6 +356,12 @@ impl Io {
                     Out::Ack(durable, frame) => self
                         .acks
                         .push_back(Box::pin(async move { durable.await.map(|()| frame) })),
+                    Out::Rest(rest) => {
+                        // Only ever the first item: the push found nothing in flight.
+                        debug_assert!(self.direct.is_none() && self.frames.is_empty());
+                        out.written();
+                        self.direct = Some(rest);
+                    }
                 }
             }
             shrink(&mut self.taken);
@@ -395,7 +397,12 @@ impl Io {
         }
         loop {
             let message = match self.socket.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let Err(e) = self.settle(cx, out) {
+                        return Poll::Ready(Event::Gone(format!("write failed: {e}")));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) => return Poll::Ready(Event::Gone("the peer left".into())),
                 Poll::Ready(Some(Err(tungstenite::Error::Capacity(e)))) => {
                     return Poll::Ready(Event::TooBig(e.to_string()))
@@ -409,11 +416,33 @@ impl Io {
             match message {
                 Message::Binary(frame) => return Poll::Ready(Event::Frame(frame)),
                 Message::Text(_) => return Poll::Ready(Event::Text),
-                // Pings are answered by the socket; a close is answered, then the
-                // stream ends.
-                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+                // Pings are answered by the socket (flushed in `settle`); a close is
+                // answered, then the stream ends.
+                Message::Ping(_) => self.unflushed = true,
+                Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
             }
         }
+    }
+
+    /// Before the task waits: flushes what the socket answered to pings, and when nothing
+    /// is in flight, lets pushes write to the socket themselves (see `outbox`).
+    fn settle(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Result<(), tungstenite::Error> {
+        if self.unflushed && !self.holding {
+            if let Poll::Ready(result) = self.socket.poll_flush_unpin(cx) {
+                result?;
+                self.unflushed = false;
+            }
+        }
+        let quiet = !self.unflushed
+            && !self.holding
+            && !self.ping_due
+            && self.direct.is_none()
+            && self.frames.is_empty()
+            && self.echoes.is_empty();
+        if quiet {
+            out.set_idle();
+        }
+        Ok(())
     }
 
     /// Sends what is waiting while the socket accepts it, then flushes.
@@ -454,37 +483,24 @@ impl Io {
                 Poll::Ready(result) => {
                     result?;
                     self.unflushed = false;
-                    self.flushed();
+                    if out.flushed(std::mem::take(&mut self.since_flush)) {
+                        self.hold();
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// After a flush: updates the average gap between messages and, when the
-    /// connection is busy, holds the next flush until `FLUSH_WINDOW` from now.
-    fn flushed(&mut self) {
-        let now = tokio::time::Instant::now();
-        if let Some(last) = self.last_flush {
-            let gap = (now - last).as_micros() as f32 / self.since_flush.max(1) as f32;
-            self.gap_us = if self.gap_us == f32::MAX {
-                gap
-            } else {
-                0.75 * self.gap_us + 0.25 * gap
-            };
-        }
-        self.since_flush = 0;
-        self.last_flush = Some(now);
-        if self.gap_us >= BUSY_GAP.as_micros() as f32 {
-            return;
-        }
-        let until = now + FLUSH_WINDOW;
+    /// After a flush on a busy connection: holds the next flush until `FLUSH_WINDOW`
+    /// from now. The timer is polled (and wakes the task) only once something is pushed
+    /// during the hold; a connection that gets nothing costs no wake-up.
+    fn hold(&mut self) {
+        let until = tokio::time::Instant::now() + FLUSH_WINDOW;
         match &mut self.hold {
             Some(hold) => hold.as_mut().reset(until),
             None => self.hold = Some(Box::pin(tokio::time::sleep_until(until))),
         }
-        // The timer is polled (and wakes the task) only once something is pushed during
-        // the hold; a connection that gets nothing costs no wake-up.
         self.holding = true;
     }
 
@@ -511,12 +527,7 @@ impl Io {
         };
         let stream = self.socket.get_mut();
         while !direct.is_done() {
-            let (header, payload) = direct.rest();
-            let slices = [
-                std::io::IoSlice::new(header),
-                std::io::IoSlice::new(payload),
-            ];
-            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &direct.rest()) {
                 Poll::Pending => return Ok(false),
                 Poll::Ready(Ok(0)) => {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
@@ -557,49 +568,8 @@ impl Io {
         if frame.len() <= DIRECT {
             return Some(Message::Binary(frame));
         }
-        self.direct = Some(Direct::binary(frame));
+        self.direct = Some(RawFrame::binary(frame));
         None
-    }
-}
-
-/// A binary frame written from its shared payload straight to the socket.
-struct Direct {
-    header: [u8; 10],
-    header_len: usize,
-    payload: Bytes,
-    /// Bytes written so far, the header's included.
-    written: usize,
-}
-
-impl Direct {
-    fn binary(payload: Bytes) -> Direct {
-        let mut header = [0u8; 10];
-        let mut cursor = std::io::Cursor::new(&mut header[..]);
-        let format = FrameHeader {
-            is_final: true,
-            opcode: OpCode::Data(Data::Binary),
-            ..FrameHeader::default()
-        }
-        .format(payload.len() as u64, &mut cursor);
-        debug_assert!(format.is_ok(), "a server frame header fits in 10 bytes");
-        let header_len = cursor.position() as usize;
-        Direct {
-            header,
-            header_len,
-            payload,
-            written: 0,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.written == self.header_len + self.payload.len()
-    }
-
-    /// The unwritten parts of the header and the payload.
-    fn rest(&self) -> (&[u8], &[u8]) {
-        let header = &self.header[self.written.min(self.header_len)..self.header_len];
-        let payload = &self.payload[self.written.saturating_sub(self.header_len)..];
-        (header, payload)
     }
 }
 

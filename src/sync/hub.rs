@@ -242,13 +242,16 @@ impl SyncHub {
     }
 
     /// Serves a sync connection of room `id` over `transport` (an upgrade the server has
-    /// answered with 101) once it resolves, as one of the hub's tracked tasks.
+    /// answered with 101) once it resolves, as one of the hub's tracked tasks. `wire` is
+    /// the TCP stream under `transport`, when it is a plain one (not HTTP/2): the
+    /// connection's queue writes to it directly while the connection is quiet.
     pub(crate) fn serve<T>(
         self: &Arc<Self>,
         transport: T,
         id: String,
         access: Access,
         peer: Option<std::net::SocketAddr>,
+        wire: Option<super::wire::Wire>,
     ) where
         T: std::future::Future<Output = Option<Box<dyn super::Transport>>> + Send + 'static,
     {
@@ -268,7 +271,7 @@ impl SyncHub {
                 )
                 .await,
             );
-            super::connection::run(socket, hub, id, access, peer).await;
+            super::connection::run(socket, hub, id, access, peer, wire).await;
         });
     }
 

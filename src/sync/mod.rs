@@ -33,6 +33,7 @@ mod outbox;
 pub(crate) mod protocol;
 pub(crate) mod read_only;
 mod room;
+pub(crate) mod wire;
 
 #[cfg(feature = "redis")]
 pub use bus::RedisBus;

@@ -7,19 +7,32 @@
 //! durability, echoes ready to go). A peer that stops reading therefore fills it whatever
 //! it makes the server send, SYNC_STATUS echoes included, and is closed with 1013 instead
 //! of growing the server's memory.
+//!
+//! A quiet connection's frames skip the queue: while its task has nothing in flight (it
+//! said so with [`Outbox::set_idle`]), a push writes the frame straight to the socket (see
+//! `wire`), so a delivery costs one `write()` and wakes no task. The task clears that state
+//! (under the same lock) before it touches the socket, so the two never write at once; a
+//! frame the socket took only part of goes to the task, ahead of anything else. A busy
+//! connection (frames less than `BUSY_GAP` apart on average) always goes through its
+//! task, which writes several frames at a time.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::hub::Stats;
 use super::protocol::close;
+use super::wire::{RawFrame, Wire};
 use crate::error::StorageError;
 use crate::lock::lock;
 use crate::storage::BoxFuture;
+
+/// Average time between a connection's frames under which it counts as busy.
+pub(crate) const BUSY_GAP: Duration = Duration::from_micros(1000);
 
 /// One item of a connection's send queue.
 pub(crate) enum Out {
@@ -27,6 +40,8 @@ pub(crate) enum Out {
     Frame(Bytes),
     /// A SYNC_STATUS echo, sent once the storage future resolves.
     Ack(BoxFuture<Result<(), StorageError>>, Bytes),
+    /// The rest of a frame a push began writing itself: written before anything else.
+    Rest(RawFrame),
 }
 
 /// A connection's send queue. Also how the server tells a connection to close, and why.
@@ -39,6 +54,8 @@ struct Queue {
     /// Items the connection's task took and has not written yet: they count against
     /// `limit` as much as the queued ones.
     taken: AtomicUsize,
+    /// The socket, when pushes may write to it themselves.
+    wire: Option<Wire>,
     state: Mutex<QueueState>,
 }
 
@@ -49,15 +66,45 @@ struct QueueState {
     waker: Option<Waker>,
     /// Set once the server decides to close the connection: the close frame to send.
     close: Option<(u16, String)>,
+    /// The task has nothing in flight and is not using the socket: a push may write.
+    idle: bool,
+    /// When frames were last written, and the average time between them (microseconds,
+    /// a moving average over writes), wherever they were written.
+    last_write: Option<Instant>,
+    gap_us: Option<f32>,
+}
+
+impl QueueState {
+    /// Notes `messages` frames written now; returns whether the connection is busy.
+    fn note_write(&mut self, messages: u32) -> bool {
+        let now = Instant::now();
+        if let Some(last) = self.last_write {
+            let gap =
+                (now - last).as_micros().min(u32::MAX as u128) as f32 / messages.max(1) as f32;
+            self.gap_us = Some(match self.gap_us {
+                None => gap,
+                Some(average) => 0.75 * average + 0.25 * gap,
+            });
+        }
+        self.last_write = Some(now);
+        self.busy()
+    }
+
+    fn busy(&self) -> bool {
+        self.gap_us
+            .is_some_and(|gap| gap < BUSY_GAP.as_micros() as f32)
+    }
 }
 
 impl Outbox {
     /// A queue that holds at most `limit` items, counting those taken and not yet written.
-    pub fn new(limit: usize, stats: Arc<Stats>) -> Outbox {
+    /// With `wire`, pushes write frames to it themselves while the connection is quiet.
+    pub fn new(limit: usize, stats: Arc<Stats>, wire: Option<Wire>) -> Outbox {
         Outbox(Arc::new(Queue {
             limit: limit.max(1),
             stats,
             taken: AtomicUsize::new(0),
+            wire,
             state: Mutex::default(),
         }))
     }
@@ -70,6 +117,16 @@ impl Outbox {
         if state.close.is_some() {
             return;
         }
+        let item = match item {
+            Out::Frame(frame) if state.idle => match self.write_now(&mut state, frame) {
+                None => return,
+                Some(rest) => {
+                    state.idle = false;
+                    rest
+                }
+            },
+            item => item,
+        };
         let pending = state.items.len() + self.0.taken.load(Ordering::Acquire);
         if pending >= self.0.limit {
             self.0
@@ -93,6 +150,52 @@ impl Outbox {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// Writes `frame` to the socket, for an idle connection that is not busy. Returns what
+    /// is left for the task: nothing, the rest of the frame, or the whole frame (the
+    /// connection is busy, or the socket took none of it).
+    fn write_now(&self, state: &mut QueueState, frame: Bytes) -> Option<Out> {
+        let Some(wire) = &self.0.wire else {
+            return Some(Out::Frame(frame));
+        };
+        if state.note_write(1) {
+            return Some(Out::Frame(frame));
+        }
+        let len = frame.len() as u64;
+        let mut raw = RawFrame::binary(frame);
+        let result = raw.try_write(wire);
+        if result.is_err() && raw.written == 0 {
+            // Would block, or failed: the task writes it (and meets the error itself).
+            return Some(Out::Frame(raw.into_payload()));
+        }
+        let stats = &self.0.stats;
+        stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+        match result {
+            Ok(()) => None,
+            Err(_) => Some(Out::Rest(raw)),
+        }
+    }
+
+    /// For the connection's task: it flushed `messages` frames. Returns whether the
+    /// connection is busy (see `BUSY_GAP`).
+    pub fn flushed(&self, messages: u32) -> bool {
+        lock(&self.0.state).note_write(messages)
+    }
+
+    /// For the connection's task, as it waits with nothing in flight and the socket
+    /// flushed: pushes may write to the socket themselves until its next
+    /// [`Outbox::poll_take`]. Not while items wait, the connection is closing or busy.
+    pub fn set_idle(&self) {
+        if self.0.wire.is_none() {
+            return;
+        }
+        let mut state = lock(&self.0.state);
+        state.idle = state.items.is_empty()
+            && state.close.is_none()
+            && self.0.taken.load(Ordering::Acquire) == 0
+            && !state.busy();
     }
 
     /// The server's sync counters.
@@ -125,6 +228,8 @@ impl Outbox {
         into: Option<&mut VecDeque<Out>>,
     ) -> Option<(u16, String)> {
         let mut state = lock(&self.0.state);
+        // From here until the task says otherwise, it may use the socket.
+        state.idle = false;
         if let Some(close) = &state.close {
             return Some(close.clone());
         }
@@ -168,7 +273,7 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let cx = Context::from_waker(&waker);
-        let out = Outbox::new(8, Arc::default());
+        let out = Outbox::new(8, Arc::default(), None);
         assert!(out.poll_take(Some(&cx), None).is_none());
         out.push(frame());
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
@@ -191,9 +296,84 @@ mod tests {
         );
     }
 
+    /// A loopback connection whose server side has small buffers; its other end.
+    async fn small_socket() -> (Wire, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        server.set_nodelay(true).unwrap();
+        client.set_nodelay(true).unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        (Arc::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connections_frames_are_written_by_the_push_and_a_split_one_goes_to_the_task_first(
+    ) {
+        use tokio::io::AsyncReadExt;
+        let (wire, mut client) = small_socket().await;
+        let out = Outbox::new(8, Arc::default(), Some(wire.clone()));
+        let cx = Context::from_waker(Waker::noop());
+        let mut taken = VecDeque::new();
+        // Not idle until the task says so: queued.
+        out.push(Out::Frame(Bytes::from_static(b"queued")));
+        assert!(out.poll_take(Some(&cx), Some(&mut taken)).is_none());
+        assert!(matches!(taken.pop_front(), Some(Out::Frame(f)) if f == "queued"));
+        out.written();
+        // Idle: a small frame goes straight to the socket.
+        out.set_idle();
+        out.push(Out::Frame(Bytes::from_static(b"direct")));
+        let mut got = [0u8; 8];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x82\x06direct");
+        assert_eq!(out.stats().messages_out.load(Ordering::Relaxed), 1);
+        // A frame bigger than the buffers, pushed after a quiet moment (frames less than
+        // `BUSY_GAP` apart go to the task): the socket takes part; the rest is the
+        // task's, ahead of what is pushed next.
+        tokio::time::sleep(BUSY_GAP * 2).await;
+        let big = Bytes::from(vec![9u8; 1 << 16]);
+        out.push(Out::Frame(big.clone()));
+        out.push(Out::Frame(Bytes::from_static(b"after")));
+        assert!(out.poll_take(Some(&cx), Some(&mut taken)).is_none());
+        let Some(Out::Rest(mut rest)) = taken.pop_front() else {
+            panic!("the rest of the big frame comes first");
+        };
+        assert!(rest.written > 0 && !rest.is_done());
+        assert!(matches!(taken.pop_front(), Some(Out::Frame(f)) if f == "after"));
+        // The task writes the rest while the peer reads: one whole frame.
+        let reading = tokio::spawn(async move {
+            let mut frame = vec![0u8; 10 + (1 << 16)];
+            client.read_exact(&mut frame).await.unwrap();
+            frame
+        });
+        while !rest.is_done() {
+            match rest.try_write(&wire) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wire.writable().await.unwrap()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let frame = reading.await.unwrap();
+        assert_eq!(&frame[..2], &[0x82, 127]);
+        assert_eq!(
+            u64::from_be_bytes(frame[2..10].try_into().unwrap()),
+            1 << 16
+        );
+        assert!(frame[10..] == big[..]);
+    }
+
     #[test]
     fn items_taken_and_not_written_count_against_the_limit() {
-        let out = Outbox::new(3, Arc::default());
+        let out = Outbox::new(3, Arc::default(), None);
         let cx = Context::from_waker(Waker::noop());
         let mut taken = VecDeque::new();
         out.push(frame());
@@ -210,7 +390,7 @@ mod tests {
         assert_eq!(out.stats().slow_consumer_closes.load(Ordering::Relaxed), 1);
 
         // Written items make room again.
-        let out = Outbox::new(2, Arc::default());
+        let out = Outbox::new(2, Arc::default(), None);
         let mut taken = VecDeque::new();
         out.push(frame());
         out.push(frame());
