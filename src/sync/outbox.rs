@@ -113,13 +113,20 @@ impl Outbox {
     /// or taken and not yet written), the connection is closed with 1013 instead (never a
     /// silent skip: the client resyncs when it reconnects).
     pub fn push(&self, item: Out) {
+        self.offer(item, true);
+    }
+
+    /// [`Outbox::push`]; a frame is written on the spot only if `may_write` (see the
+    /// module's docs). Returns whether it was.
+    pub fn offer(&self, item: Out, may_write: bool) -> bool {
         let mut state = lock(&self.0.state);
         if state.close.is_some() {
-            return;
+            return false;
         }
         let item = match item {
-            Out::Frame(frame) if state.idle => match self.write_now(&mut state, frame) {
-                None => return,
+            Out::Frame(frame) if state.idle && may_write => match self.write_now(&mut state, frame)
+            {
+                None => return true,
                 Some(rest) => {
                     state.idle = false;
                     rest
@@ -150,6 +157,7 @@ impl Outbox {
         if let Some(waker) = waker {
             waker.wake();
         }
+        false
     }
 
     /// Writes `frame` to the socket, for an idle connection that is not busy. Returns what

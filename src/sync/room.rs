@@ -107,6 +107,22 @@ impl RoomDoc {
     }
 }
 
+/// Most frames one broadcast writes to sockets itself (see `outbox`): a few hundred
+/// microseconds of writes; the rest of a big room's connections get the frame from their
+/// own tasks, so a fan-out (which runs inside the doc's commit) never holds the doc for
+/// thousands of writes.
+const DIRECT_WRITES: usize = 128;
+
+/// Sends `frame` to `members`.
+fn broadcast<'a>(members: impl Iterator<Item = &'a Member>, frame: &Bytes) {
+    let mut budget = DIRECT_WRITES;
+    for member in members {
+        if member.out.offer(Out::Frame(frame.clone()), budget > 0) {
+            budget -= 1;
+        }
+    }
+}
+
 struct Member {
     out: Outbox,
     /// Awareness client ids this connection has announced (removed when it leaves).
@@ -193,11 +209,13 @@ impl Room {
         }
         // Encoded once, shared by every connection.
         let frame = protocol::update(update);
-        for (id, member) in members.iter() {
-            if Some(*id) != except {
-                member.out.push(Out::Frame(frame.clone()));
-            }
-        }
+        broadcast(
+            members
+                .iter()
+                .filter(|(id, _)| Some(**id) != except)
+                .map(|(_, member)| member),
+            &frame,
+        );
     }
 
     /// Adds a connection: sends it step1 and the awareness states. Never waits for the doc
@@ -233,9 +251,7 @@ impl Room {
             let removal = lock(&self.awareness).remove(member.awareness);
             if let Some(update) = removal {
                 let frame = protocol::awareness(update);
-                for other in lock(&self.members).values() {
-                    other.out.push(Out::Frame(frame.clone()));
-                }
+                broadcast(lock(&self.members).values(), &frame);
                 self.relay(&frame);
             }
         }
@@ -305,9 +321,7 @@ impl Room {
         let changes = awareness.apply(update);
         drop(awareness);
         Change::track(changes, &mut member.awareness);
-        for member in members.values() {
-            member.out.push(Out::Frame(frame.clone()));
-        }
+        broadcast(members.values(), &frame);
         drop(members);
         self.relay(&frame);
         Ok(())

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
 
-use super::{Out, Room};
+use super::Room;
 use crate::lock::lock;
 use crate::sync::awareness::Change;
 use crate::sync::protocol;
@@ -35,9 +35,7 @@ impl Room {
                 .entry(node.to_string())
                 .or_default(),
         );
-        for member in lock(&self.members).values() {
-            member.out.push(Out::Frame(frame.clone()));
-        }
+        super::broadcast(lock(&self.members).values(), &frame);
     }
 
     /// Removes the awareness states node `node`'s connections had (the node is gone) and
@@ -52,9 +50,7 @@ impl Room {
         }
         if let Some(update) = lock(&self.awareness).remove(ids) {
             let frame = protocol::awareness(update);
-            for member in lock(&self.members).values() {
-                member.out.push(Out::Frame(frame.clone()));
-            }
+            super::broadcast(lock(&self.members).values(), &frame);
         }
     }
 
