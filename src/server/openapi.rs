@@ -668,8 +668,10 @@ fn issue_schema() -> ObjectBuilder {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .description(Some(
-                "The field, with an index (`tags[1]`) or JSON pointer (`meta/author`) below it.",
-            )),
+                    "The field, with an index (`tags[1]`) or JSON pointer (`meta/author`) below \
+                 it; for an action's input, a JSON pointer without its leading `/` \
+                 (`author/name`, `tags/1`; empty for the whole input).",
+                )),
         )
         .property("message", ObjectBuilder::new().schema_type(Type::String))
         .required("path")
