@@ -185,7 +185,8 @@ impl Actions {
     }
 
     /// Adds a mutation: served on `POST`, its input the JSON body, needing read-write
-    /// access; its answer waits until what it wrote is durable.
+    /// access; a success is answered once what it wrote is durable (past the server's
+    /// `write_durability_timeout`, 503 `"applied": true`), an error at once.
     pub fn mutation<I, O, F, Fut>(self, path: &str, description: &str, handler: F) -> Self
     where
         I: DeserializeOwned + ToSchema + Send + 'static,

@@ -5,7 +5,7 @@
 //! (every problem listed in a 422) and deserialized before the handler runs. The handler
 //! runs as a task of its own, so a client that hangs up does not cut a mutation off
 //! halfway, and a panic is a 500 that says nothing of it. A mutation is answered once what
-//! it wrote is durable, as REST writes are.
+//! it wrote is durable, as REST writes are (an error is answered at once).
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, Path, Request, State};
