@@ -17,6 +17,8 @@
 //! documents them.
 
 mod input;
+#[cfg(test)]
+mod input_tests;
 mod mount;
 mod openapi;
 mod route;
