@@ -296,3 +296,62 @@ async fn actions_work_nested_next_to_custom_routes_with_metrics() {
         .unwrap();
     server.destroy().await.unwrap();
 }
+
+/// Two workspaces with actions of the same path: each is served with its own client, and
+/// the document tells them apart; the types they share are one component.
+#[tokio::test]
+async fn each_workspace_serves_its_own_actions() {
+    let notes = WorkspaceDefinition::builder("notes")
+        .table(
+            "posts",
+            [
+                ("id", id()),
+                ("title", text()),
+                ("views", integer().default(0)),
+                ("status", select(["draft", "live"]).default("draft")),
+            ],
+        )
+        .build()
+        .unwrap();
+    let clients = [
+        blog().in_memory().create().await.unwrap(),
+        notes.in_memory().create().await.unwrap(),
+    ];
+    let mut server =
+        epicenter_server::server::create_server(clients, ServerOptions::default().port(0)).unwrap();
+    for ws in ["blog", "notes"] {
+        server.actions(ws, actions(Default::default())).unwrap();
+    }
+    let addr = server.start().await.unwrap();
+    let http = http_client();
+    let (status, body) = json_reply(
+        http.post(format!(
+            "http://{addr}/workspaces/notes/actions/posts/create"
+        ))
+        .json(&json!({"title": "A note", "status": "live"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let count = |ws: &str| server.client(ws).unwrap().table("posts").unwrap().count();
+    assert_eq!((count("blog"), count("notes")), (0, 1));
+
+    let (_, doc) = json_reply(http.get(format!("http://{addr}/openapi/json"))).await;
+    let id = |ws: &str| {
+        doc["paths"][format!("/workspaces/{ws}/actions/posts/create")]["post"]["operationId"]
+            .clone()
+    };
+    assert_eq!(
+        (id("blog"), id("notes")),
+        (json!("blog_posts_create"), json!("notes_posts_create"))
+    );
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.contains_key("Status"));
+    assert!(schemas.contains_key("notes.actions.posts.create.input"));
+    let (_, discovery) = json_reply(http.get(format!("http://{addr}/"))).await;
+    assert_eq!(discovery["actions"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        discovery["workspaces"][1]["actions"][3]["url"],
+        "/workspaces/notes/actions/posts/create"
+    );
+    server.destroy().await.unwrap();
+}
