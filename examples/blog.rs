@@ -6,7 +6,13 @@
 //! curl -X POST localhost:3913/workspaces/blog/tables/posts \
 //!      -H 'content-type: application/json' -d '{"id":"1","title":"Hello"}'
 //! curl localhost:3913/workspaces/blog/tables/posts
+//! curl -X POST localhost:3913/workspaces/blog/actions/posts/create \
+//!      -H 'content-type: application/json' -d '{"title":"Hello"}'
+//! curl 'localhost:3913/workspaces/blog/actions/posts/search?q=hello&limit=5'
 //! ```
+//!
+//! Besides the table routes it has two actions: `posts/create`, a mutation that picks the
+//! new post's id and returns the row, and `posts/search`, a query by title.
 //!
 //! With `EPICENTER_DATA_DIR=memory`, nothing is stored (the doc lives in memory only and is
 //! gone at exit): what the sync benchmarks use to measure fan-out without the disk.
@@ -25,9 +31,13 @@
 //! cargo run --features postgres,redis --example blog   # with the variables above, and PORT
 //! ```
 
-use epicenter_server::server::{create_server, Auth, ServerOptions};
+use epicenter_server::server::actions::{ActionContext, Actions};
+use epicenter_server::server::{create_server, ApiError, Auth, ServerOptions};
 use epicenter_server::storage::SqliteStorage;
 use epicenter_server::workspace::{id, text, WorkspaceDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
 
 // A server allocates many small, short-lived objects (rows, JSON, frames); mimalloc handles
 // that faster than the system allocator. Optional: remove these lines to use the default.
@@ -81,7 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = &token {
         options = options.auth(Auth::token(token)).public_docs(true);
     }
-    let server = create_server([client], options)?;
+    let mut server = create_server([client], options)?;
+    server.actions("blog", actions())?;
     let addr = server.start().await?;
     println!("Serving blog on http://{addr} (docs at http://{addr}/openapi)");
     if token.is_some() {
@@ -91,6 +102,93 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     server.run_until_shutdown().await?;
     Ok(())
+}
+
+/// The blog's actions: mounted at `/workspaces/blog/actions/...`, validated and documented
+/// from these types.
+fn actions() -> Actions {
+    Actions::new()
+        .mutation(
+            "posts/create",
+            "Creates a post with a new id and returns it.",
+            create_post,
+        )
+        .query(
+            "posts/search",
+            "The posts whose title contains `q` (ignoring case), by id.",
+            search_posts,
+        )
+}
+
+/// A new post; the server picks its id.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewPost {
+    /// The title.
+    #[schema(min_length = 1)]
+    title: String,
+}
+
+/// A post.
+#[derive(Serialize, ToSchema)]
+struct Post {
+    id: String,
+    title: String,
+}
+
+/// What to look for.
+#[derive(Deserialize, ToSchema)]
+struct Search {
+    /// Text the title contains.
+    q: String,
+    /// The most posts to return.
+    #[serde(default = "default_limit")]
+    #[schema(default = 20, minimum = 1, maximum = 100)]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    20
+}
+
+async fn create_post(cx: ActionContext, input: NewPost) -> Result<Post, ApiError> {
+    let post = Post {
+        id: new_id(),
+        title: input.title,
+    };
+    let posts = cx.client.table("posts")?;
+    let row = json!({ "id": post.id, "title": post.title });
+    // Writes wait for the doc, which a big sync update can hold: off the async workers.
+    cx.blocking(move |_| posts.upsert(row)).await??;
+    // Answered once durable: the server waits for the storage before sending this.
+    Ok(post)
+}
+
+async fn search_posts(cx: ActionContext, input: Search) -> Result<Vec<Post>, ApiError> {
+    let posts = cx.client.table("posts")?;
+    let rows = cx.blocking(move |_| posts.get_all_valid()).await?;
+    let q = input.q.to_lowercase();
+    let found = rows.into_iter().filter_map(|row| {
+        let title = row.get("title")?.as_str()?;
+        let id = row.get("id")?.as_str()?;
+        title.to_lowercase().contains(&q).then(|| Post {
+            id: id.to_string(),
+            title: title.to_string(),
+        })
+    });
+    Ok(found.take(input.limit as usize).collect())
+}
+
+/// A new id: the time in milliseconds and 32 random bits, in hex, so ids sort by creation.
+/// Any unique scheme works (a UUID crate, say); this one needs no dependency.
+fn new_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // Each `RandomState` has its own random keys.
+    let random = RandomState::new().hash_one(millis) as u32;
+    format!("{millis:011x}{random:08x}")
 }
 
 /// The client and options of a node of several (features `postgres` and `redis`).

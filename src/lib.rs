@@ -10,7 +10,7 @@
 //!
 //! | layer | what it owns |
 //! |---|---|
-//! | [`server`] | `create_server(clients, options)`: REST CRUD, discovery, OpenAPI + Scalar, custom routes, auth per matched route, metrics, the accept loop and lifecycle; hands upgraded WebSockets to `sync` |
+//! | [`server`] | `create_server(clients, options)`: REST CRUD, typed workspace actions, discovery, OpenAPI + Scalar, custom routes, auth per matched route, metrics, the accept loop and lifecycle; hands upgraded WebSockets to `sync` |
 //! | [`sync`] | y-websocket rooms: protocol, awareness, fan-out, the room registry (eviction, dynamic docs), one task per connection. Knows sockets, not HTTP |
 //! | [`workspace`] | [`workspace::WorkspaceClient`]: the Y.Doc data model (last-write-wins cells), table and KV handles, the single write path |
 //! | [`storage`] | where a doc lives between runs: [`storage::MemoryStorage`], [`storage::SqliteStorage`] (log, snapshot, compaction, SQL mirror) |

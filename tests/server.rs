@@ -217,7 +217,9 @@ async fn discovery_lists_workspaces_tables_and_urls() {
                         "fields": [field("id", "id"), field("name", "text")],
                     },
                 ],
+                "actions": [],
             }],
+            "actions": [],
         })
     );
     // Every advertised URL answers.

@@ -11,7 +11,9 @@ use super::definition::{FieldSpec, FieldType, TableDefinition};
 /// One validation problem: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Issue {
-    /// The field name, with an index (`tags[1]`) or JSON pointer (`meta/author`) below it.
+    /// The field name, with an index (`tags[1]`) or JSON pointer (`meta/author`) below it;
+    /// for a server action's input, a JSON pointer without its leading `/` (`author/name`,
+    /// `tags/1`; empty for the whole input).
     pub path: String,
     /// What is wrong, in words.
     pub message: String,

@@ -1,4 +1,5 @@
-//! `GET /`: what this server serves, with links.
+//! `GET /`: what this server serves, with links: each workspace with its tables and
+//! actions, and every action by `<ws>/<path>`.
 
 use axum::extract::{OriginalUri, State};
 use axum::http::Uri;
@@ -41,12 +42,35 @@ pub(crate) async fn discovery(
                     })
                 })
                 .collect();
+            let actions: Vec<Value> = state
+                .inner
+                .actions
+                .get(ws)
+                .into_iter()
+                .flat_map(|actions| actions.values())
+                .map(|m| {
+                    json!({
+                        "path": m.path,
+                        "kind": m.action.kind.name(),
+                        "method": m.action.kind.method().as_str(),
+                        "url": format!("{base}/workspaces/{ws}/actions/{}", m.path),
+                        "description": m.action.description,
+                    })
+                })
+                .collect();
             json!({
                 "id": ws,
                 "sync": format!("{base}/workspaces/{ws}/sync"),
                 "tables": tables,
+                "actions": actions,
             })
         })
+        .collect();
+    let actions: Vec<String> = state
+        .inner
+        .actions
+        .iter()
+        .flat_map(|(ws, actions)| actions.keys().map(move |path| format!("{ws}/{path}")))
         .collect();
     Json(json!({
         "name": env!("CARGO_PKG_NAME"),
@@ -54,5 +78,6 @@ pub(crate) async fn discovery(
         "docs": format!("{base}/openapi"),
         "openapi": format!("{base}/openapi/json"),
         "workspaces": workspaces,
+        "actions": actions,
     }))
 }

@@ -71,6 +71,14 @@ impl ApiError {
         .retry_after(STORAGE_RETRY_AFTER)
     }
 
+    /// 500 for a failure whose details are not for the client (they may name files,
+    /// queries or other internals): `error` is logged, and the answer only says that the
+    /// request failed.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "a request failed on the server side");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+
     /// 404 with a message.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)

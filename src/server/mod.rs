@@ -6,6 +6,7 @@
 //! and destroys every client. Custom routes and nesting into an existing axum app go through
 //! plain axum `Router`s with [`ServerState`] as their state.
 
+pub mod actions;
 mod auth;
 mod discovery;
 mod doc_sizes;
@@ -63,6 +64,20 @@ pub enum ServerError {
     /// The server was destroyed.
     #[error("the server was destroyed")]
     Destroyed,
+    /// Actions were given for a workspace the server does not serve.
+    #[error("no workspace `{0}` to mount actions on")]
+    UnknownWorkspace(String),
+    /// An action cannot be mounted (a bad path, a path taken, an input a query string
+    /// cannot carry, a schema that clashes with another of its name).
+    #[error("action `{path}` of workspace `{workspace}`: {reason}")]
+    Action {
+        /// The workspace.
+        workspace: String,
+        /// The action's path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// Destroying a client failed (its storage could not flush).
     #[error("destroying workspace `{id}` failed: {source}")]
     Client {
@@ -150,7 +165,14 @@ pub fn create_server(
         );
     }
     Ok(Server {
-        state: ServerState::new(map, document, scalar_html.into(), sync, options.clone()),
+        state: ServerState::new(
+            map,
+            document,
+            scalar_html.into(),
+            sync,
+            options.clone(),
+            BTreeMap::new(),
+        ),
         options,
         custom: Router::new(),
         lifecycle: Arc::default(),
@@ -191,14 +213,82 @@ impl Server {
     pub fn describe(&mut self, doc: utoipa::openapi::OpenApi) -> &mut Self {
         let mut document = self.state.inner.openapi.clone();
         document.merge(doc);
-        self.state = ServerState::new(
-            self.state.inner.clients.clone(),
-            document,
-            self.state.inner.scalar_html.clone(),
-            self.state.inner.sync.clone(),
-            self.options.clone(),
-        );
+        self.state = self
+            .state
+            .rebuilt(document, self.state.inner.actions.clone());
         self
+    }
+
+    /// Mounts the [`actions`](actions::Actions) of workspace `workspace`: each query at
+    /// `GET /workspaces/{ws}/actions/{path}` and each mutation at `POST`, validated,
+    /// documented in the OpenAPI document and listed by discovery, behind auth like every
+    /// route (read access for a query, read-write for a mutation). Call it again to add
+    /// more; mount before [`Server::start`] or [`Server::router`].
+    ///
+    /// Fails, changing nothing, when the server has no such workspace or an action cannot
+    /// be mounted ([`ServerError::Action`] says which and why).
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use epicenter_server::server::actions::{ActionContext, Actions};
+    /// use epicenter_server::server::{create_server, ApiError, ServerOptions};
+    /// use epicenter_server::workspace::{id, text, WorkspaceDefinition};
+    /// use serde::{Deserialize, Serialize};
+    /// use serde_json::json;
+    /// use utoipa::ToSchema;
+    ///
+    /// #[derive(Deserialize, ToSchema)]
+    /// struct Rename {
+    ///     id: String,
+    ///     title: String,
+    /// }
+    ///
+    /// #[derive(Serialize, ToSchema)]
+    /// struct Renamed {
+    ///     id: String,
+    /// }
+    ///
+    /// async fn rename(cx: ActionContext, input: Rename) -> Result<Renamed, ApiError> {
+    ///     let posts = cx.client.table("posts")?;
+    ///     let Rename { id, title } = input;
+    ///     // A missing row is a 404 (`WorkspaceError` converts to the error envelope).
+    ///     cx.blocking(move |_| posts.update(&id, json!({ "title": title })).map(|_| id))
+    ///         .await?
+    ///         .map(|id| Renamed { id })
+    ///         .map_err(ApiError::from)
+    /// }
+    ///
+    /// let blog = WorkspaceDefinition::builder("blog")
+    ///     .table("posts", [("id", id()), ("title", text())])
+    ///     .build()?;
+    /// let client = blog.in_memory().create().await?;
+    /// let mut server = create_server([client], ServerOptions::default())?;
+    /// server.actions("blog", Actions::new().mutation("posts/rename", "Renames a post.", rename))?;
+    /// // POST /workspaces/blog/actions/posts/rename {"id": "p1", "title": "New"}
+    /// # Ok(()) }
+    /// ```
+    pub fn actions(
+        &mut self,
+        workspace: &str,
+        actions: actions::Actions,
+    ) -> Result<&mut Self, ServerError> {
+        if self.state.client(workspace).is_none() {
+            return Err(ServerError::UnknownWorkspace(workspace.to_string()));
+        }
+        let mut all = self.state.inner.actions.clone();
+        let mounted = actions::mount(workspace, all.get(workspace), &actions)?;
+        let mut document = self.state.inner.openapi.clone();
+        actions::document(&mut document, workspace, &mounted)?;
+        if self.options.auth.is_on() {
+            // The new operations get their 401 and 403 answers and the security schemes.
+            openapi::document_auth(&mut document, self.options.public_docs);
+        }
+        let entry = all.entry(workspace.to_string()).or_default();
+        for m in mounted {
+            entry.insert(m.path.clone(), m);
+        }
+        self.state = self.state.rebuilt(document, all);
+        Ok(self)
     }
 
     /// Merges a router of custom routes.
@@ -217,6 +307,7 @@ impl Server {
         // methods read-write); the routes below with another policy are added after it.
         let mut guarded = Router::new()
             .merge(rest::routes())
+            .merge(actions::routes())
             .merge(self.custom.clone());
         if self.options.metrics {
             guarded = guarded.route("/metrics", get(metrics::scrape));

@@ -449,9 +449,9 @@ impl Parts {
 }
 
 const BAD_PATH: &str = "The path is malformed (e.g. the id is not valid UTF-8).";
-const BAD_JSON: &str = "The body is not valid JSON.";
-const TOO_LARGE: &str = "The body is larger than the server accepts.";
-const NOT_JSON: &str = "The body is not sent as `application/json`.";
+pub(crate) const BAD_JSON: &str = "The body is not valid JSON.";
+pub(crate) const TOO_LARGE: &str = "The body is larger than the server accepts.";
+pub(crate) const NOT_JSON: &str = "The body is not sent as `application/json`.";
 const NO_ROW: &str = "No such row (or no such workspace or table).";
 const INVALID: &str = "The body is not a JSON object, or the row does not match the table's \
     schema; `issues` lists every problem.";
@@ -668,8 +668,10 @@ fn issue_schema() -> ObjectBuilder {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .description(Some(
-                "The field, with an index (`tags[1]`) or JSON pointer (`meta/author`) below it.",
-            )),
+                    "The field, with an index (`tags[1]`) or JSON pointer (`meta/author`) below \
+                 it; for an action's input, a JSON pointer without its leading `/` \
+                 (`author/name`, `tags/1`; empty for the whole input).",
+                )),
         )
         .property("message", ObjectBuilder::new().schema_type(Type::String))
         .required("path")
@@ -677,7 +679,7 @@ fn issue_schema() -> ObjectBuilder {
 }
 
 /// `{"data": ...}`, the success envelope.
-fn envelope(data: impl Into<RefOr<Schema>>) -> ObjectBuilder {
+pub(crate) fn envelope(data: impl Into<RefOr<Schema>>) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .property("data", data)
@@ -751,18 +753,21 @@ pub(crate) fn document_auth(doc: &mut OpenApi, public_docs: bool) {
     }
 }
 
-fn json_response(description: &str, schema: impl Into<RefOr<Schema>>) -> Response {
+pub(crate) fn json_response(description: &str, schema: impl Into<RefOr<Schema>>) -> Response {
     ResponseBuilder::new()
         .description(description)
         .content(JSON, ContentBuilder::new().schema(Some(schema)).build())
         .build()
 }
 
-fn error(description: &str) -> Response {
+pub(crate) fn error(description: &str) -> Response {
     json_response(description, Ref::from_schema_name(ERROR))
 }
 
-fn json_body(schema: &str, description: &str) -> utoipa::openapi::request_body::RequestBody {
+pub(crate) fn json_body(
+    schema: &str,
+    description: &str,
+) -> utoipa::openapi::request_body::RequestBody {
     RequestBodyBuilder::new()
         .description(Some(description))
         .required(Some(Required::True))
@@ -800,7 +805,7 @@ fn id_parameter(table: &TableDefinition) -> utoipa::openapi::path::Parameter {
 }
 
 /// Component names may only use `[A-Za-z0-9._-]`.
-fn component_part(name: &str) -> String {
+pub(crate) fn component_part(name: &str) -> String {
     name.chars()
         .map(|c| match c {
             'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
@@ -810,7 +815,7 @@ fn component_part(name: &str) -> String {
 }
 
 /// Operation ids become function names in generated clients: `[A-Za-z0-9_]` only.
-fn operation_part(name: &str) -> String {
+pub(crate) fn operation_part(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
@@ -818,7 +823,7 @@ fn operation_part(name: &str) -> String {
 
 /// A workspace or table name as it appears in a URL path: percent-encoded, so a name with
 /// `/`, `{` or a space still gives one literal segment.
-fn path_segment(name: &str) -> String {
+pub(crate) fn path_segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -72,7 +72,7 @@ async fn get_row(table: &TableHandle, id: &str) -> Result<RowResult, ApiError> {
 }
 
 /// The success envelope `{"data": ...}`, written straight into the body.
-fn data(status: StatusCode, value: Value) -> Response {
+pub(crate) fn data(status: StatusCode, value: Value) -> Response {
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"data\":");
     if serde_json::to_writer(&mut body, &value).is_err() {
@@ -89,7 +89,7 @@ fn data(status: StatusCode, value: Value) -> Response {
 /// Waits until the client's changes so far are durable, for at most the server's
 /// `write_durability_timeout`; past it, 503 with `Retry-After` (the change stays applied
 /// and is stored once storage recovers).
-async fn durable(state: &ServerState, client: &WorkspaceClient) -> Result<(), ApiError> {
+pub(crate) async fn durable(state: &ServerState, client: &WorkspaceClient) -> Result<(), ApiError> {
     let timeout = state.inner.options.write_durability_timeout;
     match tokio::time::timeout(timeout, client.flushed()).await {
         Ok(flushed) => flushed.map_err(|e| crate::WorkspaceError::from(e).into()),

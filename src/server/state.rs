@@ -26,6 +26,8 @@ pub(crate) struct StateInner {
     pub options: super::ServerOptions,
     /// The `/metrics` registry.
     pub metrics: super::metrics::Metrics,
+    /// The mounted actions, by workspace.
+    pub actions: BTreeMap<String, super::actions::WorkspaceActions>,
 }
 
 impl ServerState {
@@ -37,6 +39,7 @@ impl ServerState {
         scalar_html: axum::body::Bytes,
         sync: Arc<SyncHub>,
         options: super::ServerOptions,
+        actions: BTreeMap<String, super::actions::WorkspaceActions>,
     ) -> Self {
         let openapi_json = serde_json::to_vec(&openapi).unwrap_or_default().into();
         ServerState {
@@ -48,6 +51,7 @@ impl ServerState {
                 metrics: super::metrics::Metrics::new(sync.clone()),
                 sync,
                 options,
+                actions,
             }),
         }
     }
@@ -60,6 +64,29 @@ impl ServerState {
     /// The sync side: rooms, events, counters.
     pub fn sync(&self) -> &SyncHub {
         &self.inner.sync
+    }
+
+    /// The mounted action `path` of workspace `ws`.
+    pub(crate) fn action(&self, ws: &str, path: &str) -> Option<&Arc<super::actions::Mounted>> {
+        self.inner.actions.get(ws)?.get(path)
+    }
+
+    /// A copy of this state with another OpenAPI document and other actions (the metrics
+    /// registry starts anew: call before serving).
+    pub(crate) fn rebuilt(
+        &self,
+        openapi: utoipa::openapi::OpenApi,
+        actions: BTreeMap<String, super::actions::WorkspaceActions>,
+    ) -> Self {
+        let inner = &self.inner;
+        ServerState::new(
+            inner.clients.clone(),
+            openapi,
+            inner.scalar_html.clone(),
+            inner.sync.clone(),
+            inner.options.clone(),
+            actions,
+        )
     }
 
     /// Every client, ordered by workspace id.

@@ -1,0 +1,97 @@
+//! Serving actions: `GET` and `POST /workspaces/{ws}/actions/{path}`.
+//!
+//! One route serves every action; the auth guard has already decided by method (a query's
+//! `GET` needs read access, a mutation's `POST` read-write). The input is read, checked
+//! (every problem listed in a 422) and deserialized before the handler runs. The handler
+//! runs as a task of its own, so a client that hangs up does not cut a mutation off
+//! halfway, and a panic is a 500 that says nothing of it. A mutation is answered once what
+//! it wrote is durable, as REST writes are (an error is answered at once).
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::{ActionContext, ActionKind};
+use crate::access::Access;
+use crate::server::rest::{data, durable};
+use crate::server::{ApiError, ServerState};
+
+/// The action route.
+pub(crate) fn routes() -> Router<ServerState> {
+    Router::new().route("/workspaces/{ws}/actions/{*path}", get(call).post(call))
+}
+
+async fn call(
+    State(state): State<ServerState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Path((ws, path)) = params.map_err(ApiError::from_rejection)?;
+    let client = state
+        .client(&ws)
+        .ok_or_else(|| ApiError::not_found(format!("unknown workspace `{ws}`")))?
+        .clone();
+    let mounted = state
+        .action(&ws, &path)
+        .ok_or_else(|| ApiError::not_found(format!("no action `{path}` in workspace `{ws}`")))?
+        .clone();
+    let kind = mounted.action.kind;
+    let method = request.method();
+    let served = match kind {
+        ActionKind::Query => method == Method::GET || method == Method::HEAD,
+        ActionKind::Mutation => method == Method::POST,
+    };
+    if !served {
+        return Ok(wrong_method(method, &path, kind));
+    }
+    // The guard hands every request its verdict; without one, assume the least.
+    let access = request
+        .extensions()
+        .get::<Access>()
+        .copied()
+        .unwrap_or(Access::ReadOnly);
+    let input = match kind {
+        ActionKind::Query => mounted.input.read_query(request.uri().query())?,
+        ActionKind::Mutation => {
+            let body: Result<Json<Value>, JsonRejection> =
+                Json::from_request(request, &state).await;
+            body.map_err(ApiError::from_rejection)?.0
+        }
+    };
+    mounted.input.check(&input)?;
+    let cx = ActionContext {
+        client: client.clone(),
+        access,
+    };
+    let output = tokio::spawn((mounted.action.handler)(cx, input))
+        .await
+        .map_err(ApiError::internal)??;
+    if kind == ActionKind::Mutation {
+        durable(&state, &client).await?;
+    }
+    Ok(data(StatusCode::OK, output))
+}
+
+/// 405 with `Allow`: a query is only served on `GET`, a mutation on `POST`.
+fn wrong_method(method: &Method, path: &str, kind: ActionKind) -> Response {
+    let (allowed, allow) = match kind {
+        ActionKind::Query => (Method::GET, "GET, HEAD"),
+        ActionKind::Mutation => (Method::POST, "POST"),
+    };
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on action `{path}`: it is a {}, served on {allowed}",
+            kind.name()
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
