@@ -314,3 +314,59 @@ async fn frames_written_by_pushes_and_pongs_from_the_task_interleave_whole_and_i
     }
     server.destroy().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_in_a_busy_room_is_merged_and_everyone_ends_with_everyones_latest_state() {
+    const CLIENTS: u64 = 40;
+    const CLOCKS: u32 = 10;
+    let (server, addr) = server().await;
+    let mut sockets = Vec::new();
+    for _ in 0..CLIENTS {
+        sockets.push(join(addr, "blog").await);
+    }
+    // Everyone announces CLOCKS states back to back: hundreds of messages, each for all
+    // 40 connections, in a moment.
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                let me = 1000 + i as u64;
+                let frames: Vec<Result<Ws, _>> = (1..=CLOCKS)
+                    .map(|clock| {
+                        let state = format!("{{\"user\":{me},\"clock\":{clock}}}");
+                        Ok(Ws::Binary(support::ws::awareness(me, clock, &state).into()))
+                    })
+                    .collect();
+                ws.send_all(&mut futures_util::stream::iter(frames))
+                    .await
+                    .unwrap();
+                // Read until every client's last state is here.
+                let mut latest = std::collections::HashMap::new();
+                let mut messages = 0;
+                while latest.len() < CLIENTS as usize
+                    || latest.values().any(|clock| *clock < CLOCKS)
+                {
+                    let frame = next_frame(&mut ws).await;
+                    let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) else {
+                        continue;
+                    };
+                    messages += 1;
+                    for (id, entry) in update.clients {
+                        let clock = latest.entry(id).or_insert(0);
+                        *clock = (*clock).max(entry.clock);
+                    }
+                }
+                messages
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
+    }
+    // Without merging, each connection would get all 400 messages.
+    let unmerged = CLIENTS * CLIENTS * CLOCKS as u64;
+    assert!(total < unmerged, "{total} messages: nothing was merged");
+    server.destroy().await.unwrap();
+}

@@ -19,6 +19,7 @@ use crate::storage::BoxFuture;
 use crate::workspace::WorkspaceClient;
 
 mod doc_work;
+mod presence;
 mod remote;
 
 pub(crate) use remote::Relay;
@@ -151,6 +152,8 @@ pub(crate) struct Room {
     relay: Option<Relay>,
     /// Awareness client ids present here for other nodes' connections, by node.
     remote_awareness: Mutex<HashMap<String, HashSet<ClientID>>>,
+    /// Batches presence when the room is busy.
+    presence: presence::Presence,
 }
 
 impl Room {
@@ -176,6 +179,7 @@ impl Room {
             max_awareness,
             relay,
             remote_awareness: Mutex::default(),
+            presence: presence::Presence::default(),
         });
         let weak = Arc::downgrade(&room);
         in_write_txn(room.doc.doc(), move |txn| {
@@ -295,10 +299,11 @@ impl Room {
 
     /// Applies an awareness update from `conn` and sends it to every connection, the
     /// sender included (its own renewals coming back keep an idle y-websocket client
-    /// from timing out). An update that would give the connection more than
-    /// `max_awareness` present states is refused whole, with the close frame to send.
+    /// from timing out); in a busy room, merged with others for a moment (see
+    /// `presence`). An update that would give the connection more than `max_awareness`
+    /// present states is refused whole, with the close frame to send.
     pub fn apply_awareness(
-        &self,
+        self: &Arc<Self>,
         conn: u64,
         update: AwarenessUpdate,
         frame: Bytes,
@@ -318,10 +323,10 @@ impl Room {
                 ),
             ));
         }
-        let changes = awareness.apply(update);
+        let changes = awareness.apply(update.clone());
         drop(awareness);
         Change::track(changes, &mut member.awareness);
-        broadcast(members.values(), &frame);
+        self.send_presence(&update, &frame, &members);
         drop(members);
         self.relay(&frame);
         Ok(())
