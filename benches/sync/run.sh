@@ -5,6 +5,8 @@
 #
 #   bash benches/sync/run.sh ours                  # every scenario against our server
 #   bash benches/sync/run.sh reference             # the same against the reference server
+#   bash benches/sync/run.sh compare fanout        # ours, then the reference, then the
+#                                                  # floor: one table from one run
 #   bash benches/sync/run.sh ours fanout join      # only some scenarios
 #   FANOUT_RATE=300 JOIN_MB=5 bash benches/sync/run.sh reference fanout join
 #
@@ -28,10 +30,12 @@
 #              time until all have it, server peak RSS (targets: < 3 s, < 500 MB); the
 #              joiners stream the step 2 (length + CRC-32, checked against one full fetch)
 #              so the generator's own memory and CPU stay small
-#   awareness  AWARENESS_CLIENTS=200 clients set awareness every second for
-#              AWARENESS_DURATION=10 s; messages/s, latency
+#   awareness  AWARENESS_CLIENTS=200 clients set awareness every AWARENESS_INTERVAL_MS=1000 ms
+#              for AWARENESS_DURATION=10 s; messages/s, latency, server CPU
 # Other settings: PORT=39140, THREADS=1 (generator worker threads; the other core is the
-# server's), EXTRA_ARGS (passed to every scenario).
+# server's), EXTRA_ARGS (passed to every scenario), STORAGE=sqlite (ours stores every
+# update durably in SQLite; STORAGE=memory stores nothing, to measure the sync path alone:
+# the reference server stores nothing either).
 #
 # Each scenario gets a freshly started server (so its memory figures are its own) and prints
 # a one-line JSON summary and a human line; all JSON lines are also collected in
@@ -43,7 +47,7 @@ cd "$(dirname "$0")/../.."
 
 target=${1:-}
 case "$target" in
-ours | reference) shift ;;
+ours | reference | compare) shift ;;
 *)
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
   exit 2
@@ -66,7 +70,9 @@ JOIN_CLIENTS=${JOIN_CLIENTS:-150}
 JOIN_MB=${JOIN_MB:-20}
 AWARENESS_CLIENTS=${AWARENESS_CLIENTS:-200}
 AWARENESS_DURATION=${AWARENESS_DURATION:-10}
+AWARENESS_INTERVAL_MS=${AWARENESS_INTERVAL_MS:-1000}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+STORAGE=${STORAGE:-sqlite}
 OUT=${OUT:-$(mktemp -t sync-load.XXXXXX.jsonl)}
 
 ulimit -n "$(ulimit -Hn)"
@@ -75,7 +81,7 @@ if [ "$(ulimit -n)" -lt $((CONNECT_CLIENTS + 100)) ]; then
 fi
 
 reference_server=tests/js/node_modules/@y/websocket-server/src/server.js
-if [ "$target" = reference ] && [ ! -f "$reference_server" ]; then
+if [ "$target" != ours ] && [ ! -f "$reference_server" ]; then
   echo "the reference server is missing: run 'npm ci --prefix tests/js'" >&2
   exit 1
 fi
@@ -107,7 +113,9 @@ start_server() {
   if [ "$target" = ours ]; then
     data=$(mktemp -d)
     log="$data/server.log"
-    EPICENTER_DATA_DIR="$data" PORT="$PORT" RUST_LOG=warn NO_COLOR=1 "$bin/blog" >"$log" &
+    store=$data
+    [ "$STORAGE" = memory ] && store=memory
+    EPICENTER_DATA_DIR="$store" PORT="$PORT" RUST_LOG=warn NO_COLOR=1 "$bin/blog" >"$log" &
     server=$!
     url="ws://127.0.0.1:$PORT/workspaces/blog/sync"
   else
@@ -128,6 +136,8 @@ start_server() {
   exit 1
 }
 
+kinds=("$target")
+[ "$target" = compare ] && kinds=(ours reference)
 status=0
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
@@ -137,24 +147,27 @@ for scenario in "${scenarios[@]}"; do
     --value-bytes "$FANOUT_VALUE_BYTES") ;;
   join) flags=(--clients "$JOIN_CLIENTS" --doc-mb "$JOIN_MB") ;;
   awareness) flags=(--clients "$AWARENESS_CLIENTS" --duration "$AWARENESS_DURATION"
-    --concurrency "$CONCURRENCY") ;;
+    --interval-ms "$AWARENESS_INTERVAL_MS" --concurrency "$CONCURRENCY") ;;
   *)
     echo "unknown scenario: $scenario (connect, fanout, join, awareness)" >&2
     exit 2
     ;;
   esac
-  start_server "$scenario"
-  # Our server logs (warn) each slow-consumer close: the generator counts them.
-  if [ "$scenario" = fanout ] && [ -n "$log" ]; then
-    flags+=(--server-log "$log")
-  fi
-  echo "== $scenario against $target ($url)" >&2
-  # shellcheck disable=SC2086 # EXTRA_ARGS is split into flags on purpose
-  if ! "$loadgen" "$scenario" --url "$url" --server-pid "$server" --threads "$THREADS" \
-    "${flags[@]}" $EXTRA_ARGS | tee -a "$OUT"; then
-    status=1
-  fi
-  stop_server
+  for target in "${kinds[@]}"; do
+    start_server "$scenario"
+    run_flags=("${flags[@]}")
+    # Our server logs (warn) each slow-consumer close: the generator counts them.
+    if [ "$scenario" = fanout ] && [ -n "$log" ]; then
+      run_flags+=(--server-log "$log")
+    fi
+    echo "== $scenario against $target ($url)" >&2
+    # shellcheck disable=SC2086 # EXTRA_ARGS is split into flags on purpose
+    if ! "$loadgen" "$scenario" --url "$url" --server-pid "$server" --threads "$THREADS" \
+      "${run_flags[@]}" $EXTRA_ARGS | tee -a "$OUT"; then
+      status=1
+    fi
+    stop_server
+  done
   # The floor at the same size and rate, in the same run: raw loopback writes, one update
   # per write and FLOOR_PER_WRITE (default 4) per write (see loadgen/src/floor.rs).
   if [ "$scenario" = fanout ]; then

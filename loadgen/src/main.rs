@@ -1243,8 +1243,19 @@ async fn fanout(args: &Args) -> Res<bool> {
     } else {
         String::new()
     };
+    // Server CPU per delivery: the figure the floor (`floor`) compares with.
+    let per_delivery = before
+        .server_cpu
+        .zip(after.server_cpu)
+        .filter(|_| unique > 0)
+        .map_or(String::new(), |(a, b)| {
+            format!(
+                ", {:.2} µs of server CPU per delivery",
+                (b - a) * 1e6 / unique as f64
+            )
+        });
     let human = format!(
-        "fanout: {n} clients, {writers} writers, {sent}/{total} updates at {:.0}/s -> {unique}/{expected} deliveries ({:.0}/s), latency p50 {} p99 {} max {}; lost {lost}, duplicates {duplicates}, converged {converged}; server RSS {} (peak {}){slow_note}",
+        "fanout: {n} clients, {writers} writers, {sent}/{total} updates at {:.0}/s -> {unique}/{expected} deliveries ({:.0}/s{per_delivery}), latency p50 {} p99 {} max {}; lost {lost}, duplicates {duplicates}, converged {converged}; server RSS {} (peak {}){slow_note}",
         sent as f64 / send_time.as_secs_f64().max(1e-9),
         unique as f64 / window,
         fmt_ms(&lat["p50"]),
@@ -2072,8 +2083,14 @@ async fn awareness(args: &Args) -> Res<bool> {
         "cpu": cpu_used(&before, &after),
         "ok": ok,
     });
+    let server_cpu = before
+        .server_cpu
+        .zip(after.server_cpu)
+        .map_or(String::new(), |(a, b)| {
+            format!(", server CPU {:.0} % of a core", (b - a) * 100.0 / window)
+        });
     let human = format!(
-        "awareness: {n} clients, {sent} states sent -> {frames} messages received ({:.0}/s), {entries}/{expected} states (missing {missing}), latency p50 {} p99 {} max {}; server RSS {}",
+        "awareness: {n} clients, {sent} states sent -> {frames} messages received ({:.0}/s), {entries}/{expected} states (missing {missing}), latency p50 {} p99 {} max {}; server RSS {}{server_cpu}",
         frames as f64 / window,
         fmt_ms(&lat["p50"]),
         fmt_ms(&lat["p99"]),
