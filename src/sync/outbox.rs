@@ -66,7 +66,8 @@ struct QueueState {
     waker: Option<Waker>,
     /// Set once the server decides to close the connection: the close frame to send.
     close: Option<(u16, String)>,
-    /// The task has nothing in flight and is not using the socket: a push may write.
+    /// The task has nothing in flight and is not using the socket, and nothing is queued:
+    /// a push may write.
     idle: bool,
     /// When frames were last written, and the average time between them (microseconds,
     /// a moving average over writes), wherever they were written.
@@ -127,13 +128,13 @@ impl Outbox {
             Out::Frame(frame) if state.idle && may_write => match self.write_now(&mut state, frame)
             {
                 None => return true,
-                Some(rest) => {
-                    state.idle = false;
-                    rest
-                }
+                Some(rest) => rest,
             },
             item => item,
         };
+        // Queued: it goes out before anything pushed after it, so from now on only the
+        // task writes (a later push writing itself would overtake it).
+        state.idle = false;
         let pending = state.items.len() + self.0.taken.load(Ordering::Acquire);
         if pending >= self.0.limit {
             self.0
