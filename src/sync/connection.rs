@@ -203,6 +203,12 @@ async fn serve(
             }
             Event::Close(code, reason) => {
                 tracing::info!(code, %reason, "closed by the server");
+                // A frame a push began writing (the task had nothing in flight then) is
+                // finished before the close frame, which would otherwise land inside it.
+                if let Some(rest) = out.take_rest() {
+                    debug_assert!(io.direct.is_none());
+                    io.direct = Some(rest);
+                }
                 // Only a queue overflow closes with 1013 here: that peer is not reading.
                 let grace = if code == close::TRY_AGAIN_LATER {
                     SLOW_CLOSE_GRACE

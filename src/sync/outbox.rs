@@ -149,7 +149,13 @@ impl Outbox {
                 close::TRY_AGAIN_LATER,
                 "send queue full: too slow to keep up".into(),
             ));
-            state.items = VecDeque::new();
+            // The rest of a frame a push began is kept: the peer already has its start,
+            // so it goes out before the close frame (see `Outbox::take_rest`).
+            let rest = match state.items.pop_front() {
+                Some(rest @ Out::Rest(_)) => Some(rest),
+                _ => None,
+            };
+            state.items = rest.into_iter().collect();
         } else {
             state.items.push_back(item);
         }
@@ -252,6 +258,20 @@ impl Outbox {
             (waker, None) => *waker = None,
         }
         None
+    }
+
+    /// For the connection's task, as it closes: the rest of a frame a push began and the
+    /// task has not taken yet. The socket has the frame's start, so the close frame can
+    /// only follow its end (anything else queued is dropped with the connection).
+    pub fn take_rest(&self) -> Option<RawFrame> {
+        let mut state = lock(&self.0.state);
+        if !matches!(state.items.front(), Some(Out::Rest(_))) {
+            return None;
+        }
+        match state.items.pop_front() {
+            Some(Out::Rest(rest)) => Some(rest),
+            _ => None,
+        }
     }
 
     /// For the connection's task: one item it took was written to the socket.
