@@ -107,4 +107,3 @@ async fn a_room_bigger_than_one_broadcasts_writes_gets_a_burst_in_order() {
     drop((receivers, writer));
     server.destroy().await.unwrap();
 }
-

@@ -343,6 +343,9 @@ impl Io {
     /// Takes what is queued, sends what the socket accepts, and returns the next inbound
     /// message or the reason to stop.
     fn poll_event(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Poll<Event> {
+        // Whether frames of the last batch are still waiting for the socket: what the room
+        // queues meanwhile is not taken, though its pushes wake the task.
+        let mut behind = false;
         // While a flush is held (see `FLUSH_WINDOW`), what the room queues stays in the
         // queue and wakes nothing: the hold's timer wakes the task, which takes it all.
         if self.held(cx) {
@@ -373,6 +376,8 @@ impl Io {
             shrink(&mut self.taken);
         } else if let Some((code, reason)) = out.poll_take(Some(cx), None) {
             return Poll::Ready(Event::Close(code, reason));
+        } else {
+            behind = true;
         }
         while let Poll::Ready(Some(done)) = self.acks.poll_next_unpin(cx) {
             match done {
@@ -395,6 +400,11 @@ impl Io {
         }
         if let Err(e) = self.poll_write(cx, out) {
             return Poll::Ready(Event::Gone(format!("write failed: {e}")));
+        }
+        if behind && self.frames.is_empty() {
+            // The batch is out: what was queued behind it is taken on the next poll (the
+            // pushes that queued it spent their wake-ups while it could not be taken).
+            cx.waker().wake_by_ref();
         }
         if self.direct.is_some() {
             // The socket would answer a ping or a close in the middle of the frame: read

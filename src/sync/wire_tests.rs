@@ -195,3 +195,37 @@ async fn a_split_frame_is_finished_before_the_close_frame_of_an_overflow() {
     assert_eq!(text_of(&next_frame(&mut slow).await), "a".repeat(40_000));
     assert_eq!(close_code(&mut slow).await, close::TRY_AGAIN_LATER);
 }
+
+/// A peer stops reading in the middle of a big frame: the connection's task has it and a
+/// small frame after it in flight when the room pushes another. Once the peer reads
+/// again, the big frame and the small one go out in one wake-up of the task, and the one
+/// pushed meanwhile follows without waiting for anything else to wake the task (a ping,
+/// a later update).
+#[tokio::test]
+async fn what_is_queued_behind_a_batch_the_socket_held_up_follows_it() {
+    let hub = hub(ServerOptions::default());
+    let mut slow = connect(&hub, "r", true).await;
+    let mut writer = connect(&hub, "r", false).await;
+    let doc = Doc::new();
+    // More than the socket takes (the push writes part of it, the task the rest), and a
+    // small one the task takes with it.
+    send_burst(
+        &mut writer,
+        vec![append(&doc, 'a', 40_000), append(&doc, 'b', 1)],
+    )
+    .await;
+    // Queued while the task's batch is stuck.
+    send_burst(&mut writer, vec![append(&doc, 'c', 1)]).await;
+    let expected = format!("{}bc", "a".repeat(40_000));
+    let got = Doc::new();
+    let text = got.get_or_insert_text("t");
+    while yrs::GetString::get_string(&text, &got.transact()) != expected {
+        let frame = next_frame(&mut slow).await;
+        let Ok(Message::Sync(SyncMessage::Update(update))) = Message::decode_v1(&frame) else {
+            panic!("not an update");
+        };
+        got.transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+    }
+}
