@@ -107,3 +107,58 @@ async fn a_room_bigger_than_one_broadcasts_writes_gets_a_burst_in_order() {
     drop((receivers, writer));
     server.destroy().await.unwrap();
 }
+
+/// Reads until the server closes the TCP connection (after any close frame); panics if it
+/// keeps it open.
+async fn until_closed(ws: &mut Socket) {
+    loop {
+        match tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("the server closed the connection")
+        {
+            None | Some(Err(_)) => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The TCP stream a connection's queue writes to is shared with its task: however the
+/// connection ends, the server closes the socket (no handle keeps it open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_closed_however_a_connection_ends() {
+    let (server, addr) = server(ServerOptions::default()).await;
+    let mut writer = join(addr, "blog").await;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(join(addr, "blog").await);
+    }
+    // Frames written by the room's pushes (quiet connections).
+    let update = updates(1).remove(0);
+    writer.send(Ws::Binary(update.into())).await.unwrap();
+    for ws in &mut peers {
+        next_frame(ws).await;
+    }
+    let [mut closing, mut bad, vanishing] = <[Socket; 3]>::try_from(peers).ok().unwrap();
+    // The peer closes.
+    closing.close(None).await.unwrap();
+    until_closed(&mut closing).await;
+    // The server closes (1003).
+    bad.send(Ws::Text("hello".into())).await.unwrap();
+    until_closed(&mut bad).await;
+    // The peer goes without a close frame: it half-closes its side and reads on.
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = vanishing.into_inner() else {
+        unreachable!("a plain connection");
+    };
+    let mut tcp = tcp;
+    tokio::io::AsyncWriteExt::shutdown(&mut tcp).await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(
+        GUARD,
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink),
+    )
+    .await
+    .expect("the server closed the connection")
+    .ok();
+    drop(writer);
+    server.destroy().await.unwrap();
+}
