@@ -229,3 +229,64 @@ async fn what_is_queued_behind_a_batch_the_socket_held_up_follows_it() {
             .unwrap();
     }
 }
+
+/// Pushes and the connection's task write to one socket whose buffers are small, so
+/// frames split everywhere: updates of every size, quiet and busy in turn, while the peer
+/// pings (answered by the task) and reads in fits. Every frame arrives whole and in order,
+/// and every ping is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_frames_from_pushes_and_the_task_interleave_whole_and_in_order() {
+    const UPDATES: usize = 120;
+    let hub = hub(ServerOptions::default());
+    let slow = connect(&hub, "r", true).await;
+    let mut writer = connect(&hub, "r", false).await;
+    let (mut sink, mut stream) = slow.split();
+    let sizes = |i: usize| [1, 3_000, 20_000, 200, 9_000][i % 5];
+    let reading = tokio::spawn(async move {
+        let got = Doc::new();
+        let text = got.get_or_insert_text("t");
+        let (mut updates, mut pongs) = (0, 0);
+        let mut expected = 0u32;
+        while updates < UPDATES || pongs < 10 {
+            match tokio::time::timeout(GUARD, stream.next()).await.unwrap() {
+                Some(Ok(Ws::Binary(frame))) => {
+                    let Ok(Message::Sync(SyncMessage::Update(u))) = Message::decode_v1(&frame)
+                    else {
+                        panic!("frame {updates} is not an update");
+                    };
+                    got.transact_mut()
+                        .apply_update(Update::decode_v1(&u).unwrap())
+                        .unwrap();
+                    expected += sizes(updates) as u32;
+                    assert_eq!(text.len(&got.transact()), expected, "update {updates}");
+                    updates += 1;
+                    if updates % 10 == 0 {
+                        // Reads in fits: the server's writes block and split.
+                        tokio::time::sleep(Duration::from_millis(15)).await;
+                    }
+                }
+                Some(Ok(Ws::Pong(_))) => pongs += 1,
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let pinging = tokio::spawn(async move {
+        for _ in 0..10 {
+            sink.send(Ws::Ping(vec![7].into())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sink
+    });
+    let doc = Doc::new();
+    for i in 0..UPDATES {
+        let frame = append(&doc, char::from(b'a' + (i % 26) as u8), sizes(i));
+        writer.send(Ws::Binary(frame.into())).await.unwrap();
+        // Quiet and busy in turn.
+        if i % 20 < 10 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    reading.await.unwrap();
+    drop(pinging.await.unwrap());
+}
