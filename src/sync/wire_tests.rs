@@ -290,3 +290,42 @@ async fn split_frames_from_pushes_and_the_task_interleave_whole_and_in_order() {
     reading.await.unwrap();
     drop(pinging.await.unwrap());
 }
+
+/// A peer closes while the room keeps pushing to it (its socket full or not): it reads
+/// whole frames, then the server's answer to its close, then the end of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_closes_while_pushes_write_gets_whole_frames_then_the_close() {
+    let hub = hub(ServerOptions::default());
+    let mut writer = connect(&hub, "r", false).await;
+    let writing = tokio::spawn(async move {
+        let doc = Doc::new();
+        for i in 0..400 {
+            let frame = append(&doc, 'w', [10, 5_000][i % 2]);
+            if writer.send(Ws::Binary(frame.into())).await.is_err() {
+                break;
+            }
+            if i % 4 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        writer
+    });
+    for round in 0..8 {
+        let mut peer = connect(&hub, "r", true).await;
+        // Lets the socket fill for a while in some rounds.
+        tokio::time::sleep(Duration::from_millis(round * 3)).await;
+        peer.send(Ws::Close(None)).await.unwrap();
+        loop {
+            match tokio::time::timeout(GUARD, peer.next()).await.unwrap() {
+                Some(Ok(Ws::Binary(frame))) => {
+                    assert!(Message::decode_v1(&frame).is_ok(), "a broken frame");
+                }
+                Some(Ok(Ws::Close(_))) => {}
+                Some(Ok(_)) => {}
+                None => break,
+                Some(Err(e)) => panic!("round {round}: {e}"),
+            }
+        }
+    }
+    drop(writing.await.unwrap());
+}
