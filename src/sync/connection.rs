@@ -203,6 +203,12 @@ async fn serve(
             }
             Event::Close(code, reason) => {
                 tracing::info!(code, %reason, "closed by the server");
+                // A frame a push began writing (the task had nothing in flight then) is
+                // finished before the close frame, which would otherwise land inside it.
+                if let Some(rest) = out.take_rest() {
+                    debug_assert!(io.direct.is_none());
+                    io.direct = Some(rest);
+                }
                 // Only a queue overflow closes with 1013 here: that peer is not reading.
                 let grace = if code == close::TRY_AGAIN_LATER {
                     SLOW_CLOSE_GRACE
@@ -337,6 +343,9 @@ impl Io {
     /// Takes what is queued, sends what the socket accepts, and returns the next inbound
     /// message or the reason to stop.
     fn poll_event(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Poll<Event> {
+        // Whether frames of the last batch are still waiting for the socket: what the room
+        // queues meanwhile is not taken, though its pushes wake the task.
+        let mut behind = false;
         // While a flush is held (see `FLUSH_WINDOW`), what the room queues stays in the
         // queue and wakes nothing: the hold's timer wakes the task, which takes it all.
         if self.held(cx) {
@@ -367,6 +376,8 @@ impl Io {
             shrink(&mut self.taken);
         } else if let Some((code, reason)) = out.poll_take(Some(cx), None) {
             return Poll::Ready(Event::Close(code, reason));
+        } else {
+            behind = true;
         }
         while let Poll::Ready(Some(done)) = self.acks.poll_next_unpin(cx) {
             match done {
@@ -389,6 +400,11 @@ impl Io {
         }
         if let Err(e) = self.poll_write(cx, out) {
             return Poll::Ready(Event::Gone(format!("write failed: {e}")));
+        }
+        if behind && self.frames.is_empty() {
+            // The batch is out: what was queued behind it is taken on the next poll (the
+            // pushes that queued it spent their wake-ups while it could not be taken).
+            cx.waker().wake_by_ref();
         }
         if self.direct.is_some() {
             // The socket would answer a ping or a close in the middle of the frame: read

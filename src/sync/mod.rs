@@ -34,6 +34,8 @@ pub(crate) mod protocol;
 pub(crate) mod read_only;
 mod room;
 pub(crate) mod wire;
+#[cfg(test)]
+mod wire_tests;
 
 #[cfg(feature = "redis")]
 pub use bus::RedisBus;
