@@ -432,10 +432,10 @@ impl Io {
             match message {
                 Message::Binary(frame) => return Poll::Ready(Event::Frame(frame)),
                 Message::Text(_) => return Poll::Ready(Event::Text),
-                // Pings are answered by the socket (flushed in `settle`); a close is
-                // answered, then the stream ends.
-                Message::Ping(_) => self.unflushed = true,
-                Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+                // Pings and a close are answered by the socket (flushed in `settle`,
+                // before pushes may write again); after a close the stream ends.
+                Message::Ping(_) | Message::Close(_) => self.unflushed = true,
+                Message::Pong(_) | Message::Frame(_) => {}
             }
         }
     }
