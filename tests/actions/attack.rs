@@ -1,0 +1,151 @@
+//! From an attacker's side: inputs built to make the answer or the work big, handlers
+//! that fail or hang, and storage that fails under a mutation.
+
+use epicenter_server::server::{ServerOptions, MAX_ISSUES, MAX_ISSUE_TEXT};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::*;
+
+#[derive(Deserialize, ToSchema)]
+pub struct Numbers {
+    #[serde(default)]
+    pub n: Vec<u32>,
+}
+
+async fn sum(_: ActionContext, input: Vec<u32>) -> Result<u64, ApiError> {
+    Ok(input.iter().map(|&n| u64::from(n)).sum())
+}
+
+async fn sum_query(_: ActionContext, input: Numbers) -> Result<u64, ApiError> {
+    Ok(input.n.iter().map(|&n| u64::from(n)).sum())
+}
+
+/// The test actions and `sum` (a mutation taking a list of numbers) and `sum_query` (the
+/// same from `?n=`).
+async fn start() -> Harness {
+    let (mut server, created) = Harness::server(ServerOptions::default()).await;
+    server
+        .actions(
+            "blog",
+            Actions::new().mutation("sum", "Adds numbers.", sum).query(
+                "sum_query",
+                "Adds numbers.",
+                sum_query,
+            ),
+        )
+        .expect("the actions mount");
+    let addr = server.start().await.expect("the server starts");
+    Harness {
+        server,
+        base: format!("http://{addr}"),
+        http: http_client(),
+        created,
+    }
+}
+
+/// Sends `body` as JSON and reads the reply as text, so its size can be checked.
+async fn post_raw(h: &Harness, path: &str, body: String) -> (StatusCode, String) {
+    let response = h
+        .request(Method::POST, path)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    (response.status(), response.text().await.expect("read"))
+}
+
+/// A 422 of many issues lists `MAX_ISSUES` and counts the rest, with short paths and
+/// messages; the whole answer stays small.
+#[track_caller]
+fn assert_bounded(status: StatusCode, text: &str, issues_in_input: usize) {
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{:.300}", text);
+    assert!(
+        text.len() < 64 * 1024,
+        "a 422 of {} bytes for a bad input",
+        text.len()
+    );
+    let body: Value = serde_json::from_str(text).expect("JSON");
+    let listed = body["error"]["issues"].as_array().expect("issues");
+    assert_eq!(listed.len(), MAX_ISSUES);
+    assert_eq!(
+        body["error"]["more_issues"],
+        json!(issues_in_input - MAX_ISSUES),
+        "{:.300}",
+        text
+    );
+    for issue in listed {
+        for part in ["path", "message"] {
+            let chars = issue[part].as_str().expect("a string").chars().count();
+            assert!(chars <= MAX_ISSUE_TEXT + 1, "{part} of {chars} characters");
+        }
+    }
+}
+
+/// The input is checked before the handler, but its 422 must not be an amplifier: a
+/// body (or query string) with a wrong value in every item, thousands of unknown fields,
+/// huge keys or a huge wrong value is answered with a bounded list.
+#[tokio::test]
+async fn a_422_is_bounded_however_bad_the_input() {
+    let h = start().await;
+    // Every item of a list is wrong: `{}` is not a number.
+    let items = 50_000;
+    let body = format!("[{}{{}}]", "{},".repeat(items - 1));
+    let (status, text) = post_raw(&h, &format!("{ACTIONS}/sum"), body).await;
+    assert_bounded(status, &text, items);
+
+    // Thousands of fields an input without them refuses.
+    let fields = 20_000;
+    let mut body = serde_json::Map::new();
+    for i in 0..fields {
+        body.insert(format!("f{i}"), json!(0));
+    }
+    body.insert("title".into(), json!("t"));
+    body.insert("status".into(), json!("live"));
+    let (status, text) = post_raw(
+        &h,
+        &format!("{ACTIONS}/posts/create"),
+        Value::Object(body).to_string(),
+    )
+    .await;
+    assert_bounded(status, &text, fields);
+
+    // A huge unknown key and a huge value of the wrong type: neither is echoed whole.
+    let huge = "k".repeat(200_000);
+    let body = json!({ huge.clone(): 1, "title": { huge.clone(): [huge] }, "status": "live" });
+    let (status, text) = post_raw(&h, &format!("{ACTIONS}/posts/create"), body.to_string()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text:.300}");
+    assert!(text.len() < 4096, "a 422 of {} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let found = issues(status, &body);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        found[1],
+        ("title".into(), "value is not of type \"string\"".into())
+    );
+    assert!(
+        found[0].0.starts_with("kkk") && found[0].0.ends_with('…'),
+        "{found:?}"
+    );
+
+    // The same from a query string: every repeated value is wrong.
+    let values = 5_000;
+    let query = "n=x&".repeat(values);
+    let response = h
+        .request(Method::GET, &format!("{ACTIONS}/sum_query?{query}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_bounded(status, &response.text().await.unwrap(), values);
+
+    // A short value is still quoted, and a few issues are all listed without a count.
+    let (status, body) = h.post(&format!("{ACTIONS}/sum"), json!([1, "x"])).await;
+    assert_eq!(
+        issues(status, &body),
+        [("1".into(), "\"x\" is not of type \"integer\"".into())]
+    );
+    assert!(body["error"].get("more_issues").is_none(), "{body}");
+    h.stop().await;
+}
