@@ -60,14 +60,17 @@ impl ApiError {
     /// `write_durability_timeout`: storage is failing and retrying. The change stays
     /// applied (readers see it) and is stored once storage recovers; `"applied": true`
     /// tells it from a write refused before it was applied.
+    ///
+    /// The storage's error (which names its files) is logged, not sent.
     pub fn not_durable(status: &StorageStatus) -> Self {
-        let why = status
-            .retrying
-            .as_deref()
-            .unwrap_or("the disk is slower than the writes");
+        let (why, detail) = match &status.retrying {
+            Some(error) => ("storage is failing and retrying", error.as_str()),
+            None => ("the disk is slower than the writes", ""),
+        };
         tracing::warn!(
             reason = why,
-            "a REST write is not durable in time; answered 503"
+            error = detail,
+            "a write is not durable in time; answered 503"
         );
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -142,16 +145,17 @@ impl From<WorkspaceError> for ApiError {
                     "the server is shutting down",
                 )
             }
+            // The reasons name the storage's files and its errors: logged, not sent.
             WorkspaceError::Storage(StorageError::Unavailable { .. }) => {
-                tracing::warn!(error = %e, "a REST write refused: storage is unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                    .with("applied", Value::Bool(false))
-                    .retry_after(STORAGE_RETRY_AFTER)
+                tracing::warn!(error = %e, "a write refused: storage is unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is unavailable (failing, with too much waiting); try again later",
+                )
+                .with("applied", Value::Bool(false))
+                .retry_after(STORAGE_RETRY_AFTER)
             }
-            WorkspaceError::Storage(_) | WorkspaceError::Definition(_) => {
-                tracing::error!(error = %e, "request failed on the server side");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
+            WorkspaceError::Storage(_) | WorkspaceError::Definition(_) => ApiError::internal(e),
         }
     }
 }

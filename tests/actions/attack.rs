@@ -149,3 +149,81 @@ async fn a_422_is_bounded_however_bad_the_input() {
     assert!(body["error"].get("more_issues").is_none(), "{body}");
     h.stop().await;
 }
+
+async fn compact(cx: ActionContext, _: Empty) -> Result<Empty, ApiError> {
+    cx.client.compact().await?;
+    Ok(Empty {})
+}
+
+/// While storage fails, mutations (and REST writes) are answered 503 or 500 as documented,
+/// but the answer never carries the storage's error: it names the server's files.
+#[tokio::test]
+async fn storage_failures_are_answered_without_the_storage_s_files() {
+    use epicenter_server::storage::{SqliteOptions, SqliteStorage};
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        max_pending_bytes: 1,
+        ..SqliteOptions::default()
+    };
+    let storage = SqliteStorage::with_options(dir.path(), options);
+    let client = blog().with_storage(storage.clone()).create().await.unwrap();
+    let options = ServerOptions::default()
+        .port(0)
+        .write_durability_timeout(Duration::from_millis(100));
+    let mut server = epicenter_server::server::create_server([client.clone()], options).unwrap();
+    let created = Arc::new(AtomicUsize::new(0));
+    server
+        .actions(
+            "blog",
+            actions(created).mutation("compact", "Compacts.", compact),
+        )
+        .unwrap();
+    let addr = server.start().await.unwrap();
+    let http = http_client();
+    let dir_name = dir.path().to_string_lossy().to_string();
+    let answer = |path: &str, body: Value| {
+        let request = http.post(format!("http://{addr}{path}")).json(&body);
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status();
+            (status, response.text().await.expect("read"))
+        }
+    };
+    let post = json!({"title": "t", "status": "live"});
+    let row = json!({"id": "r", "title": "t"});
+
+    storage.fault_switch().set(true);
+    let mut answers = vec![
+        // Applied, not durable in time.
+        answer(&format!("{ACTIONS}/posts/create"), post.clone()).await,
+        // Past the bound: refused before it is applied, by a mutation and by REST.
+        answer(&format!("{ACTIONS}/posts/create"), post.clone()).await,
+        answer("/workspaces/blog/tables/posts", row).await,
+    ];
+    let expected = [
+        (StatusCode::SERVICE_UNAVAILABLE, "\"applied\":true"),
+        (StatusCode::SERVICE_UNAVAILABLE, "\"applied\":false"),
+        (StatusCode::SERVICE_UNAVAILABLE, "\"applied\":false"),
+    ];
+    for ((status, text), (want, applied)) in answers.iter().zip(expected) {
+        assert_eq!(*status, want, "{text}");
+        assert!(text.contains(applied), "{text}");
+    }
+    // A storage error a handler passes on with `?`: a 500 that says nothing of it.
+    answers.push(answer(&format!("{ACTIONS}/compact"), json!({})).await);
+    let (status, text) = answers.last().unwrap();
+    assert_eq!(*status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    assert_eq!(text, r#"{"error":{"message":"internal error"}}"#);
+    for (_, text) in &answers {
+        for internal in [dir_name.as_str(), "blog.db", "sqlite", "I/O"] {
+            assert!(!text.contains(internal), "`{internal}` in {text}");
+        }
+    }
+
+    storage.fault_switch().set(false);
+    tokio::time::timeout(GUARD, client.flush())
+        .await
+        .expect("the fault heals")
+        .expect("flushed");
+    server.destroy().await.unwrap();
+}
