@@ -7,6 +7,8 @@ use serde_json::json;
 
 use super::*;
 
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 #[derive(Deserialize, ToSchema)]
 pub struct Numbers {
     #[serde(default)]
@@ -225,5 +227,125 @@ async fn storage_failures_are_answered_without_the_storage_s_files() {
         .await
         .expect("the fault heals")
         .expect("flushed");
+    server.destroy().await.unwrap();
+}
+
+/// Signals when dropped: the handler's future, and what it holds, is gone.
+struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+type Signal = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>;
+
+/// A handler that says it started, then waits forever holding a `Dropped`.
+fn hanging(
+    started: Signal,
+    dropped: Signal,
+) -> impl Fn(ActionContext, Empty) -> BoxFuture<Result<Empty, ApiError>> + Send + Sync {
+    move |_, _| {
+        let started = started.lock().unwrap().take();
+        let held = Dropped(dropped.lock().unwrap().take());
+        Box::pin(async move {
+            let _held = held;
+            if let Some(started) = started {
+                let _ = started.send(());
+            }
+            std::future::pending().await
+        })
+    }
+}
+
+/// A mutation that says it started, waits for `go`, then writes row `late` and says so.
+fn waiting_writer(
+    started: Signal,
+    go: Arc<tokio::sync::Notify>,
+    done: Signal,
+) -> impl Fn(ActionContext, Empty) -> BoxFuture<Result<Empty, ApiError>> + Send + Sync {
+    move |cx, _| {
+        let started = started.lock().unwrap().take();
+        let done = done.lock().unwrap().take();
+        let go = go.clone();
+        Box::pin(async move {
+            if let Some(started) = started {
+                let _ = started.send(());
+            }
+            go.notified().await;
+            let posts = cx.client.table("posts")?;
+            cx.blocking(move |_| posts.upsert(json!({"id": "late", "title": "t"})))
+                .await??;
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            Ok(Empty {})
+        })
+    }
+}
+
+fn signal() -> (Signal, tokio::sync::oneshot::Receiver<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (Arc::new(std::sync::Mutex::new(Some(tx))), rx)
+}
+
+/// Sends a request on its own connection, waits until its handler started, then hangs up.
+async fn hang_up_once_started(
+    request: reqwest::RequestBuilder,
+    started: tokio::sync::oneshot::Receiver<()>,
+) {
+    let call = tokio::spawn(request.send());
+    tokio::time::timeout(GUARD, started)
+        .await
+        .expect("the handler starts")
+        .unwrap();
+    call.abort();
+    let _ = call.await;
+}
+
+/// A query's work is for its client alone: when the client hangs up, the handler is
+/// dropped with its request instead of running on, unseen, for as long as it likes. A
+/// mutation runs to its end: stopping it between two writes would leave half of it.
+#[tokio::test]
+async fn a_query_stops_when_its_client_hangs_up_and_a_mutation_finishes() {
+    let (started, query_started) = signal();
+    let (dropped, query_dropped) = signal();
+    let (writing, mutation_started) = signal();
+    let (wrote, mutation_done) = signal();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (mut server, _) = Harness::server(ServerOptions::default()).await;
+    server
+        .actions(
+            "blog",
+            Actions::new()
+                .query("hang", "Never answers.", hanging(started, dropped))
+                .mutation(
+                    "write_later",
+                    "Writes when told.",
+                    waiting_writer(writing, go.clone(), wrote),
+                ),
+        )
+        .unwrap();
+    let addr = server.start().await.unwrap();
+    let url = |path: &str| format!("http://{addr}{ACTIONS}/{path}");
+
+    hang_up_once_started(http_client().get(url("hang")), query_started).await;
+    tokio::time::timeout(Duration::from_secs(5), query_dropped)
+        .await
+        .expect("the query was dropped when its client hung up")
+        .unwrap();
+
+    let request = http_client().post(url("write_later")).json(&json!({}));
+    hang_up_once_started(request, mutation_started).await;
+    go.notify_one();
+    tokio::time::timeout(GUARD, mutation_done)
+        .await
+        .expect("the mutation finished after its client hung up")
+        .unwrap();
+    let posts = server.client("blog").unwrap().table("posts").unwrap();
+    assert!(posts.has("late"));
     server.destroy().await.unwrap();
 }

@@ -3,8 +3,9 @@
 //! One route serves every action; the auth guard has already decided by method (a query's
 //! `GET` needs read access, a mutation's `POST` read-write). The input is read, checked
 //! (every problem listed in a 422) and deserialized before the handler runs. The handler
-//! runs as a task of its own, so a client that hangs up does not cut a mutation off
-//! halfway, and a panic is a 500 that says nothing of it. A mutation is answered once what
+//! runs as a task of its own, so a panic is a 500 that says nothing of it, and a client
+//! that hangs up does not cut a mutation off halfway (a query's task is aborted then: its
+//! answer has no one to go to). A mutation is answered once what
 //! it wrote is durable, as REST writes are (an error is answered at once).
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::Value;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{ActionContext, ActionKind, Mounted};
 use crate::access::Access;
@@ -69,9 +71,15 @@ async fn call(
         client: client.clone(),
         access,
     };
-    let output = tokio::spawn((mounted.action.handler)(cx, input))
-        .await
-        .map_err(ApiError::internal)??;
+    let task = tokio::spawn((mounted.action.handler)(cx, input));
+    let output = match kind {
+        // A query's work is for its client alone: if the client hangs up (this future is
+        // dropped), the task is aborted with it instead of running on unseen.
+        ActionKind::Query => AbortOnDropHandle::new(task).await,
+        // A mutation runs to its end: stopping it between two writes would leave half.
+        ActionKind::Mutation => task.await,
+    }
+    .map_err(ApiError::internal)??;
     if kind == ActionKind::Mutation {
         durable(&state, &client).await?;
     }
