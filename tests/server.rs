@@ -329,6 +329,41 @@ async fn post_reports_every_schema_issue_at_once() {
     h.stop().await;
 }
 
+/// A body with thousands of problems (here unknown fields, one with a huge name) is
+/// answered with the first `MAX_ISSUES`, cut short, and a count of the rest: a 422 is never
+/// many times the size of the body that caused it.
+#[tokio::test]
+async fn a_422_lists_at_most_max_issues() {
+    use epicenter_server::server::{MAX_ISSUES, MAX_ISSUE_TEXT};
+    let h = Harness::blog().await;
+    let mut row = post_row("p1", "t");
+    let fields = 20_000;
+    let huge = "x".repeat(100_000);
+    for name in (0..fields - 1).map(|i| format!("f{i}")).chain([huge]) {
+        row[name] = json!(0);
+    }
+    let response = h
+        .request(Method::POST, POSTS)
+        .json(&row)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 64 * 1024, "a 422 of {} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let issues = body["error"]["issues"].as_array().unwrap();
+    assert_eq!(issues.len(), MAX_ISSUES);
+    assert_eq!(body["error"]["more_issues"], json!(fields - MAX_ISSUES));
+    for issue in issues {
+        let path = issue["path"].as_str().unwrap();
+        assert!(path.chars().count() <= MAX_ISSUE_TEXT + 1, "{path:.50}...");
+    }
+    let (status, _) = h.get(&format!("{POSTS}/p1")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was written");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn bad_bodies_get_json_errors() {
     let h = Harness::blog_with(options().body_limit(1024)).await;

@@ -6,6 +6,7 @@ use axum::http::Uri;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openapi::path_segment;
 use super::state::ServerState;
 
 /// The path prefix the server is nested under (empty when it is not).
@@ -26,6 +27,9 @@ pub(crate) async fn discovery(
         .clients()
         .map(|client| {
             let ws = client.id();
+            // Names as URL segments: a workspace or table name with `/`, `?` or a space
+            // still gives a URL that reaches it.
+            let ws_url = format!("{base}/workspaces/{}", path_segment(ws));
             let tables: Vec<Value> = client
                 .definition()
                 .tables
@@ -33,7 +37,7 @@ pub(crate) async fn discovery(
                 .map(|t| {
                     json!({
                         "name": t.name,
-                        "url": format!("{base}/workspaces/{ws}/tables/{}", t.name),
+                        "url": format!("{ws_url}/tables/{}", path_segment(&t.name)),
                         "fields": t.fields.iter().map(|f| json!({
                             "name": f.name,
                             "type": f.spec.kind.name(),
@@ -53,14 +57,14 @@ pub(crate) async fn discovery(
                         "path": m.path,
                         "kind": m.action.kind.name(),
                         "method": m.action.kind.method().as_str(),
-                        "url": format!("{base}/workspaces/{ws}/actions/{}", m.path),
+                        "url": format!("{ws_url}/actions/{}", m.path),
                         "description": m.action.description,
                     })
                 })
                 .collect();
             json!({
                 "id": ws,
-                "sync": format!("{base}/workspaces/{ws}/sync"),
+                "sync": format!("{ws_url}/sync"),
                 "tables": tables,
                 "actions": actions,
             })

@@ -13,6 +13,15 @@ use crate::error::{StorageError, WorkspaceError};
 use crate::storage::StorageStatus;
 use crate::workspace::Issue;
 
+/// The most issues a 422 lists; the others are only counted (`more_issues`). A body can
+/// have as many problems as it has values, and a message may quote its value: listed in
+/// full, a 1 MiB body of wrong items would be answered with tens of MiB.
+pub const MAX_ISSUES: usize = 100;
+
+/// The most characters of an issue's path or message in a 422; a longer one is cut and
+/// ends in `…` (a path holds names the client chose, a message may quote a value).
+pub const MAX_ISSUE_TEXT: usize = 200;
+
 /// The `Retry-After` of a write refused or not durable because storage is failing: about
 /// the longest wait between two retries of a failing commit.
 const STORAGE_RETRY_AFTER: u64 = 1;
@@ -51,14 +60,17 @@ impl ApiError {
     /// `write_durability_timeout`: storage is failing and retrying. The change stays
     /// applied (readers see it) and is stored once storage recovers; `"applied": true`
     /// tells it from a write refused before it was applied.
+    ///
+    /// The storage's error (which names its files) is logged, not sent.
     pub fn not_durable(status: &StorageStatus) -> Self {
-        let why = status
-            .retrying
-            .as_deref()
-            .unwrap_or("the disk is slower than the writes");
+        let (why, detail) = match &status.retrying {
+            Some(error) => ("storage is failing and retrying", error.as_str()),
+            None => ("the disk is slower than the writes", ""),
+        };
         tracing::warn!(
             reason = why,
-            "a REST write is not durable in time; answered 503"
+            error = detail,
+            "a write is not durable in time; answered 503"
         );
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -90,9 +102,19 @@ impl ApiError {
         self
     }
 
-    /// 422 listing every issue.
+    /// 422 listing the issues: the first [`MAX_ISSUES`], each path and message cut to
+    /// [`MAX_ISSUE_TEXT`] characters; past them, `more_issues` says how many were left
+    /// out.
     pub fn invalid(message: impl Into<String>, issues: &[Issue]) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message).with("issues", json!(issues))
+        let mut listed = Issues::default();
+        for issue in issues {
+            if listed.is_full() {
+                listed.skip(1);
+            } else {
+                listed.push(issue.clone());
+            }
+        }
+        listed.into_error(message)
     }
 
     /// Maps an extractor rejection, keeping axum's status (400 malformed JSON, 413 body
@@ -123,16 +145,17 @@ impl From<WorkspaceError> for ApiError {
                     "the server is shutting down",
                 )
             }
+            // The reasons name the storage's files and its errors: logged, not sent.
             WorkspaceError::Storage(StorageError::Unavailable { .. }) => {
-                tracing::warn!(error = %e, "a REST write refused: storage is unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                    .with("applied", Value::Bool(false))
-                    .retry_after(STORAGE_RETRY_AFTER)
+                tracing::warn!(error = %e, "a write refused: storage is unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is unavailable (failing, with too much waiting); try again later",
+                )
+                .with("applied", Value::Bool(false))
+                .retry_after(STORAGE_RETRY_AFTER)
             }
-            WorkspaceError::Storage(_) | WorkspaceError::Definition(_) => {
-                tracing::error!(error = %e, "request failed on the server side");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
+            WorkspaceError::Storage(_) | WorkspaceError::Definition(_) => ApiError::internal(e),
         }
     }
 }
@@ -163,4 +186,59 @@ pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Ur
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+/// The issues of a 422 as they are answered: at most [`MAX_ISSUES`] listed, each cut to
+/// [`MAX_ISSUE_TEXT`] characters, and how many more there were.
+#[derive(Debug, Default)]
+pub(crate) struct Issues {
+    listed: Vec<Issue>,
+    more: usize,
+}
+
+impl Issues {
+    /// Whether no more are listed: what comes now is only counted.
+    pub fn is_full(&self) -> bool {
+        self.listed.len() >= MAX_ISSUES
+    }
+
+    /// Lists `issue` (cut to size), or counts it once the list is full.
+    pub fn push(&mut self, issue: Issue) {
+        if self.is_full() {
+            self.more += 1;
+        } else {
+            self.listed
+                .push(Issue::new(cut(issue.path), cut(issue.message)));
+        }
+    }
+
+    /// Counts `n` issues that are not listed.
+    pub fn skip(&mut self, n: usize) {
+        self.more += n;
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty() && self.more == 0
+    }
+
+    /// The 422.
+    pub fn into_error(self, message: impl Into<String>) -> ApiError {
+        let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+            .with("issues", json!(self.listed));
+        if self.more == 0 {
+            error
+        } else {
+            error.with("more_issues", json!(self.more))
+        }
+    }
+}
+
+/// `text` cut to [`MAX_ISSUE_TEXT`] characters, ending in `…` if it was longer.
+fn cut(mut text: String) -> String {
+    if let Some((end, _)) = text.char_indices().nth(MAX_ISSUE_TEXT) {
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }

@@ -33,7 +33,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
 pub use auth::{Access, Auth, AuthRequest};
-pub use error::ApiError;
+pub use error::{ApiError, MAX_ISSUES, MAX_ISSUE_TEXT};
 pub use options::{ScalarAssets, ServerOptions, DEFAULT_PORT};
 pub use state::ServerState;
 

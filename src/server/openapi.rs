@@ -641,7 +641,22 @@ fn error_schema() -> ObjectBuilder {
             "issues",
             ArrayBuilder::new()
                 .items(Ref::from_schema_name(ISSUE))
-                .description(Some("Every problem found, for schema violations (422).")),
+                .description(Some(format!(
+                    "The problems found, for schema violations (422): the first {}, each \
+                     path and message cut to {} characters.",
+                    super::MAX_ISSUES,
+                    super::MAX_ISSUE_TEXT
+                ))),
+        )
+        .property(
+            "more_issues",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .description(Some(
+                    "How many problems there were besides the ones `issues` lists, when \
+                     there were more than it holds.",
+                )),
         )
         .property(
             "row",

@@ -2,6 +2,8 @@
 //! access it was given; the document says which answers auth adds.
 
 use epicenter_server::server::{Access, Auth, ServerOptions};
+
+use super::GUARD;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -91,5 +93,120 @@ async fn the_document_lists_auth_answers_for_actions() {
         create["401"].is_object() && create["403"].is_object(),
         "{create}"
     );
+    h.stop().await;
+}
+
+/// Sends `request` as raw bytes (so odd paths and methods arrive as written) and returns
+/// the status code.
+async fn raw_status(addr: &str, request: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(GUARD, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+/// A read-only token cannot run a mutation by any trick of method or path, no token runs
+/// a query, and a token for one workspace runs no action of another (however its name is
+/// spelled).
+#[tokio::test]
+async fn no_method_or_path_trick_gets_past_the_access_an_action_needs() {
+    let per_workspace = Auth::verify(|request| async move {
+        match (request.token.as_deref(), request.workspace.as_deref()) {
+            (Some(WRITER), _) => Access::ReadWrite,
+            (Some(READER), _) => Access::ReadOnly,
+            (Some("notes-writer"), Some("notes")) => Access::ReadWrite,
+            _ => Access::Denied,
+        }
+    });
+    let h = Harness::start_with(ServerOptions::default().auth(per_workspace)).await;
+    let addr = h.base.trim_start_matches("http://").to_string();
+    let body = r#"{"title":"t","status":"live"}"#;
+    let request = |method: &str, target: &str, headers: &str| {
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let reader = format!("Authorization: Bearer {READER}\r\n");
+    let create = format!("{ACTIONS}/posts/create");
+    let cases = [
+        ("POST", create.clone(), reader.clone()),
+        ("POST", format!("{ACTIONS}/posts%2Fcreate"), reader.clone()),
+        ("POST", format!("{ACTIONS}/posts/%63reate"), reader.clone()),
+        (
+            "POST",
+            "/workspaces/%62log/actions/posts/create".to_string(),
+            reader.clone(),
+        ),
+        ("POST", format!("{ACTIONS}//posts/create"), reader.clone()),
+        ("POST", format!("{ACTIONS}/posts/create/"), reader.clone()),
+        (
+            "POST",
+            format!("{ACTIONS}/posts/search/../create"),
+            reader.clone(),
+        ),
+        (
+            "POST",
+            "/Workspaces/blog/actions/posts/create".to_string(),
+            reader.clone(),
+        ),
+        ("POST", format!("http://x{create}"), reader.clone()),
+        ("PoST", create.clone(), reader.clone()),
+        (
+            "GET",
+            create.clone(),
+            format!("{reader}X-HTTP-Method-Override: POST\r\n"),
+        ),
+        ("HEAD", create.clone(), reader.clone()),
+        ("OPTIONS", create.clone(), reader.clone()),
+        ("PUT", create.clone(), reader.clone()),
+        // A read-only token in the query, a read-write one in a header it does not read.
+        (
+            "POST",
+            format!("{create}?token={READER}"),
+            format!("Authorization: Basic {WRITER}\r\n"),
+        ),
+        // Another workspace's writer.
+        (
+            "POST",
+            create.clone(),
+            "Authorization: Bearer notes-writer\r\n".into(),
+        ),
+        (
+            "GET",
+            format!("{ACTIONS}/ping"),
+            "Authorization: Bearer notes-writer\r\n".into(),
+        ),
+        // No token at all, for a query.
+        ("GET", format!("{ACTIONS}/ping"), String::new()),
+        ("GET", format!("{ACTIONS}/ping?token"), String::new()),
+        (
+            "GET",
+            format!("{ACTIONS}/ping?tok%65n={WRITER}"),
+            String::new(),
+        ),
+        ("HEAD", format!("{ACTIONS}/ping"), String::new()),
+    ];
+    for (method, target, headers) in cases {
+        let status = raw_status(&addr, request(method, &target, &headers)).await;
+        assert!(
+            (400..500).contains(&status),
+            "{method} {target} with `{}`: {status}",
+            headers.trim()
+        );
+    }
+    assert_eq!(h.created.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(h.posts().count(), 0);
     h.stop().await;
 }

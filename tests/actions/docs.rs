@@ -355,3 +355,36 @@ async fn each_workspace_serves_its_own_actions() {
     );
     server.destroy().await.unwrap();
 }
+
+/// A workspace whose id is not a plain URL segment (a space, `/`, `?`, non-ASCII): the
+/// URLs discovery gives for its tables, actions and sync reach them.
+#[tokio::test]
+async fn discovery_urls_reach_a_workspace_whatever_its_name() {
+    let ws = "my ws/ü{x}?";
+    let definition = WorkspaceDefinition::builder(ws)
+        .table("posts", [("id", id()), ("title", text())])
+        .build()
+        .unwrap();
+    let client = definition.in_memory().create().await.unwrap();
+    let mut server = create_server([client], ServerOptions::default().port(0)).unwrap();
+    server
+        .actions(ws, Actions::new().query("ping", "Pings.", ping))
+        .unwrap();
+    let addr = server.start().await.unwrap();
+    let http = http_client();
+    let (_, discovery) = json_reply(http.get(format!("http://{addr}/"))).await;
+    let workspace = &discovery["workspaces"][0];
+    assert_eq!(workspace["id"], ws);
+    let url = |value: &Value| format!("http://{addr}{}", value.as_str().expect("a URL"));
+
+    let (status, body) = json_reply(http.get(url(&workspace["actions"][0]["url"]))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["pong"], true);
+    let (status, body) = json_reply(http.get(url(&workspace["tables"][0]["url"]))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"data": []})));
+    // The sync URL is the sync route of this workspace (a plain GET is no upgrade).
+    let sync = workspace["sync"].as_str().unwrap();
+    let (_, doc) = json_reply(http.get(format!("http://{addr}/openapi/json"))).await;
+    assert!(doc["paths"][sync].is_object(), "{sync} is not documented");
+    server.destroy().await.unwrap();
+}

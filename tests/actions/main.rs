@@ -3,6 +3,7 @@
 //! in the envelope, durability, the OpenAPI document and discovery, auth by kind, nesting,
 //! custom routes and metrics, and the mistakes refused when mounting.
 
+mod attack;
 mod auth;
 mod calls;
 mod docs;

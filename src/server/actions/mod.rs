@@ -187,8 +187,9 @@ impl Actions {
     }
 
     /// Adds a mutation: served on `POST`, its input the JSON body, needing read-write
-    /// access; a success is answered once what it wrote is durable (past the server's
-    /// `write_durability_timeout`, 503 `"applied": true`), an error at once.
+    /// access; a success is answered once what it wrote through `cx.client` is durable
+    /// (past the server's `write_durability_timeout`, 503 `"applied": true`), an error at
+    /// once. It is not a transaction: writes made before an error or a panic stay applied.
     pub fn mutation<I, O, F, Fut>(self, path: &str, description: &str, handler: F) -> Self
     where
         I: DeserializeOwned + ToSchema + Send + 'static,
