@@ -156,7 +156,7 @@ impl TableHandle {
             // Inside the transaction: no other write can create these rows meanwhile.
             let state = lock(&core.tables[index].state);
             let mut plan = WritePlan::default();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = foldhash::HashSet::default();
             for (id, row) in &prepared {
                 if !state.rows.contains_key(id) && seen.insert(id.as_str()) {
                     created += 1;
