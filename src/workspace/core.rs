@@ -211,6 +211,51 @@ impl TableCore {
         }
     }
 
+    /// Fills the empty row map from every key's winner (after a load). The rows are
+    /// gathered, sorted by id and built into the map in one go, which is cheaper than
+    /// inserting them one by one in the order the doc holds them.
+    fn load_rows(&self, state: &mut TableState, winners: Vec<WinnerChange>) {
+        debug_assert!(state.rows.is_empty(), "load_rows fills an empty row map");
+        let width = self.def.fields.len();
+        let mut rows: Vec<(String, Cells)> = Vec::new();
+        let mut winners = winners.into_iter().peekable();
+        while let Some((key, val)) = winners.next() {
+            let Some((row, field)) = key.split_once(':') else {
+                continue;
+            };
+            let mut cells = Cells(Vec::with_capacity(width));
+            cells.put(field, val, &self.field_names);
+            while let Some((next, _)) = winners.peek() {
+                match next.split_once(':') {
+                    Some((r, _)) if r == row => {}
+                    _ => break,
+                }
+                let Some((next, val)) = winners.next() else {
+                    break;
+                };
+                let field = next.split_once(':').map_or("", |(_, f)| f);
+                cells.put(field, val, &self.field_names);
+            }
+            rows.push((row.to_string(), cells));
+        }
+        // A row whose fields were first written at different times comes in several runs:
+        // the stable sort keeps them in order, and they are merged into one.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut merged: Vec<(String, Cells)> = Vec::with_capacity(rows.len());
+        for (id, cells) in rows {
+            match merged.last_mut() {
+                Some((last, into)) if *last == id => {
+                    for (field, val) in cells.0 {
+                        into.set(&field, val, &self.field_names);
+                    }
+                }
+                _ => merged.push((id, cells)),
+            }
+        }
+        merged.retain(|(_, cells)| !cells.is_empty());
+        state.rows = merged.into_iter().collect();
+    }
+
     /// Applies winner changes to the row map; returns the row ids touched (when asked
     /// for). Changes come grouped by row (the order the delta touched them), so each run of
     /// one row's cells costs one row lookup.
@@ -353,9 +398,9 @@ impl Core {
             }
             let entries: Vec<yrs::Out> = table.array.iter(&txn).collect();
             let mut state = lock(&table.state);
-            let (changes, max_ts) = state.index.bulk_load(&entries);
+            let (winners, max_ts) = state.index.bulk_load(&entries);
             self.clock.observe(max_ts);
-            table.apply_changes(&mut state, changes, false);
+            table.load_rows(&mut state, winners);
         }
         if holds_wide_text(&self.kv.array) {
             return;
