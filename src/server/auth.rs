@@ -23,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use subtle::ConstantTimeEq;
+use tower::util::Either;
 
 use super::{ApiError, ServerState};
 pub use crate::access::Access;
@@ -180,10 +181,23 @@ impl Policy {
         state: &ServerState,
         router: Router<ServerState>,
     ) -> Router<ServerState> {
-        router.route_layer(axum::middleware::from_fn_with_state(
-            (state.clone(), self),
-            check,
-        ))
+        let layer = if self.grants_all(state) {
+            Either::Left(axum::Extension(Access::ReadWrite))
+        } else {
+            Either::Right(axum::middleware::from_fn_with_state(
+                (state.clone(), self),
+                check,
+            ))
+        };
+        router.route_layer(layer)
+    }
+
+    /// Whether every request gets read-write access here (auth off, or the docs when they
+    /// are public). The routes then only get that verdict attached, as [`check`] would
+    /// attach it, without running a middleware on each request.
+    fn grants_all(self, state: &ServerState) -> bool {
+        let options = &state.inner.options;
+        !options.auth.is_on() || (self == Policy::Docs && options.public_docs)
     }
 }
 
@@ -197,10 +211,15 @@ where
     H: axum::handler::Handler<T, ServerState>,
     T: 'static,
 {
-    axum::handler::Handler::layer(
-        handler,
-        axum::middleware::from_fn_with_state((state.clone(), Policy::ByMethod), check),
-    )
+    let layer = if Policy::ByMethod.grants_all(state) {
+        Either::Left(axum::Extension(Access::ReadWrite))
+    } else {
+        Either::Right(axum::middleware::from_fn_with_state(
+            (state.clone(), Policy::ByMethod),
+            check,
+        ))
+    };
+    axum::handler::Handler::layer(handler, layer)
 }
 
 /// Whether a method only reads.

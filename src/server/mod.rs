@@ -243,12 +243,12 @@ impl Server {
         app = app.layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |request: &axum::http::Request<axum::body::Body>| {
-                    let workspace = auth::workspace_of(request.uri());
+                    // The fields are worked out only when the span is enabled.
                     tracing::info_span!(
                         "request",
                         method = %request.method(),
                         path = %request.uri().path(),
-                        workspace = workspace.as_deref().unwrap_or_default(),
+                        workspace = auth::workspace_of(request.uri()).as_deref().unwrap_or_default(),
                     )
                 },
             ),
