@@ -208,6 +208,7 @@ impl LwwIndex {
                 Change::Added(values) => {
                     let at = cursor.min(self.slots.len());
                     self.keys.reserve(values.len());
+                    touched.reserve(values.len());
                     // Each entry is parsed and indexed in one go, while its key is still in
                     // the cache (a separate pass over thousands of entries misses on each).
                     let mut added: Vec<Slot> = Vec::with_capacity(values.len());
