@@ -149,6 +149,48 @@ async fn no_auth_lets_everyone_in() {
     server.destroy().await.unwrap();
 }
 
+/// Custom routes see the verdict as an `Access` extension: read-write for everyone
+/// without auth, whatever the check grants with it.
+#[tokio::test]
+async fn custom_routes_see_the_access_verdict() {
+    for (auth, token, expected) in [
+        (Auth::None, None, "Some(ReadWrite)"),
+        (Auth::token("s3cret"), Some("s3cret"), "Some(ReadWrite)"),
+        (
+            Auth::verify(|_| async { Access::ReadOnly }),
+            Some("any"),
+            "Some(ReadOnly)",
+        ),
+    ] {
+        let blog = WorkspaceDefinition::builder("blog")
+            .table("posts", [("id", id()), ("title", text())])
+            .build()
+            .unwrap();
+        let client = blog.in_memory().create().await.unwrap();
+        let mut server =
+            create_server([client], ServerOptions::default().auth(auth).port(0)).unwrap();
+        server.route(
+            "/whoami",
+            axum::routing::get(|access: Option<axum::Extension<Access>>| async move {
+                format!("{:?}", access.map(|axum::Extension(a)| a))
+            }),
+        );
+        let addr = server.start().await.unwrap();
+        let (status, body) = call(
+            reqwest::Method::GET,
+            format!("http://{addr}/whoami"),
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, Value::String(expected.into()))
+        );
+        server.destroy().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_token_is_required_everywhere_but_open_docs() {
     let (server, addr) = blog_server(ServerOptions::default().auth(Auth::token("s3cret"))).await;

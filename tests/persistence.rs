@@ -406,6 +406,61 @@ async fn mirror_follows_a_schema_change() {
     c.destroy().await.unwrap();
 }
 
+/// Loading gathers each row's cells wherever they sit in the doc: a field first written
+/// long after the row (here, after a schema change) and rows stored out of id order.
+#[tokio::test]
+async fn a_row_whose_fields_were_written_apart_loads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = |extra: bool| {
+        let mut fields = vec![("id", id()), ("title", text())];
+        if extra {
+            fields.push(("views", integer().nullable()));
+        }
+        WorkspaceDefinition::builder("blog")
+            .table("posts", fields)
+            .build()
+            .unwrap()
+    };
+    let open = |extra: bool| {
+        def(extra)
+            .with_storage(SqliteStorage::new(dir.path()))
+            .create()
+    };
+    let c = open(false).await.unwrap();
+    let posts = c.table("posts").unwrap();
+    for id in ["b", "a", "c"] {
+        posts.upsert(row(json!({"id": id, "title": id}))).unwrap();
+    }
+    c.destroy().await.unwrap();
+
+    let c = open(true).await.unwrap();
+    let posts = c.table("posts").unwrap();
+    posts.update("a", row(json!({"views": 7}))).unwrap();
+    posts
+        .upsert(row(json!({"id": "0", "title": "zero", "views": 1})))
+        .unwrap();
+    c.destroy().await.unwrap();
+
+    let c = open(true).await.unwrap();
+    let posts = c.table("posts").unwrap();
+    assert_eq!(
+        posts.get("a"),
+        RowResult::Valid(row(json!({"id": "a", "title": "a", "views": 7})))
+    );
+    let ids: Vec<Value> = posts
+        .get_all_valid()
+        .into_iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("0"), json!("a"), json!("b"), json!("c")]);
+    // Rows without the new field: null, still valid.
+    assert_eq!(
+        posts.get("b"),
+        RowResult::Valid(row(json!({"id": "b", "title": "b", "views": null})))
+    );
+    c.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_damaged_file_is_an_error_not_an_empty_doc() {
     let dir = tempfile::tempdir().unwrap();

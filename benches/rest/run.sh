@@ -3,6 +3,7 @@
 #
 #   bash benches/rest/run.sh            # 2 threads, 64 connections, 10 s per case
 #   DURATION=30s CONNECTIONS=128 bash benches/rest/run.sh
+#   BLOG=/path/to/blog bash benches/rest/run.sh   # a given server binary (no build)
 #
 # Cases: GET one row, GET a 1,000-row list, POST upsert (unique ids, SQLite storage on,
 # every response sent only after the write is durable).
@@ -15,10 +16,13 @@ THREADS=${THREADS:-2}
 PORT=${PORT:-39130}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 
-cargo build --release --example blog >/dev/null
+if [ -z "${BLOG:-}" ]; then
+  cargo build --release --example blog >/dev/null
+  BLOG="${CARGO_TARGET_DIR:-target}/release/examples/blog"
+fi
 data=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
-EPICENTER_DATA_DIR="$data" PORT="$PORT" RUST_LOG=warn ./target/release/examples/blog >/dev/null &
+EPICENTER_DATA_DIR="$data" PORT="$PORT" RUST_LOG=warn "$BLOG" >/dev/null &
 server=$!
 base="http://127.0.0.1:$PORT"
 for _ in $(seq 100); do curl -sf "$base/" >/dev/null && break; sleep 0.1; done

@@ -23,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use subtle::ConstantTimeEq;
+use tower::util::Either;
 
 use super::{ApiError, ServerState};
 pub use crate::access::Access;
@@ -158,8 +159,9 @@ pub(crate) fn workspace_of(uri: &Uri) -> Option<String> {
 
 /// What a route requires, attached to the route itself (as a `route_layer`), so access is
 /// decided from the route that matched and never from a string test on the raw path.
-/// Every route of [`Server::router`](super::Server::router) gets one; routes without an
-/// explicit policy (custom routes, metrics, anything added later) get [`Policy::ByMethod`].
+/// With auth on, every route of [`Server::router`](super::Server::router) gets one; routes
+/// without an explicit policy (custom routes, metrics, anything added later) get
+/// [`Policy::ByMethod`]. Without auth, see [`open_access`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Policy {
     /// Reads (`GET`, `HEAD`, `OPTIONS`) need read access, every other method read-write.
@@ -174,21 +176,40 @@ pub(crate) enum Policy {
 }
 
 impl Policy {
-    /// The middleware enforcing this policy on the routes of `router`.
+    /// The middleware enforcing this policy on the routes of `router`. Without auth there
+    /// is nothing to enforce, and the routes are left as they are: [`open_access`] gives
+    /// every request its verdict instead, once around the whole app.
     pub(crate) fn guard(
         self,
         state: &ServerState,
         router: Router<ServerState>,
     ) -> Router<ServerState> {
-        router.route_layer(axum::middleware::from_fn_with_state(
-            (state.clone(), self),
-            check,
-        ))
+        if !state.inner.options.auth.is_on() {
+            return router;
+        }
+        let layer = if self == Policy::Docs && state.inner.options.public_docs {
+            // Open: the verdict `check` would attach, without running it on each request.
+            Either::Left(axum::Extension(Access::ReadWrite))
+        } else {
+            Either::Right(axum::middleware::from_fn_with_state(
+                (state.clone(), self),
+                check,
+            ))
+        };
+        router.route_layer(layer)
     }
 }
 
+/// Without auth, the layer giving every request (routes and fallbacks alike) the
+/// read-write verdict [`check`] would give it: applied once around the app instead of a
+/// middleware on every route, as each layer on a router wraps every route once more.
+pub(crate) fn open_access(state: &ServerState) -> Option<axum::Extension<Access>> {
+    (!state.inner.options.auth.is_on()).then_some(axum::Extension(Access::ReadWrite))
+}
+
 /// The same guard around a handler, for the fallbacks (404, 405): without a token, even
-/// a wrong path gets 401, so paths cannot be probed.
+/// a wrong path gets 401, so paths cannot be probed. Without auth, the handler as it is
+/// (see [`open_access`]).
 pub(crate) fn guard_handler<H, T>(
     state: &ServerState,
     handler: H,
@@ -197,10 +218,15 @@ where
     H: axum::handler::Handler<T, ServerState>,
     T: 'static,
 {
-    axum::handler::Handler::layer(
-        handler,
-        axum::middleware::from_fn_with_state((state.clone(), Policy::ByMethod), check),
-    )
+    let layer = if state.inner.options.auth.is_on() {
+        Either::Right(axum::middleware::from_fn_with_state(
+            (state.clone(), Policy::ByMethod),
+            check,
+        ))
+    } else {
+        Either::Left(tower::layer::util::Identity::new())
+    };
+    axum::handler::Handler::layer(handler, layer)
 }
 
 /// Whether a method only reads.

@@ -328,21 +328,26 @@ impl Server {
             .merge(Policy::Docs.guard(state, docs))
             .merge(Policy::Sync.guard(state, sync))
             .fallback(auth::guard_handler(state, error::no_route))
-            .method_not_allowed_fallback(auth::guard_handler(state, error::wrong_method))
-            .layer(DefaultBodyLimit::max(self.options.body_limit));
-        // A span per request, with the workspace it is about.
+            .method_not_allowed_fallback(auth::guard_handler(state, error::wrong_method));
+        // A span per request, with the workspace it is about, around the body limit (and,
+        // without auth, the verdict every request gets): one layer, as each
+        // `Router::layer` wraps every route once more.
+        let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                // The fields are worked out only when the span is enabled.
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    workspace = auth::workspace_of(request.uri()).as_deref().unwrap_or_default(),
+                )
+            },
+        );
         app = app.layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |request: &axum::http::Request<axum::body::Body>| {
-                    let workspace = auth::workspace_of(request.uri());
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        workspace = workspace.as_deref().unwrap_or_default(),
-                    )
-                },
-            ),
+            tower::ServiceBuilder::new()
+                .layer(trace)
+                .layer(DefaultBodyLimit::max(self.options.body_limit))
+                .option_layer(auth::open_access(state)),
         );
         if self.options.metrics {
             // Outside auth, so refused requests are counted too.

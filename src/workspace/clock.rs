@@ -36,17 +36,36 @@ impl Clock {
     }
 
     pub(crate) fn next_at(&self, now: u64) -> f64 {
+        self.run_at(now, 1).next().unwrap_or(MAX_TS as f64)
+    }
+
+    /// The next `n` timestamps at once, as `n` calls of [`Clock::next`] within one
+    /// millisecond give them (`max(now_ms, last + 1)`, then one more each), reading the
+    /// wall clock once: a batch takes one per entry.
+    pub(crate) fn run(&self, n: usize) -> impl Iterator<Item = f64> {
+        self.run_at(now_ms(), n)
+    }
+
+    pub(crate) fn run_at(&self, now: u64, n: usize) -> impl Iterator<Item = f64> {
         let mut last = self.last.load(Ordering::Relaxed);
-        loop {
-            let ts = now.max(last + 1).min(MAX_TS);
-            match self
-                .last
-                .compare_exchange_weak(last, ts, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return ts as f64,
-                Err(actual) => last = actual,
+        let first = if n == 0 {
+            0 // nothing taken: the clock stays where it is
+        } else {
+            loop {
+                let first = now.max(last + 1).min(MAX_TS);
+                let end = first.saturating_add(n.saturating_sub(1) as u64).min(MAX_TS);
+                match self.last.compare_exchange_weak(
+                    last,
+                    end,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break first,
+                    Err(actual) => last = actual,
+                }
             }
-        }
+        };
+        (0..n as u64).map(move |i| first.saturating_add(i).min(MAX_TS) as f64)
     }
 
     /// Adopts a timestamp seen in a remote entry, so later local writes beat it.
@@ -93,6 +112,29 @@ mod tests {
         c.observe(f64::NAN);
         c.observe(-5.0);
         assert_eq!(c.next_at(1001), 9002.0);
+    }
+
+    #[test]
+    fn a_run_is_what_single_calls_give() {
+        let (one, many) = (Clock::new(), Clock::new());
+        one.next_at(1000);
+        many.next_at(1000);
+        let singles: Vec<f64> = (0..5).map(|_| one.next_at(1000)).collect();
+        let run: Vec<f64> = many.run_at(1000, 5).collect();
+        assert_eq!(run, singles);
+        assert_eq!(many.last(), one.last());
+        // The wall clock ahead: the run starts there.
+        assert_eq!(
+            many.run_at(9000, 2).collect::<Vec<_>>(),
+            vec![9000.0, 9001.0]
+        );
+        assert_eq!(many.next_at(9000), 9002.0);
+        // At the largest exact integer, timestamps stay there.
+        many.observe(MAX_TS as f64 - 1.0);
+        let top: Vec<f64> = many.run_at(0, 3).collect();
+        assert_eq!(top, vec![MAX_TS as f64; 3]);
+        assert_eq!(many.run_at(0, 0).count(), 0);
+        assert_eq!(many.last(), MAX_TS as f64);
     }
 
     #[test]

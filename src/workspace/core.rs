@@ -65,6 +65,11 @@ impl Observers {
         }
     }
 
+    /// Whether any callback is registered.
+    fn any(&self) -> bool {
+        !lock(&self.callbacks).is_empty()
+    }
+
     fn notify(&self, changed: &BTreeSet<String>) {
         let callbacks: Vec<RowCallback> = lock(&self.callbacks)
             .iter()
@@ -104,6 +109,14 @@ impl Cells {
 
     fn remove(&mut self, field: &str) {
         self.0.retain(|(f, _)| &**f != field);
+    }
+
+    /// Sets (`Some`) or removes (`None`) a cell.
+    fn put(&mut self, field: &str, value: Option<Any>, names: &[Arc<str>]) {
+        match value {
+            Some(v) => self.set(field, v, names),
+            None => self.remove(field),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -198,6 +211,51 @@ impl TableCore {
         }
     }
 
+    /// Fills the empty row map from every key's winner (after a load). The rows are
+    /// gathered, sorted by id and built into the map in one go, which is cheaper than
+    /// inserting them one by one in the order the doc holds them.
+    fn load_rows(&self, state: &mut TableState, winners: Vec<WinnerChange>) {
+        debug_assert!(state.rows.is_empty(), "load_rows fills an empty row map");
+        let width = self.def.fields.len();
+        let mut rows: Vec<(String, Cells)> = Vec::new();
+        let mut winners = winners.into_iter().peekable();
+        while let Some((key, val)) = winners.next() {
+            let Some((row, field)) = key.split_once(':') else {
+                continue;
+            };
+            let mut cells = Cells(Vec::with_capacity(width));
+            cells.put(field, val, &self.field_names);
+            while let Some((next, _)) = winners.peek() {
+                match next.split_once(':') {
+                    Some((r, _)) if r == row => {}
+                    _ => break,
+                }
+                let Some((next, val)) = winners.next() else {
+                    break;
+                };
+                let field = next.split_once(':').map_or("", |(_, f)| f);
+                cells.put(field, val, &self.field_names);
+            }
+            rows.push((row.to_string(), cells));
+        }
+        // A row whose fields were first written at different times comes in several runs:
+        // the stable sort keeps them in order, and they are merged into one.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut merged: Vec<(String, Cells)> = Vec::with_capacity(rows.len());
+        for (id, cells) in rows {
+            match merged.last_mut() {
+                Some((last, into)) if *last == id => {
+                    for (field, val) in cells.0 {
+                        into.set(&field, val, &self.field_names);
+                    }
+                }
+                _ => merged.push((id, cells)),
+            }
+        }
+        merged.retain(|(_, cells)| !cells.is_empty());
+        state.rows = merged.into_iter().collect();
+    }
+
     /// Applies winner changes to the row map; returns the row ids touched (when asked
     /// for). Changes come grouped by row (the order the delta touched them), so each run of
     /// one row's cells costs one row lookup.
@@ -209,18 +267,11 @@ impl TableCore {
     ) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
         let width = self.def.fields.len();
-        let mut i = 0;
-        while i < changes.len() {
-            let Some((row, _)) = changes[i].0.split_once(':') else {
-                i += 1;
-                continue;
-            };
-            let mut end = i + 1;
-            while end < changes.len() && changes[end].0.split_once(':').map(|(r, _)| r) == Some(row)
-            {
-                end += 1;
-            }
-            let run = &changes[i..end];
+        let row_of = |key: &str| key.split_once(':').map(|(row, _)| row.len());
+        let mut changes = changes.into_iter().peekable();
+        while let Some((key, val)) = changes.next() {
+            let Some(len) = row_of(&key) else { continue };
+            let row = &key[..len];
             let cells = match state.rows.get_mut(row) {
                 Some(cells) => cells,
                 None => state
@@ -228,12 +279,15 @@ impl TableCore {
                     .entry(row.to_string())
                     .or_insert_with(|| Cells(Vec::with_capacity(width))),
             };
-            for (key, val) in run {
-                let field = key.split_once(':').map(|(_, f)| f).unwrap_or_default();
-                match val {
-                    Some(v) => cells.set(field, v.clone(), &self.field_names),
-                    None => cells.remove(field),
+            cells.put(&key[len + 1..], val, &self.field_names);
+            while let Some((next, _)) = changes.peek() {
+                if row_of(next) != Some(len) || !next.starts_with(row) {
+                    break;
                 }
+                let Some((next, val)) = changes.next() else {
+                    break;
+                };
+                cells.put(&next[len + 1..], val, &self.field_names);
             }
             if cells.is_empty() {
                 state.rows.remove(row);
@@ -241,7 +295,6 @@ impl TableCore {
             if report {
                 touched.insert(row.to_string());
             }
-            i = end;
         }
         touched
     }
@@ -275,7 +328,7 @@ pub(crate) struct Core {
 /// One array's share of a write: entries to add and keys whose entries go.
 #[derive(Default)]
 pub(crate) struct ArrayWrite {
-    pub puts: Vec<(String, Any)>,
+    pub puts: Vec<(Arc<str>, Any)>,
     pub removes: HashSet<Arc<str>>,
 }
 
@@ -345,9 +398,9 @@ impl Core {
             }
             let entries: Vec<yrs::Out> = table.array.iter(&txn).collect();
             let mut state = lock(&table.state);
-            let (changes, max_ts) = state.index.bulk_load(&entries);
+            let (winners, max_ts) = state.index.bulk_load(&entries);
             self.clock.observe(max_ts);
-            table.apply_changes(&mut state, changes, false);
+            table.load_rows(&mut state, winners);
         }
         if holds_wide_text(&self.kv.array) {
             return;
@@ -409,11 +462,13 @@ impl Core {
                 self.pending_rows.clone(),
             );
             table.array.observe("epicenter-index", move |txn, event| {
+                // The ids of the rows changed are only collected for someone to tell.
+                let report = mirror.load(Ordering::Acquire) || t.observers.any();
                 let touched = {
                     let mut state = lock(&t.state);
                     let (changes, max_ts) = state.index.apply_delta(event.delta(txn));
                     clock.observe(max_ts);
-                    t.apply_changes(&mut state, changes, true)
+                    t.apply_changes(&mut state, changes, report)
                 };
                 if touched.is_empty() {
                     return;
@@ -492,7 +547,7 @@ impl Core {
                     .removes
                     .iter()
                     .map(|k| &**k)
-                    .chain(write.puts.iter().map(|(k, _)| k.as_str()));
+                    .chain(write.puts.iter().map(|(k, _)| &**k));
                 match slot {
                     Some(i) => lock(&self.tables[i].state).index.positions_to_delete(gone),
                     None => lock(&self.kv.state).positions_to_delete(gone),
@@ -502,10 +557,12 @@ impl Core {
                 array.remove_range(&mut txn, start, len);
             }
             if !write.puts.is_empty() {
+                let stamps = self.clock.run(write.puts.len());
                 let entries: Vec<Any> = write
                     .puts
                     .into_iter()
-                    .map(|(k, v)| entry(&k, v, self.clock.next()))
+                    .zip(stamps)
+                    .map(|((k, v), ts)| entry(k, v, ts))
                     .collect();
                 let len = array.len(&txn);
                 array.insert_range(&mut txn, len, entries);

@@ -54,7 +54,7 @@ impl KvHandle {
         }
         self.core.write(|_| {
             let mut plan = WritePlan::default();
-            plan.kv().puts.push((key.to_string(), json_to_any(&value)));
+            plan.kv().puts.push((Arc::from(key), json_to_any(&value)));
             Ok(plan)
         })
     }

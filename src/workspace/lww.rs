@@ -9,7 +9,7 @@
 //! (deletion needs a write transaction, and deltas arrive inside someone else's commit).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use yrs::types::Change;
 use yrs::{Any, Out};
@@ -39,7 +39,8 @@ struct KeyState {
     val: Any,
     /// The delta that last touched this key (see `LwwIndex::generation`).
     touched_in: u64,
-    /// Scratch for `bulk_load`: the key's place in the list it returns.
+    /// The key's place in the list `bulk_load` returns, or in the keys the current delta
+    /// touched.
     listed_at: u32,
 }
 
@@ -54,6 +55,32 @@ impl KeyState {
             touched_in: 0,
             listed_at: 0,
         }
+    }
+}
+
+/// A key touched by a delta, as `LwwIndex::apply_delta` lists them.
+struct Touched {
+    key: Arc<str>,
+    /// Its winning value before the delta (`None`: it did not exist).
+    before: Option<Any>,
+    /// For a key the delta created, its value while nothing else in the delta touched it:
+    /// then the outcome is known without looking the key up again.
+    fresh: Option<Any>,
+}
+
+/// Records the first touch of an existing key in this delta (its value before it), or, on
+/// a later touch of a key the delta created, that its outcome must be worked out.
+fn touch(touched: &mut Vec<Touched>, state: &mut KeyState, generation: u64) {
+    if state.touched_in != generation {
+        state.touched_in = generation;
+        state.listed_at = touched.len() as u32;
+        touched.push(Touched {
+            key: state.key.clone(),
+            before: (state.count > 0).then(|| state.val.clone()),
+            fresh: None,
+        });
+    } else if let Some(t) = touched.get_mut(state.listed_at as usize) {
+        t.fresh = None;
     }
 }
 
@@ -97,12 +124,26 @@ fn parse(out: &Out) -> Slot {
     slot
 }
 
+/// The shape every entry map has, cloned per entry: cloning a table copies it as laid out,
+/// which is cheaper than hashing three keys into a fresh one (and a batch builds thousands).
+static ENTRY_SHAPE: LazyLock<HashMap<String, Any>> = LazyLock::new(|| {
+    ["key", "val", "ts"]
+        .into_iter()
+        .map(|k| (k.to_string(), Any::Null))
+        .collect()
+});
+
 /// Builds the `{key, val, ts}` entry written to the array.
-pub(crate) fn entry(key: &str, val: Any, ts: f64) -> Any {
-    let mut map = HashMap::with_capacity(3);
-    map.insert("key".to_string(), Any::String(Arc::from(key)));
-    map.insert("val".to_string(), val);
-    map.insert("ts".to_string(), Any::Number(yrs::any::Number::Float(ts)));
+pub(crate) fn entry(key: impl Into<Arc<str>>, val: Any, ts: f64) -> Any {
+    let mut map = ENTRY_SHAPE.clone();
+    let (mut key, mut val) = (Some(key.into()), Some(val));
+    for (name, slot) in map.iter_mut() {
+        *slot = match name.as_str() {
+            "key" => key.take().map_or(Any::Null, Any::String),
+            "val" => val.take().unwrap_or(Any::Null),
+            _ => Any::Number(yrs::any::Number::Float(ts)),
+        };
+    }
     Any::Map(Arc::new(map))
 }
 
@@ -136,11 +177,10 @@ impl LwwIndex {
         self.generation += 1;
         let generation = self.generation;
         let mut cursor = 0usize;
-        // Keys in the order first touched (so one row's cells stay together), each with
-        // its winning value before this delta (`None`: it did not exist). A key whose
+        // Keys in the order first touched (so one row's cells stay together). A key whose
         // count drops to zero stays in `keys` until the end, so that an entry removed and
         // re-added in one delta (an overwrite) is still one touch.
-        let mut touched: Vec<(Arc<str>, Option<Any>)> = Vec::new();
+        let mut touched: Vec<Touched> = Vec::new();
         let mut recompute: FastSet<Arc<str>> = FastSet::default();
         let mut max_ts = 0.0f64;
         for change in delta {
@@ -153,11 +193,7 @@ impl LwwIndex {
                         let Some(state) = self.keys.get_mut(&key) else {
                             continue;
                         };
-                        if state.touched_in != generation {
-                            state.touched_in = generation;
-                            let before = (state.count > 0).then(|| state.val.clone());
-                            touched.push((state.key.clone(), before));
-                        }
+                        touch(&mut touched, state, generation);
                         state.count = state.count.saturating_sub(1);
                         if state.count == 0 {
                             if !recompute.is_empty() {
@@ -170,38 +206,45 @@ impl LwwIndex {
                     }
                 }
                 Change::Added(values) => {
-                    let mut added: Vec<Slot> = values.iter().map(parse).collect();
-                    let n = added.len();
-                    self.keys.reserve(n);
-                    for slot in &mut added {
-                        let Some(key) = &slot.key else { continue };
-                        max_ts = max_ts.max(slot.ts);
-                        match self.keys.get_mut(key) {
-                            None => {
-                                touched.push((key.clone(), None));
-                                let mut state = KeyState::first(key, slot);
-                                state.touched_in = generation;
-                                self.keys.insert(key.clone(), state);
-                            }
-                            Some(state) => {
-                                if state.touched_in != generation {
+                    let at = cursor.min(self.slots.len());
+                    self.keys.reserve(values.len());
+                    touched.reserve(values.len());
+                    // Each entry is parsed and indexed in one go, while its key is still in
+                    // the cache (a separate pass over thousands of entries misses on each).
+                    let mut added: Vec<Slot> = Vec::with_capacity(values.len());
+                    for value in values {
+                        let mut slot = parse(value);
+                        if let Some(key) = &slot.key {
+                            max_ts = max_ts.max(slot.ts);
+                            match self.keys.get_mut(key) {
+                                None => {
+                                    let mut state = KeyState::first(key, &slot);
                                     state.touched_in = generation;
-                                    let before = (state.count > 0).then(|| state.val.clone());
-                                    touched.push((state.key.clone(), before));
+                                    state.listed_at = touched.len() as u32;
+                                    touched.push(Touched {
+                                        key: key.clone(),
+                                        before: None,
+                                        fresh: Some(slot.val.clone()),
+                                    });
+                                    self.keys.insert(key.clone(), state);
                                 }
-                                slot.key = Some(state.key.clone());
-                                if state.count == 0 || slot.ts > state.ts {
-                                    state.ts = slot.ts;
-                                    state.val = slot.val.clone();
-                                } else if slot.ts == state.ts {
-                                    // Equal ts: the rightmost wins; positions decide.
-                                    recompute.insert(state.key.clone());
+                                Some(state) => {
+                                    touch(&mut touched, state, generation);
+                                    slot.key = Some(state.key.clone());
+                                    if state.count == 0 || slot.ts > state.ts {
+                                        state.ts = slot.ts;
+                                        state.val = slot.val.clone();
+                                    } else if slot.ts == state.ts {
+                                        // Equal ts: the rightmost wins; positions decide.
+                                        recompute.insert(state.key.clone());
+                                    }
+                                    state.count += 1;
                                 }
-                                state.count += 1;
                             }
                         }
+                        added.push(slot);
                     }
-                    let at = cursor.min(self.slots.len());
+                    let n = added.len();
                     self.slots.splice(at..at, added);
                     cursor = at + n;
                 }
@@ -210,8 +253,13 @@ impl LwwIndex {
         if !recompute.is_empty() {
             self.recompute_winners(&recompute);
         }
-        let mut changes = Vec::new();
-        for (key, old) in touched {
+        let mut changes = Vec::with_capacity(touched.len());
+        for Touched { key, before, fresh } in touched {
+            if let Some(val) = fresh {
+                // New in this delta and not touched again: one entry, this value.
+                changes.push((key, Some(val)));
+                continue;
+            }
             let now = match self.keys.get(&key) {
                 Some(state) if state.count > 0 => Some(state),
                 Some(_) => {
@@ -230,7 +278,7 @@ impl LwwIndex {
                     }
                 }
             }
-            let changed = match (old, now) {
+            let changed = match (before, now) {
                 (None, None) => false,
                 (Some(old), Some(now)) => old != now.val,
                 _ => true,
@@ -514,6 +562,49 @@ mod tests {
             bulk.positions_to_delete([]),
             incremental.positions_to_delete([])
         );
+    }
+
+    /// A delta that creates a key and touches it again (two entries of one new key, a
+    /// later and an earlier one) reports the winner once, and the loser awaits deletion.
+    #[test]
+    fn a_key_created_twice_in_one_delta_reports_its_winner() {
+        let doc = Doc::with_client_id(1);
+        let array = doc.get_or_insert_array("table:t");
+        let index = Arc::new(std::sync::Mutex::new(LwwIndex::default()));
+        let seen: Arc<std::sync::Mutex<Vec<WinnerChange>>> = Arc::default();
+        let (i2, s2) = (index.clone(), seen.clone());
+        array.observe("lww-test", move |txn, e| {
+            let (changes, _) = i2.lock().unwrap().apply_delta(e.delta(txn));
+            s2.lock().unwrap().extend(changes);
+        });
+        {
+            let mut txn = doc.transact_mut();
+            array.insert_range(
+                &mut txn,
+                0,
+                [
+                    entry("a", Any::from("later"), 5.0),
+                    entry("b", Any::from("only"), 1.0),
+                    entry("a", Any::from("earlier"), 3.0),
+                ],
+            );
+        }
+        let changes = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(
+            changes,
+            vec![
+                (Arc::from("a"), Some(Any::from("later"))),
+                (Arc::from("b"), Some(Any::from("only"))),
+            ]
+        );
+        let idx = index.lock().unwrap();
+        assert!(idx.has_duplicates());
+        assert_eq!(idx.positions_to_delete([]), vec![2]);
+        drop(idx);
+        // Deleting the loser changes no winner.
+        array.remove_range(&mut doc.transact_mut(), 2, 1);
+        assert!(seen.lock().unwrap().is_empty());
+        assert!(!index.lock().unwrap().has_duplicates());
     }
 
     #[test]

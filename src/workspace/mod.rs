@@ -10,6 +10,7 @@
 mod client;
 mod clock;
 pub(crate) mod core;
+mod json;
 mod kv;
 mod lww;
 mod table;

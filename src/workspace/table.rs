@@ -101,13 +101,14 @@ impl TableHandle {
 
     fn put_row(plan: &mut WritePlan, index: usize, id: &str, row: &Row) {
         let w = plan.table(index);
+        // One buffer for every cell's key, copied once into its shared string.
+        let mut key = String::with_capacity(id.len() + 16);
         for (field, value) in row {
-            // Cheaper than `format!` on this hot path (one call per cell).
-            let mut key = String::with_capacity(id.len() + 1 + field.len());
+            key.clear();
             key.push_str(id);
             key.push(':');
             key.push_str(field);
-            w.puts.push((key, json_to_any(value)));
+            w.puts.push((Arc::from(key.as_str()), json_to_any(value)));
         }
     }
 
@@ -155,7 +156,7 @@ impl TableHandle {
             // Inside the transaction: no other write can create these rows meanwhile.
             let state = lock(&core.tables[index].state);
             let mut plan = WritePlan::default();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = foldhash::HashSet::default();
             for (id, row) in &prepared {
                 if !state.rows.contains_key(id) && seen.insert(id.as_str()) {
                     created += 1;

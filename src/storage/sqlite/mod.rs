@@ -165,11 +165,19 @@ pub(super) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _epicenter_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
+/// What [`read_all`] read.
+pub(super) struct Stored {
+    /// The snapshot (if any), then the logged updates in order.
+    pub updates: Vec<Vec<u8>>,
+    /// The sequence number of the last logged update (0 without any).
+    pub last_seq: i64,
+    /// How many updates the log holds, and their bytes.
+    pub log_count: u64,
+    pub log_bytes: u64,
+}
+
 /// Reads the snapshot and log, checking every checksum.
-pub(super) fn read_all(
-    conn: &Connection,
-    path: &Path,
-) -> Result<(Vec<Vec<u8>>, i64), StorageError> {
+pub(super) fn read_all(conn: &Connection, path: &Path) -> Result<Stored, StorageError> {
     let err = sql_err(path);
     let mut out = Vec::new();
     let snapshot: Option<(Vec<u8>, i64)> = conn
@@ -191,6 +199,7 @@ pub(super) fn read_all(
         .map_err(&err)?;
     let mut rows = stmt.query([]).map_err(&err)?;
     let mut last = 0i64;
+    let (mut log_count, mut log_bytes) = (0u64, 0u64);
     while let Some(row) = rows.next().map_err(&err)? {
         let seq: i64 = row.get(0).map_err(&err)?;
         let data: Vec<u8> = row.get(1).map_err(&err)?;
@@ -202,9 +211,16 @@ pub(super) fn read_all(
             ));
         }
         last = seq;
+        log_count += 1;
+        log_bytes += data.len() as u64;
         out.push(data);
     }
-    Ok((out, last))
+    Ok(Stored {
+        updates: out,
+        last_seq: last,
+        log_count,
+        log_bytes,
+    })
 }
 
 impl StorageProvider for SqliteStorage {
@@ -240,14 +256,13 @@ impl StorageProvider for SqliteStorage {
             return Err(damaged(&path, format!("integrity check: {check}")));
         }
         conn.execute_batch(SCHEMA).map_err(&err)?;
-        let (updates, last_seq) = read_all(&conn, &path)?;
-        let (log_count, log_bytes): (i64, i64) = conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(length(data)), 0) FROM _epicenter_log",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(&err)?;
+        // The log's size is counted while reading it (no second scan of the log).
+        let Stored {
+            updates,
+            last_seq,
+            log_count,
+            log_bytes,
+        } = read_all(&conn, &path)?;
         let mirror = match definition {
             Some(def) => Some(mirror::Mirror::prepare(&conn, &path, def)?),
             None => None,
@@ -264,8 +279,8 @@ impl StorageProvider for SqliteStorage {
             committed: committed.clone(),
             faults: self.faults.clone(),
             next_seq: last_seq + 1,
-            log_count: log_count as u64,
-            log_bytes: log_bytes as u64,
+            log_count,
+            log_bytes,
             lock_file,
         };
         std::thread::Builder::new()

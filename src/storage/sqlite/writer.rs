@@ -368,7 +368,8 @@ impl Writer {
         self.faults.check().map_err(&err)?;
         let started = Instant::now();
         let tx = self.conn.transaction().map_err(&err)?;
-        let (updates, last) = read_all(&tx, &self.path)?;
+        let stored = read_all(&tx, &self.path)?;
+        let (updates, last) = (stored.updates, stored.last_seq);
         let doc = yrs::Doc::new();
         super::super::replay(&doc, &updates).map_err(|detail| StorageError::Damaged {
             path: self.path.display().to_string(),
