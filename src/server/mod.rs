@@ -13,6 +13,7 @@ mod docs;
 mod error;
 mod idle;
 mod linger;
+mod listen;
 mod metrics;
 pub(crate) mod openapi;
 mod options;
@@ -277,12 +278,10 @@ impl Server {
             return Err(ServerError::AlreadyStarted);
         }
         let wanted = SocketAddr::new(self.options.host, self.options.resolved_port());
-        let listener = tokio::net::TcpListener::bind(wanted)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: wanted,
-                source,
-            })?;
+        let listener = listen::bind(wanted).map_err(|source| ServerError::Bind {
+            addr: wanted,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: wanted,
             source,
