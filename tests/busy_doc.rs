@@ -262,3 +262,33 @@ fn a_rest_write_to_a_busy_doc_waits_off_the_workers() {
     });
     server_rt.block_on(server.destroy()).unwrap();
 }
+
+#[test]
+fn an_empty_step_2_is_acknowledged_while_the_doc_is_busy() {
+    let Setup {
+        server_rt,
+        clients,
+        server,
+        addr,
+        busy,
+    } = setup();
+    clients.block_on(async {
+        let mut joiner = open(addr, "busy").await;
+        // A new client's answer to the server's step 1 carries nothing: it needs no
+        // transaction, so neither it nor the SYNC_STATUS after it waits for the busy doc.
+        let release = hold_doc(&busy);
+        let empty = Message::Sync(SyncMessage::SyncStep2(vec![0, 0])).encode_v1();
+        joiner.send(Ws::Binary(empty.into())).await.unwrap();
+        joiner
+            .send(Ws::Binary(Bytes::from_static(SYNC_STATUS)))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_binary(&mut joiner).await[..],
+            *SYNC_STATUS,
+            "the echo comes while the doc is still held"
+        );
+        release.send(()).unwrap();
+    });
+    server_rt.block_on(server.destroy()).unwrap();
+}

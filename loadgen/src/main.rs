@@ -15,8 +15,11 @@
 //!
 //! - `connect --clients N`: opens N connections (at most `--concurrency` handshakes at a
 //!   time, default 200), each completing the sync handshake (server step 1 and step 2
-//!   received); reports the time to connect all and the server's RSS before and after
-//!   (per connection), holds them for `--hold` seconds (default 2), then closes them.
+//!   received); reports the time to connect all, each connection's time from its first
+//!   step 1 to synced (`handshake_ms`) and from its TCP connect (`connect_to_synced_ms`),
+//!   and the server's RSS before and after (per connection), holds them for `--hold` seconds
+//!   (default 2), then closes them. The clients are the minimal ones of `src/raw_ws.rs`, so
+//!   the generator's own CPU per connection stays well below the server's.
 //! - `fanout --clients N --writers W --rate R --duration S`: N clients in one room; W of
 //!   them insert entries `<run>/w<writer>-<seq>` (value: send time, µs since the Unix epoch;
 //!   with `--value-bytes B`, a string of B bytes, for bigger updates) into the Y.Map `--root`
@@ -107,6 +110,9 @@ use yrs::updates::encoder::Encode;
 use yrs::{Any, Array, ClientID, Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
 
 mod floor;
+mod raw_ws;
+
+use raw_ws::{EmptyClient, RawWs, SyncStream, Target, OP_BINARY};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -304,6 +310,23 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds all processes on this machine have used (every core's non-idle time, from
+/// `/proc/stat`, in the usual 100 ticks per second).
+fn machine_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((ticks.iter().sum::<f64>() - idle) / 100.0)
+}
+
 /// Memory of all TCP sockets on this machine (kernel buffers: not in any process's RSS), in
 /// MB, from `/proc/net/sockstat` (counted in 4 KiB pages).
 fn tcp_mem_mb() -> Option<f64> {
@@ -327,6 +350,7 @@ struct Sample {
     server_cpu: Option<f64>,
     client_rss: u64,
     client_cpu: f64,
+    machine_cpu: Option<f64>,
 }
 
 impl Sample {
@@ -338,6 +362,7 @@ impl Sample {
             server_cpu,
             client_rss: mem_kib("self").map_or(0, |m| m.0),
             client_cpu: cpu_secs("self").unwrap_or(0.0),
+            machine_cpu: machine_cpu_secs(),
         }
     }
 
@@ -350,11 +375,16 @@ impl Sample {
     }
 }
 
-/// CPU seconds used between two samples, by the server and by this process.
+/// CPU seconds used between two samples, by the server, by this process, and by everything
+/// else on the machine (the cores are shared: a busy neighbour skews a run, and this says so).
 fn cpu_used(a: &Sample, b: &Sample) -> serde_json::Value {
+    let server = a.server_cpu.zip(b.server_cpu).map(|(x, y)| y - x);
+    let client = b.client_cpu - a.client_cpu;
+    let machine = a.machine_cpu.zip(b.machine_cpu).map(|(x, y)| y - x);
     json!({
-        "server_cpu_s": a.server_cpu.zip(b.server_cpu).map(|(x, y)| round(y - x, 2)),
-        "client_cpu_s": round(b.client_cpu - a.client_cpu, 2),
+        "server_cpu_s": server.map(|s| round(s, 2)),
+        "client_cpu_s": round(client, 2),
+        "other_cpu_s": machine.map(|m| round((m - client - server.unwrap_or(0.0)).max(0.0), 2)),
     })
 }
 
@@ -687,33 +717,39 @@ async fn connect(args: &Args) -> Res<bool> {
     check_fd_limit(n + 64)?;
 
     let peak_reset = pid.is_some_and(reset_peak);
+    let target = Arc::new(Target::new(&url).await?);
+    let client = Arc::new(EmptyClient::new());
     let before = Sample::take(pid);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
+    // Per connection: (from the TCP connect, from step 1 sent) to synced.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(Duration, Duration), String>>();
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let dropped = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
         let permit = permits.clone().acquire_owned().await?;
-        let (url, done, stop, dropped) = (
-            url.clone(),
+        let (target, client, done, stop, dropped) = (
+            target.clone(),
+            client.clone(),
             done_tx.clone(),
             stop_rx.clone(),
             dropped.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let synced = tokio::time::timeout(Duration::from_secs(60), async {
-                let mut ws = open(&url, ws_config(true)).await?;
-                let hs = handshake(&mut ws).await?;
-                Ok::<_, Error>((ws, hs.took))
+                let opening = Instant::now();
+                let mut ws = RawWs::open(&target, raw_ws::CONNECT_BUFFER).await?;
+                let syncing = Instant::now();
+                client.sync(&mut ws).await?;
+                Ok::<_, Error>((ws, (opening.elapsed(), syncing.elapsed())))
             })
             .await;
             drop(permit);
             match synced {
                 Ok(Ok((ws, took))) => {
                     let _ = done.send(Ok(took));
-                    if !hold(ws, stop).await {
+                    if !ws.hold(stop).await {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -724,11 +760,15 @@ async fn connect(args: &Args) -> Res<bool> {
     }
     drop(done_tx);
     let mut handshakes = Vec::with_capacity(n);
+    let mut opens = Vec::with_capacity(n);
     let mut errors: HashMap<String, usize> = HashMap::new();
     for _ in 0..n {
         let Some(r) = done_rx.recv().await else { break };
         match r {
-            Ok(took) => handshakes.push(took.as_micros() as u64),
+            Ok((open, sync)) => {
+                opens.push(open.as_micros() as u64);
+                handshakes.push(sync.as_micros() as u64);
+            }
             Err(e) => *errors.entry(e).or_default() += 1,
         }
     }
@@ -753,6 +793,7 @@ async fn connect(args: &Args) -> Res<bool> {
         .filter(|_| connected > 0)
         .map(|(b, h)| round((h.0 as f64 - b.0 as f64) / connected as f64, 1));
     let lat = latency_ms(&mut handshakes);
+    let open_lat = latency_ms(&mut opens);
     let dropped = dropped.load(Ordering::Relaxed);
     let ok = failed == 0 && dropped == 0;
     let summary = json!({
@@ -767,6 +808,7 @@ async fn connect(args: &Args) -> Res<bool> {
         "connect_all_s": round(connect_time.as_secs_f64(), 3),
         "connections_per_s": round(connected as f64 / connect_time.as_secs_f64(), 0),
         "handshake_ms": lat,
+        "connect_to_synced_ms": open_lat,
         "server_rss_before_mb": before.rss_mb(),
         "server_rss_connected_mb": held.rss_mb(),
         "server_rss_per_connection_kib": per_conn_kib,
@@ -779,11 +821,13 @@ async fn connect(args: &Args) -> Res<bool> {
         "ok": ok,
     });
     let human = format!(
-        "connect: {connected}/{n} connected in {:.2} s ({:.0}/s, handshake p50 {} p99 {}); server RSS {} -> {} ({} KiB/connection, peak {}), {} after close; client RSS {:.0} MB; {failed} failed, {dropped} dropped",
+        "connect: {connected}/{n} connected in {:.2} s ({:.0}/s, handshake p50 {} p99 {}, from TCP connect p50 {} p99 {}); server RSS {} -> {} ({} KiB/connection, peak {}), {} after close; client RSS {:.0} MB; {failed} failed, {dropped} dropped",
         connect_time.as_secs_f64(),
         connected as f64 / connect_time.as_secs_f64(),
         fmt_ms(&lat["p50"]),
         fmt_ms(&lat["p99"]),
+        fmt_ms(&open_lat["p50"]),
+        fmt_ms(&open_lat["p99"]),
         fmt_mb(before.rss_mb()),
         fmt_mb(held.rss_mb()),
         per_conn_kib.map_or("-".into(), |k| k.to_string()),
@@ -1312,345 +1356,11 @@ async fn drain_slow(mut ws: Ws, quiet: Duration) -> SlowEnd {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Streaming WebSocket client (the joiners of `join`)
-
-/// Read buffer of a [`RawWs`]: messages of any size pass through it in pieces.
-const RAW_BUFFER: usize = 64 * 1024;
-
-/// A minimal WebSocket client over a bare TCP stream that never holds a whole message: the
-/// joiners of `join` read a step 2 of many MB through a 64 KiB buffer and hash it as it
-/// arrives. (tungstenite collects every message in memory of its own; for 150 joiners of a
-/// 20 MB doc that is 3 GB of fresh memory, whose first touch alone costs the generator
-/// several times the server's CPU time, so the generator would dominate the measurement.)
-struct RawWs {
-    tcp: TcpStream,
-    buf: Box<[u8]>,
-    /// The bytes read but not consumed yet are `buf[pos..end]`.
-    pos: usize,
-    end: usize,
-}
-
-/// A frame header from the server (server frames are unmasked).
-struct FrameHeader {
-    fin: bool,
-    opcode: u8,
-    len: u64,
-}
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-impl RawWs {
-    /// Connects to a `ws://` URL and completes the client handshake by hand; whatever the
-    /// server sent after its response headers stays buffered.
-    async fn connect(url: &str) -> Res<RawWs> {
-        use tokio::io::AsyncWriteExt;
-        use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-        let rest = url.strip_prefix("ws://").ok_or("not a ws:// URL")?;
-        let (host, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-        let addr = if host.ends_with(']') || !host.contains(':') {
-            format!("{host}:80")
-        } else {
-            host.to_string()
-        };
-        let mut tcp = TcpStream::connect(addr.as_str()).await?;
-        tcp.set_nodelay(true)?;
-        let key = generate_key();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes()).await?;
-        let mut ws = RawWs {
-            tcp,
-            buf: vec![0; RAW_BUFFER].into_boxed_slice(),
-            pos: 0,
-            end: 0,
-        };
-        let head_len = loop {
-            if let Some(i) = ws.buf[..ws.end].windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if ws.end == ws.buf.len() {
-                return Err("handshake response headers over 64 KiB".into());
-            }
-            ws.fill().await?;
-        };
-        let head = String::from_utf8_lossy(&ws.buf[..head_len]);
-        let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap_or_default();
-        if status.split_whitespace().nth(1) != Some("101") {
-            return Err(format!("handshake refused: {status}").into());
-        }
-        let accept = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-accept"))
-            .map(|(_, v)| v.trim());
-        if accept != Some(derive_accept_key(key.as_bytes()).as_str()) {
-            return Err("handshake: wrong or missing Sec-WebSocket-Accept".into());
-        }
-        ws.pos = head_len;
-        Ok(ws)
-    }
-
-    /// Reads more bytes after the buffered ones; the end of the stream is an error.
-    async fn fill(&mut self) -> Res<()> {
-        use tokio::io::AsyncReadExt;
-        if self.pos == self.end {
-            (self.pos, self.end) = (0, 0);
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.pos..self.end, 0);
-            (self.pos, self.end) = (0, self.end - self.pos);
-        }
-        if self.end == self.buf.len() {
-            return Err("read buffer full".into());
-        }
-        let n = self.tcp.read(&mut self.buf[self.end..]).await?;
-        if n == 0 {
-            return Err("connection ended by the server".into());
-        }
-        self.end += n;
-        Ok(())
-    }
-
-    /// Takes the next `N` bytes (a few: header fields).
-    async fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
-        while self.end - self.pos < N {
-            self.fill().await?;
-        }
-        let bytes = self.buf[self.pos..self.pos + N]
-            .try_into()
-            .expect("N bytes");
-        self.pos += N;
-        Ok(bytes)
-    }
-
-    async fn frame_header(&mut self) -> Res<FrameHeader> {
-        let [b0, b1] = self.take::<2>().await?;
-        if b0 & 0x70 != 0 {
-            return Err("frame with reserved bits set (no extension was negotiated)".into());
-        }
-        if b1 & 0x80 != 0 {
-            return Err("masked frame from the server".into());
-        }
-        let len = match b1 & 0x7f {
-            126 => u64::from(u16::from_be_bytes(self.take::<2>().await?)),
-            127 => u64::from_be_bytes(self.take::<8>().await?),
-            len => u64::from(len),
-        };
-        Ok(FrameHeader {
-            fin: b0 & 0x80 != 0,
-            opcode: b0 & 0x0f,
-            len,
-        })
-    }
-
-    /// Passes a frame's payload of `len` bytes to `f` in pieces, as they arrive.
-    async fn payload(&mut self, mut len: u64, mut f: impl FnMut(&[u8])) -> Res<()> {
-        while len > 0 {
-            if self.pos == self.end {
-                self.fill().await?;
-            }
-            let n = (self.end - self.pos).min(usize::try_from(len).unwrap_or(usize::MAX));
-            f(&self.buf[self.pos..self.pos + n]);
-            self.pos += n;
-            len -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// A control frame's payload (at most 125 bytes).
-    async fn control_payload(&mut self, len: u64) -> Res<Vec<u8>> {
-        if len > 125 {
-            return Err(format!("control frame of {len} bytes (at most 125)").into());
-        }
-        let mut payload = Vec::with_capacity(len as usize);
-        self.payload(len, |piece| payload.extend_from_slice(piece))
-            .await?;
-        Ok(payload)
-    }
-
-    /// Sends one masked frame (client frames must be masked).
-    async fn send(&mut self, opcode: u8, payload: &[u8]) -> Res<()> {
-        use tokio::io::AsyncWriteExt;
-        let mut frame = Vec::with_capacity(payload.len() + 14);
-        frame.push(0x80 | opcode);
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = (random_id() as u32).to_be_bytes();
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&frame).await?;
-        Ok(())
-    }
-
-    /// Reads the next binary message, passing its bytes to `f` as they arrive (across
-    /// fragments). Text messages and pongs are skipped, pings answered; a close frame or the
-    /// end of the stream is an error.
-    async fn read_binary(&mut self, mut f: impl FnMut(&[u8])) -> Res<()> {
-        // Inside a fragmented message: whether it is binary.
-        let mut message: Option<bool> = None;
-        loop {
-            let header = self.frame_header().await?;
-            match header.opcode {
-                OP_CLOSE => {
-                    let p = self.control_payload(header.len).await?;
-                    let code = p.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default());
-                    return Err(format!("closed by server: code {code:?} {reason:?}").into());
-                }
-                OP_PING => {
-                    let p = self.control_payload(header.len).await?;
-                    self.send(OP_PONG, &p).await?;
-                    continue;
-                }
-                OP_PONG => {
-                    self.control_payload(header.len).await?;
-                    continue;
-                }
-                OP_TEXT | OP_BINARY if message.is_none() => {
-                    message = Some(header.opcode == OP_BINARY);
-                }
-                OP_CONTINUATION if message.is_some() => {}
-                op => return Err(format!("unexpected frame (opcode {op})").into()),
-            }
-            let binary = message == Some(true);
-            self.payload(header.len, |piece| {
-                if binary {
-                    f(piece)
-                }
-            })
-            .await?;
-            if header.fin {
-                if binary {
-                    return Ok(());
-                }
-                message = None;
-            }
-        }
-    }
-
-    /// Keeps reading (answering pings, discarding messages) until `stop`, then closes the
-    /// connection. Returns false if the server ended it first.
-    async fn hold(mut self, mut stop: watch::Receiver<bool>) -> bool {
-        let kept = tokio::select! {
-            _ = async { while self.read_binary(|_| {}).await.is_ok() {} } => false,
-            _ = stop.changed() => true,
-        };
-        if kept {
-            // Our close frame, then whatever comes (a frame may have been cut short above)
-            // until the server closes the connection.
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                if self.send(OP_CLOSE, &[]).await.is_ok() {
-                    while self.fill().await.is_ok() {
-                        self.pos = self.end;
-                    }
-                }
-            })
-            .await;
-        }
-        kept
-    }
-}
-
-/// Where a [`SyncStream`] is in its message.
-enum StreamState {
-    /// The first bytes, until the header (message type, sync sub-type, payload length) is
-    /// complete.
-    Head(Vec<u8>),
-    /// Not a sync message.
-    Other,
-    /// A sync message: its sub-type and the payload length its header declares.
-    Sync { sub: u64, declared: u64 },
-}
-
-/// Follows one binary message as its bytes arrive and gives, at its end, what
-/// [`sync_payload`] gives for the whole message: its sync sub-type, and the length and
-/// CRC-32 of its payload.
-struct SyncStream {
-    state: StreamState,
-    len: u64,
-    crc: crc32fast::Hasher,
-}
-
-impl SyncStream {
-    /// The longest header: three varints of at most 10 bytes.
-    const MAX_HEAD: usize = 30;
-
-    fn new() -> SyncStream {
-        SyncStream {
-            state: StreamState::Head(Vec::with_capacity(Self::MAX_HEAD)),
-            len: 0,
-            crc: crc32fast::Hasher::new(),
-        }
-    }
-
-    fn feed(&mut self, mut piece: &[u8]) {
-        while let StreamState::Head(head) = &mut self.state {
-            // A header longer than MAX_HEAD is malformed: `finish` says so.
-            let Some((&byte, rest)) = piece.split_first().filter(|_| head.len() < Self::MAX_HEAD)
-            else {
-                return;
-            };
-            head.push(byte);
-            piece = rest;
-            let mut pos = 0;
-            self.state = match read_varuint(head, &mut pos) {
-                Some(0) => match (read_varuint(head, &mut pos), read_varuint(head, &mut pos)) {
-                    (Some(sub), Some(declared)) => StreamState::Sync { sub, declared },
-                    _ => continue,
-                },
-                Some(_) => StreamState::Other,
-                None => continue,
-            };
-        }
-        if let StreamState::Sync { .. } = self.state {
-            self.len += piece.len() as u64;
-            self.crc.update(piece);
-        }
-    }
-
-    /// The sync sub-type, payload length and payload CRC-32; `None` if the message is not a
-    /// sync message; an error if its header is malformed or its length prefix does not
-    /// match the message exactly.
-    fn finish(self) -> Res<Option<(u64, usize, u32)>> {
-        match self.state {
-            // The whole message is in `head`.
-            StreamState::Head(head) => Ok(sync_payload(&head)?
-                .map(|(sub, payload)| (sub, payload.len(), crc32fast::hash(payload)))),
-            StreamState::Other => Ok(None),
-            StreamState::Sync { sub, declared } if declared == self.len => {
-                Ok(Some((sub, self.len as usize, self.crc.finalize())))
-            }
-            StreamState::Sync { declared, .. } => Err(format!(
-                "sync frame says {declared} payload bytes but carries {}",
-                self.len
-            )
-            .into()),
-        }
-    }
-}
-
 /// A joiner: connects, sends an empty step 1, answers the server's step 1 with an empty
 /// step 2, and streams the server's step 2 through [`SyncStream`]: when it was complete
 /// (since `start`), its payload length and CRC-32.
-async fn join_streaming(url: &str, start: Instant) -> Res<(RawWs, Joined)> {
-    let mut ws = RawWs::connect(url).await?;
+async fn join_streaming(target: &Target, start: Instant) -> Res<(RawWs, Joined)> {
+    let mut ws = RawWs::open(target, raw_ws::JOIN_BUFFER).await?;
     ws.send(OP_BINARY, &empty_step1().into_data()).await?;
     loop {
         let mut message = SyncStream::new();
@@ -1765,17 +1475,18 @@ async fn join(args: &Args) -> Res<bool> {
     let before = Sample::take(pid);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Joined, String>>();
     let dropped = Arc::new(AtomicUsize::new(0));
+    let target = Arc::new(Target::new(&url).await?);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
-        let (url, done, stop, dropped) = (
-            url.clone(),
+        let (target, done, stop, dropped) = (
+            target.clone(),
             done_tx.clone(),
             stop_rx.clone(),
             dropped.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let joined = join_streaming(&url, start);
+            let joined = join_streaming(&target, start);
             match tokio::time::timeout(Duration::from_secs(120), joined).await {
                 Ok(Ok((ws, j))) => {
                     let _ = done.send(Ok(j));

@@ -6,6 +6,7 @@
 //! and destroys every client. Custom routes and nesting into an existing axum app go through
 //! plain axum `Router`s with [`ServerState`] as their state.
 
+mod accept;
 pub mod actions;
 mod auth;
 mod discovery;
@@ -14,6 +15,7 @@ mod docs;
 mod error;
 mod idle;
 mod linger;
+mod listen;
 mod metrics;
 pub(crate) mod openapi;
 mod options;
@@ -24,7 +26,6 @@ mod sync_route;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, MethodRouter};
@@ -373,19 +374,17 @@ impl Server {
             return Err(ServerError::AlreadyStarted);
         }
         let wanted = SocketAddr::new(self.options.host, self.options.resolved_port());
-        let listener = tokio::net::TcpListener::bind(wanted)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: wanted,
-                source,
-            })?;
+        let listener = listen::bind(wanted).map_err(|source| ServerError::Bind {
+            addr: wanted,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: wanted,
             source,
         })?;
         let (stop, stopped) = watch::channel(false);
         let app = self.router();
-        let task = tokio::spawn(serve(
+        let task = tokio::spawn(accept::serve(
             listener,
             app,
             stopped,
@@ -452,164 +451,6 @@ impl Server {
         tracing::info!("shutdown signal received");
         self.destroy().await
     }
-}
-
-/// Accepts connections and serves `app` on each (HTTP/1 with upgrades, or HTTP/2) until
-/// `stop` turns true; then stops accepting, lets every connection finish the requests it
-/// is serving, and returns once they are done (upgraded sync connections are the hub's).
-/// Like `axum::serve`, plus TCP_NODELAY, a deadline for request headers, and a lingering
-/// close (see [`linger`]), so a client still sending a body the server refused reads the
-/// answer instead of a reset.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-    header_read_timeout: Duration,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    builder.http2().enable_connect_protocol();
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little, as axum does.
-                tracing::error!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Small JSON responses and sync frames must not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-        // Whether the connection got as far as a request: a header deadline hit before
-        // that is a client that never sent one; after it, an idle keep-alive connection.
-        let (tcp, returned) = linger::Returning::new(tcp);
-        let wire = tcp.shared();
-        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = served.clone();
-        let app = app.clone();
-        let idle = idle::Idle::new();
-        let requests = idle.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            seen.store(true, std::sync::atomic::Ordering::Relaxed);
-            let in_flight = requests.begin();
-            // The client's address, for per-client limits (as `axum::serve` provides it).
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            request
-                .extensions_mut()
-                .insert(sync_route::TcpStreamOf(wire.clone()));
-            // A body that stops arriving fails after the same deadline as slow headers,
-            // instead of holding the connection and its task forever.
-            let request = request.map(|body| {
-                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
-                    header_read_timeout,
-                    body,
-                ))
-            });
-            let response = tower::ServiceExt::oneshot(app.clone(), request);
-            async move {
-                let response = response.await;
-                if matches!(&response, Ok(r) if r.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS)
-                {
-                    in_flight.upgraded();
-                }
-                response.map(|r| r.map(|body| idle::Guarded::new(body, in_flight)))
-            }
-        });
-        let builder = builder.clone();
-        let mut stop = stop.clone();
-        connections.spawn(async move {
-            // hyper's deadline starts once it knows the protocol, which it learns from the
-            // first bytes: a connection that sends none is held to the deadline here.
-            if !first_bytes_within(&tcp.shared(), header_read_timeout).await {
-                tracing::warn!(
-                    %peer,
-                    timeout = ?header_read_timeout,
-                    "closed a connection that sent no request in time"
-                );
-                return;
-            }
-            // In a block, so hyper's connection (and with it the stream) is dropped before
-            // the linger.
-            let result = {
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                let mut connection = std::pin::pin!(connection);
-                let finished = tokio::select! {
-                    result = connection.as_mut() => Ok(result),
-                    _ = stop.wait_for(|stopped| *stopped) => Err(false),
-                    // HTTP/2 has no deadline of hyper's for a connection without requests.
-                    _ = idle.elapsed(header_read_timeout) => Err(true),
-                };
-                match finished {
-                    Ok(result) => result,
-                    Err(idle) => {
-                        connection.as_mut().graceful_shutdown();
-                        if idle {
-                            // A graceful HTTP/2 close waits for the peer's answer: bounded.
-                            tracing::debug!(%peer, "closing a connection idle for too long");
-                            match tokio::time::timeout(header_read_timeout, connection).await {
-                                Ok(result) => result,
-                                Err(_) => Ok(()),
-                            }
-                        } else {
-                            connection.await
-                        }
-                    }
-                }
-            };
-            linger::linger(&returned, &mut stop).await;
-            let Err(e) = result else { return };
-            let timed_out = e
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout);
-            if timed_out && !served.load(std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(
-                    %peer,
-                    timeout = ?header_read_timeout,
-                    "closed a connection that sent no complete request headers in time"
-                );
-            } else {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-}
-
-/// Waits until `tcp` has sent enough to tell HTTP/1 from HTTP/2 (its first bytes, or the
-/// whole 24-byte HTTP/2 preface if they start like it), or has closed; `false` if that takes
-/// longer than `timeout`.
-async fn first_bytes_within(tcp: &tokio::net::TcpStream, timeout: Duration) -> bool {
-    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let wait = async {
-        let mut buf = [0u8; 24];
-        loop {
-            if tcp.readable().await.is_err() {
-                return;
-            }
-            match tcp.peek(&mut buf).await {
-                Ok(n) if n > 0 && n < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf[..n]) => {
-                    // A partial preface: the socket stays readable, so wait a little.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                _ => return,
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait).await.is_ok()
 }
 
 /// Resolves on SIGINT or (on Unix) SIGTERM.

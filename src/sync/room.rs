@@ -280,6 +280,9 @@ impl Room {
     /// Whether `update` would change the doc (see `read_only`): what a read-only
     /// connection may not send. Never waits for the doc on an async worker.
     pub async fn changes(&self, bytes: Vec<u8>) -> Result<bool, String> {
+        if bytes == EMPTY_UPDATE {
+            return Ok(false);
+        }
         let small = bytes.len() <= INLINE_READ;
         let decode = move || crate::storage::decode_update(&bytes);
         let update = if small {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use yrs::{ReadTxn, StateVector, Transact};
 
-use super::{origin_of, Out, Outbox, Room, RoomDoc};
+use super::{origin_of, Out, Outbox, Room, RoomDoc, EMPTY_UPDATE};
 use crate::sync::protocol::{self, close};
 
 /// Updates up to this size are applied on the async worker when no transaction is open on
@@ -87,8 +87,15 @@ impl Room {
     /// `storage::apply_untrusted`) is also fanned out as received. A small update into a
     /// free doc is applied on the spot; else (or to settle LWW losers it revealed) the work
     /// goes to a blocking thread and the caller waits, so a connection's messages stay in
-    /// order and a SYNC_STATUS after it still covers it.
+    /// order and a SYNC_STATUS after it still covers it. An empty update takes no
+    /// transaction at all.
     pub async fn apply(self: &Arc<Self>, conn: u64, update: Vec<u8>) -> Result<(), (u16, String)> {
+        if update == EMPTY_UPDATE {
+            // What every new client answers the server's step 1 with: nothing to apply, so
+            // no transaction, which would wait for a busy doc and keep the other joiners'
+            // reads of the doc off the async workers.
+            return Ok(());
+        }
         if update.len() <= INLINE_UPDATE {
             let origin = origin_of(conn);
             let applied = match &self.doc {
