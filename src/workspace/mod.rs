@@ -13,6 +13,7 @@ pub(crate) mod core;
 mod json;
 mod kv;
 mod lww;
+mod rows;
 mod table;
 
 pub use self::core::{RowResult, Subscription, LOCAL_ORIGIN};
