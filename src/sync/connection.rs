@@ -312,6 +312,8 @@ struct Io {
     gap_us: f32,
     holding: bool,
     hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Until the first event: whether nothing was read or written yet.
+    fresh: bool,
 }
 
 impl Io {
@@ -335,12 +337,22 @@ impl Io {
             gap_us: f32::MAX,
             holding: false,
             hold: None,
+            fresh: true,
         }
     }
 
     /// Takes what is queued, sends what the socket accepts, and returns the next inbound
     /// message or the reason to stop.
     fn poll_event(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Poll<Event> {
+        if std::mem::take(&mut self.fresh) {
+            // A client sends its step 1 as soon as it is connected: when it is already
+            // here, it is answered before anything is written, so the server's step 1 and
+            // step 2 leave in one write (one send, and one wake-up of the client, instead of
+            // two of each per handshake).
+            if let Poll::Ready(event) = self.poll_read(cx) {
+                return Poll::Ready(event);
+            }
+        }
         // Frames are taken from the queue only once the previous batch is sent, so a
         // peer that stops reading fills its queue (and is closed) instead of this buffer.
         if self.frames.is_empty() {
@@ -386,6 +398,11 @@ impl Io {
             // once the frame is out (the write wakes this task).
             return Poll::Pending;
         }
+        self.poll_read(cx)
+    }
+
+    /// The next inbound message, or the reason to stop.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         loop {
             let message = match self.socket.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
