@@ -145,7 +145,15 @@ fn main() {
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
         match args.scenario.as_str() {
-            "connect" => connect(&args).await,
+            // On a worker, with its connections' tasks: spawning them from outside the
+            // runtime woke the worker thread for each (a futex call per connection).
+            "connect" => {
+                let args = args.clone();
+                match tokio::spawn(async move { connect(&args).await }).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => Err(e.to_string().into()),
+                }
+            }
             "fanout" => fanout(&args).await,
             "join" => join(&args).await,
             "awareness" => awareness(&args).await,
@@ -183,6 +191,7 @@ const USAGE: &str =
 // ---------------------------------------------------------------------------------------
 // Arguments
 
+#[derive(Clone)]
 struct Args {
     scenario: String,
     flags: HashMap<String, String>,

@@ -316,6 +316,8 @@ struct Io {
     /// (made once, reused).
     holding: bool,
     hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Until the first event: whether nothing was read or written yet.
+    fresh: bool,
 }
 
 impl Io {
@@ -337,12 +339,22 @@ impl Io {
             since_flush: 0,
             holding: false,
             hold: None,
+            fresh: true,
         }
     }
 
     /// Takes what is queued, sends what the socket accepts, and returns the next inbound
     /// message or the reason to stop.
     fn poll_event(&mut self, cx: &mut Context<'_>, out: &Outbox) -> Poll<Event> {
+        if std::mem::take(&mut self.fresh) {
+            // A client sends its step 1 as soon as it is connected: when it is already
+            // here, it is answered before anything is written, so the server's step 1 and
+            // step 2 leave in one write (one send, and one wake-up of the client, instead of
+            // two of each per handshake).
+            if let Poll::Ready(event) = self.poll_read(cx) {
+                return Poll::Ready(event);
+            }
+        }
         // Whether frames of the last batch are still waiting for the socket: what the room
         // queues meanwhile is not taken, though its pushes wake the task.
         let mut behind = false;
@@ -411,14 +423,22 @@ impl Io {
             // once the frame is out (the write wakes this task).
             return Poll::Pending;
         }
+        match self.poll_read(cx) {
+            Poll::Pending => {
+                if let Err(e) = self.settle(cx, out) {
+                    return Poll::Ready(Event::Gone(format!("write failed: {e}")));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    /// The next inbound message, or the reason to stop.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         loop {
             let message = match self.socket.poll_next_unpin(cx) {
-                Poll::Pending => {
-                    if let Err(e) = self.settle(cx, out) {
-                        return Poll::Ready(Event::Gone(format!("write failed: {e}")));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Event::Gone("the peer left".into())),
                 Poll::Ready(Some(Err(tungstenite::Error::Capacity(e)))) => {
                     return Poll::Ready(Event::TooBig(e.to_string()))
