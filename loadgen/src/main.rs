@@ -56,6 +56,9 @@
 //!   send the server's next segments in the reader's own system call, so the generator's
 //!   one thread did the server's TCP work as well as its own copying, and was the limit
 //!   (20 joiners of 2 MB: 22-29 ms autotuned, 10-19 ms with 4 MiB, for the same server).
+//!   The probes leave the server with an encoding of the full state it can reuse; with
+//!   `--cold 1` another client changes the doc after them, so the joiners' time includes
+//!   encoding the state (once, by the first joiner, on our server).
 //! - `awareness --clients N --duration S`: every client sets its awareness state every
 //!   `--interval-ms` (default 1000), phases spread evenly; the state carries its send time.
 //!   The server sends each state to every client, the sender included: expected = states
@@ -186,7 +189,7 @@ const USAGE: &str =
   fanout    --clients 100 --writers 10 --rate 1000 --duration 20 [--drain 5]
             [--value-bytes 0] [--slow-clients 0] [--slow-quiet 3] [--server-log FILE]
   join      --clients 150 --doc-mb 20 [--entry-bytes 1024] [--chunk-kb 1024]
-            [--recv-buffer 4194304]
+            [--recv-buffer 4194304] [--cold 0]
   awareness --clients 200 --duration 10 [--interval-ms 1000]
   churn     --workers 50 --duration 600 [--warmup 60] [--idle 65] [--edits 3]
             [--data list|map] [--keys 100] [--rooms 1] [--awareness-ids connection|worker]
@@ -254,6 +257,7 @@ impl Args {
             "pause-ms",
             "sample-s",
             "recv-buffer",
+            "cold",
         ];
         if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(format!("unknown flag --{unknown}"));
@@ -1414,6 +1418,7 @@ async fn join(args: &Args) -> Res<bool> {
     let chunk_kb: usize = args.num("chunk-kb", 1024)?;
     let recv_buffer: u32 = args.num("recv-buffer", 4 * 1024 * 1024)?;
     let recv_buffer = (recv_buffer > 0).then_some(recv_buffer);
+    let cold = args.num("cold", 0u8)? != 0;
     let pid = args.pid()?;
     let root = args.root();
     check_fd_limit(n + 64)?;
@@ -1482,6 +1487,21 @@ async fn join(args: &Args) -> Res<bool> {
         seed_time.as_secs_f64()
     );
 
+    if cold {
+        // One more entry, outside the checked ones: the doc changes after the probes, so
+        // the first joiner has the full state encoded (the others share it).
+        let (mut ws, _) = open_synced(&url, ws_config(false)).await?;
+        let doc = Doc::new();
+        let map = doc.get_or_insert_map(root.as_str());
+        let update = {
+            let mut txn = doc.transact_mut();
+            map.insert(&mut txn, format!("{:x}-cold", random_id()), "changed");
+            txn.encode_update_v1()
+        };
+        ws.send(binary(&Message::Sync(SyncMessage::Update(update))))
+            .await?;
+        close(ws).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
@@ -1577,6 +1597,7 @@ async fn join(args: &Args) -> Res<bool> {
         "url": url,
         "joiner": "streaming",
         "joiner_recv_buffer": recv_buffer,
+        "cold": cold,
         "clients": n,
         "doc_mb": doc_mb,
         "entries": entries,
