@@ -29,7 +29,9 @@
 #   join       JOIN_CLIENTS=150 empty clients join a room holding JOIN_MB=20 MB at once;
 #              time until all have it, server peak RSS (targets: < 3 s, < 500 MB); the
 #              joiners stream the step 2 (length + CRC-32, checked against one full fetch)
-#              so the generator's own memory and CPU stay small
+#              so the generator's own memory and CPU stay small; each joiner's socket has a
+#              4 MiB receive buffer (EXTRA_ARGS="--recv-buffer 0" for the kernel's autotuning,
+#              which makes the generator's one thread the limit: see loadgen/src/main.rs)
 #   awareness  AWARENESS_CLIENTS=200 clients set awareness every AWARENESS_INTERVAL_MS=1000 ms
 #              for AWARENESS_DURATION=10 s; messages/s, latency, server CPU
 # Other settings: PORT=39140, THREADS=1 (generator worker threads; the other core is the

@@ -49,7 +49,16 @@
 //!   length and CRC-32: buffering 150 copies of a 20 MB message would cost the generator
 //!   more CPU than the server spends. Afterwards one more client fetches the step 2 whole;
 //!   it must hold every entry, and every joiner's must match it (length and CRC-32). The
-//!   joiners stay connected (pings answered) until the measurement ends.
+//!   joiners stay connected (pings answered) until the measurement ends. Each joiner's
+//!   socket gets a receive buffer of `--recv-buffer` bytes (default 4 MiB; 0: the kernel's
+//!   autotuning). Over loopback, a receive window that starts small and grows as the reader
+//!   reads clocks the server's transmission: each read's window update makes the kernel
+//!   send the server's next segments in the reader's own system call, so the generator's
+//!   one thread did the server's TCP work as well as its own copying, and was the limit
+//!   (20 joiners of 2 MB: 22-29 ms autotuned, 10-19 ms with 4 MiB, for the same server).
+//!   The probes leave the server with an encoding of the full state it can reuse; with
+//!   `--cold 1` another client changes the doc after them, so the joiners' time includes
+//!   encoding the state (once, by the first joiner, on our server).
 //! - `awareness --clients N --duration S`: every client sets its awareness state every
 //!   `--interval-ms` (default 1000), phases spread evenly; the state carries its send time.
 //!   The server sends each state to every client, the sender included: expected = states
@@ -180,6 +189,7 @@ const USAGE: &str =
   fanout    --clients 100 --writers 10 --rate 1000 --duration 20 [--drain 5]
             [--value-bytes 0] [--slow-clients 0] [--slow-quiet 3] [--server-log FILE]
   join      --clients 150 --doc-mb 20 [--entry-bytes 1024] [--chunk-kb 1024]
+            [--recv-buffer 4194304] [--cold 0]
   awareness --clients 200 --duration 10 [--interval-ms 1000]
   churn     --workers 50 --duration 600 [--warmup 60] [--idle 65] [--edits 3]
             [--data list|map] [--keys 100] [--rooms 1] [--awareness-ids connection|worker]
@@ -246,6 +256,8 @@ impl Args {
             "abrupt-every",
             "pause-ms",
             "sample-s",
+            "recv-buffer",
+            "cold",
         ];
         if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(format!("unknown flag --{unknown}"));
@@ -748,7 +760,7 @@ async fn connect(args: &Args) -> Res<bool> {
         tasks.push(tokio::spawn(async move {
             let synced = tokio::time::timeout(Duration::from_secs(60), async {
                 let opening = Instant::now();
-                let mut ws = RawWs::open(&target, raw_ws::CONNECT_BUFFER).await?;
+                let mut ws = RawWs::open(&target, raw_ws::CONNECT_BUFFER, None).await?;
                 let syncing = Instant::now();
                 client.sync(&mut ws).await?;
                 Ok::<_, Error>((ws, (opening.elapsed(), syncing.elapsed())))
@@ -1368,8 +1380,12 @@ async fn drain_slow(mut ws: Ws, quiet: Duration) -> SlowEnd {
 /// A joiner: connects, sends an empty step 1, answers the server's step 1 with an empty
 /// step 2, and streams the server's step 2 through [`SyncStream`]: when it was complete
 /// (since `start`), its payload length and CRC-32.
-async fn join_streaming(target: &Target, start: Instant) -> Res<(RawWs, Joined)> {
-    let mut ws = RawWs::open(target, raw_ws::JOIN_BUFFER).await?;
+async fn join_streaming(
+    target: &Target,
+    recv_buffer: Option<u32>,
+    start: Instant,
+) -> Res<(RawWs, Joined)> {
+    let mut ws = RawWs::open(target, raw_ws::JOIN_BUFFER, recv_buffer).await?;
     ws.send(OP_BINARY, &empty_step1().into_data()).await?;
     loop {
         let mut message = SyncStream::new();
@@ -1411,6 +1427,9 @@ async fn join(args: &Args) -> Res<bool> {
     let doc_mb: f64 = args.num("doc-mb", 20.0)?;
     let entry_bytes: usize = args.num("entry-bytes", 1024)?;
     let chunk_kb: usize = args.num("chunk-kb", 1024)?;
+    let recv_buffer: u32 = args.num("recv-buffer", 4 * 1024 * 1024)?;
+    let recv_buffer = (recv_buffer > 0).then_some(recv_buffer);
+    let cold = args.num("cold", 0u8)? != 0;
     let pid = args.pid()?;
     let root = args.root();
     check_fd_limit(n + 64)?;
@@ -1479,6 +1498,21 @@ async fn join(args: &Args) -> Res<bool> {
         seed_time.as_secs_f64()
     );
 
+    if cold {
+        // One more entry, outside the checked ones: the doc changes after the probes, so
+        // the first joiner has the full state encoded (the others share it).
+        let (mut ws, _) = open_synced(&url, ws_config(false)).await?;
+        let doc = Doc::new();
+        let map = doc.get_or_insert_map(root.as_str());
+        let update = {
+            let mut txn = doc.transact_mut();
+            map.insert(&mut txn, format!("{:x}-cold", random_id()), "changed");
+            txn.encode_update_v1()
+        };
+        ws.send(binary(&Message::Sync(SyncMessage::Update(update))))
+            .await?;
+        close(ws).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let peak_reset = pid.is_some_and(reset_peak);
     let before = Sample::take(pid);
@@ -1495,7 +1529,7 @@ async fn join(args: &Args) -> Res<bool> {
             dropped.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let joined = join_streaming(&target, start);
+            let joined = join_streaming(&target, recv_buffer, start);
             match tokio::time::timeout(Duration::from_secs(120), joined).await {
                 Ok(Ok((ws, j))) => {
                     let _ = done.send(Ok(j));
@@ -1573,6 +1607,8 @@ async fn join(args: &Args) -> Res<bool> {
         "scenario": "join",
         "url": url,
         "joiner": "streaming",
+        "joiner_recv_buffer": recv_buffer,
+        "cold": cold,
         "clients": n,
         "doc_mb": doc_mb,
         "entries": entries,

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -124,9 +124,21 @@ const OP_PONG: u8 = 0xA;
 impl RawWs {
     /// Connects to `target` and completes the client handshake, with a read buffer of
     /// `buffer` bytes (the response headers must fit); whatever the server sent after its
-    /// response headers stays buffered.
-    pub async fn open(target: &Target, buffer: usize) -> Res<RawWs> {
-        let mut tcp = TcpStream::connect(target.addr).await?;
+    /// response headers stays buffered. With `recv_buffer`, the socket's receive buffer is
+    /// set to that many bytes before connecting (instead of the kernel's autotuning, which
+    /// starts small: see `join` in main.rs).
+    pub async fn open(target: &Target, buffer: usize, recv_buffer: Option<u32>) -> Res<RawWs> {
+        let mut tcp = match recv_buffer {
+            None => TcpStream::connect(target.addr).await?,
+            Some(bytes) => {
+                let socket = match target.addr {
+                    SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => TcpSocket::new_v6()?,
+                };
+                socket.set_recv_buffer_size(bytes)?;
+                socket.connect(target.addr).await?
+            }
+        };
         tcp.set_nodelay(true)?;
         tcp.write_all(&target.request).await?;
         let mut ws = RawWs {

@@ -169,14 +169,15 @@ async fn connection(
         Protocol::Http2 => {
             let connection = builders.http2.serve_connection(io, service);
             let shutdown = http2::Connection::graceful_shutdown;
-            until_done(
+            // Boxed: inline, HTTP/2's larger connection would grow every connection's task.
+            Box::pin(until_done(
                 connection,
                 shutdown,
                 &idle,
                 &mut stop,
                 peer,
                 header_read_timeout,
-            )
+            ))
             .await
         }
     };

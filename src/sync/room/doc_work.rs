@@ -79,7 +79,7 @@ impl Room {
         if *sv == StateVector::default() {
             self.size.store(update.len() as u64, Ordering::Release);
         }
-        protocol::step2(&update)
+        protocol::step2_in_place(update)
     }
 
     /// Applies an update from connection `conn`; the fan-out skips that connection. An
