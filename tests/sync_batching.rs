@@ -6,12 +6,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use epicenter_server::server::{create_server, Server, ServerOptions};
+use epicenter_server::server::ServerOptions;
 use epicenter_server::sync::close;
-use epicenter_server::workspace::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use yrs::sync::{Message, SyncMessage};
@@ -19,47 +17,14 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, Text, Transact, Update};
 
-use support::ws::{join, Socket};
+use support::ws::{blog_server, join, letter, letter_updates, next_frame, Socket};
 
 /// A guard against a hung test; nothing waits for it to elapse.
 const GUARD: Duration = Duration::from_secs(10);
 const BURST: usize = 600;
 
-async fn server() -> (Server, SocketAddr) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = WorkspaceDefinition::builder("blog")
-        .table("posts", [("id", id()), ("title", text())])
-        .build()
-        .expect("valid definition")
-        .in_memory()
-        .create()
-        .await
-        .expect("client");
-    let server = create_server([client], ServerOptions::default().port(0)).expect("server");
-    let addr = server.start().await.expect("start");
-    (server, addr)
-}
-
-/// `count` updates, each appending one character (`a`..`z` in turn) to the text `t`.
-fn burst(count: usize) -> Vec<Vec<u8>> {
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text("t");
-    (0..count)
-        .map(|i| {
-            let mut txn = doc.transact_mut();
-            text.push(&mut txn, &char::from(b'a' + (i % 26) as u8).to_string());
-            Message::Sync(SyncMessage::Update(txn.encode_update_v1())).encode_v1()
-        })
-        .collect()
-}
-
 fn expected(count: usize) -> String {
-    (0..count)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
-        .collect()
+    (0..count).map(letter).collect()
 }
 
 /// Reads updates into `doc` until its text has `len` characters (and `marker`, a
@@ -98,13 +63,13 @@ async fn receive(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_arrives_whole_and_in_order_and_its_last_update_is_not_held_back() {
-    let (server, addr) = server().await;
+    let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut receivers = Vec::new();
     for _ in 0..3 {
         receivers.push(join(addr, "blog").await);
     }
     let mut writer = join(addr, "blog").await;
-    let updates = burst(BURST);
+    let updates = letter_updates(BURST);
     // Back to back: far less than a millisecond apart, so the receivers count as busy.
     let mut all = futures_util::stream::iter(updates.into_iter().map(|u| Ok(Ws::Binary(u.into()))));
     writer.send_all(&mut all).await.unwrap();
@@ -139,17 +104,6 @@ async fn a_burst_arrives_whole_and_in_order_and_its_last_update_is_not_held_back
     server.destroy().await.unwrap();
 }
 
-/// The next binary frame.
-async fn next_frame(ws: &mut Socket) -> bytes::Bytes {
-    loop {
-        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
-            Some(Ok(Ws::Binary(frame))) => return frame,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 fn sync_status(version: u64) -> Vec<u8> {
     let mut payload = Vec::new();
     yrs::encoding::write::Write::write_var(&mut payload, version);
@@ -158,10 +112,10 @@ fn sync_status(version: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_status_during_a_burst_is_echoed_after_what_came_before_it() {
-    let (server, addr) = server().await;
+    let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut receiver = join(addr, "blog").await;
     let mut writer = join(addr, "blog").await;
-    let updates = burst(BURST);
+    let updates = letter_updates(BURST);
     // The writer's SYNC_STATUS in the middle of its burst: echoed to the writer only,
     // while the receivers are busy.
     let status = sync_status(7);
@@ -199,10 +153,10 @@ async fn sync_status_during_a_burst_is_echoed_after_what_came_before_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_in_the_middle_of_a_burst_closes_with_1001() {
-    let (server, addr) = server().await;
+    let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut receiver = join(addr, "blog").await;
     let mut writer = join(addr, "blog").await;
-    let updates = burst(BURST);
+    let updates = letter_updates(BURST);
     let frames: Vec<Result<Ws, _>> = updates[..BURST / 2]
         .iter()
         .map(|u| Ok(Ws::Binary(u.clone().into())))
@@ -241,7 +195,7 @@ async fn a_shutdown_in_the_middle_of_a_burst_closes_with_1001() {
 async fn presence_in_a_busy_room_is_merged_and_everyone_ends_with_everyones_latest_state() {
     const CLIENTS: u64 = 40;
     const CLOCKS: u32 = 10;
-    let (server, addr) = server().await;
+    let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut sockets = Vec::new();
     for _ in 0..CLIENTS {
         sockets.push(join(addr, "blog").await);

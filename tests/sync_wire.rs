@@ -4,60 +4,19 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use epicenter_server::server::{create_server, Server, ServerOptions};
-use epicenter_server::workspace::*;
+use epicenter_server::server::ServerOptions;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, Text, Transact, Update};
 
-use support::ws::{join, Socket};
+use support::ws::{blog_server, join, letter_updates, next_frame, Socket};
 
 /// A guard against a hung test; nothing waits for it to elapse.
 const GUARD: Duration = Duration::from_secs(10);
-
-async fn server(options: ServerOptions) -> (Server, SocketAddr) {
-    let client = WorkspaceDefinition::builder("blog")
-        .table("posts", [("id", id()), ("title", text())])
-        .build()
-        .expect("valid definition")
-        .in_memory()
-        .create()
-        .await
-        .expect("client");
-    let server = create_server([client], options.port(0)).expect("server");
-    let addr = server.start().await.expect("start");
-    (server, addr)
-}
-
-/// `count` update frames, each appending one character (`a`..`z` in turn) to the text `t`.
-fn updates(count: usize) -> Vec<Vec<u8>> {
-    let doc = Doc::new();
-    let text = doc.get_or_insert_text("t");
-    (0..count)
-        .map(|i| {
-            let mut txn = doc.transact_mut();
-            text.push(&mut txn, &char::from(b'a' + (i % 26) as u8).to_string());
-            Message::Sync(SyncMessage::Update(txn.encode_update_v1())).encode_v1()
-        })
-        .collect()
-}
-
-/// The next binary frame.
-async fn next_frame(ws: &mut Socket) -> bytes::Bytes {
-    loop {
-        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
-            Some(Ok(Ws::Binary(frame))) => return frame,
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-}
 
 /// Reads `count` updates, checking that each one arrives in its turn: applied in the
 /// order received, every one extends the text by exactly its character.
@@ -90,14 +49,17 @@ async fn receive_in_order(ws: &mut Socket, count: usize) {
 async fn a_room_bigger_than_one_broadcasts_writes_gets_a_burst_in_order() {
     const RECEIVERS: usize = 140;
     const BURST: usize = 40;
-    let (server, addr) = server(ServerOptions::default()).await;
+    let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut receivers = Vec::new();
     for _ in 0..RECEIVERS {
         receivers.push(join(addr, "blog").await);
     }
     let mut writer = join(addr, "blog").await;
-    let mut frames =
-        futures_util::stream::iter(updates(BURST).into_iter().map(|u| Ok(Ws::Binary(u.into()))));
+    let mut frames = futures_util::stream::iter(
+        letter_updates(BURST)
+            .into_iter()
+            .map(|u| Ok(Ws::Binary(u.into()))),
+    );
     // Fed, then flushed: one write, so the server reads the whole burst at once.
     writer.send_all(&mut frames).await.unwrap();
     for ws in &mut receivers {
@@ -126,14 +88,14 @@ async fn until_closed(ws: &mut Socket) {
 /// connection ends, the server closes the socket (no handle keeps it open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_is_closed_however_a_connection_ends() {
-    let (server, addr) = server(ServerOptions::default()).await;
+    let (server, addr) = blog_server(ServerOptions::default()).await;
     let mut writer = join(addr, "blog").await;
     let mut peers = Vec::new();
     for _ in 0..3 {
         peers.push(join(addr, "blog").await);
     }
     // Frames written by the room's pushes (quiet connections).
-    let update = updates(1).remove(0);
+    let update = letter_updates(1).remove(0);
     writer.send(Ws::Binary(update.into())).await.unwrap();
     for ws in &mut peers {
         next_frame(ws).await;

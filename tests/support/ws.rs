@@ -86,3 +86,56 @@ pub async fn announce_until_heard(
     .await
     .expect("presence reached the other node")
 }
+
+/// A server (port 0) over an in-memory `blog` workspace with a `posts` table.
+pub async fn blog_server(
+    options: epicenter_server::server::ServerOptions,
+) -> (epicenter_server::server::Server, std::net::SocketAddr) {
+    use epicenter_server::workspace::{id, text, WorkspaceDefinition};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let client = WorkspaceDefinition::builder("blog")
+        .table("posts", [("id", id()), ("title", text())])
+        .build()
+        .expect("valid definition")
+        .in_memory()
+        .create()
+        .await
+        .expect("client");
+    let server =
+        epicenter_server::server::create_server([client], options.port(0)).expect("server");
+    let addr = server.start().await.expect("start");
+    (server, addr)
+}
+
+/// The character update `i` of [`letter_updates`] appends.
+pub fn letter(i: usize) -> char {
+    char::from(b'a' + (i % 26) as u8)
+}
+
+/// `count` update frames, each appending one character (`letter(i)`) to the text `t`.
+pub fn letter_updates(count: usize) -> Vec<Vec<u8>> {
+    use yrs::{Text, Transact};
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("t");
+    (0..count)
+        .map(|i| {
+            let mut txn = doc.transact_mut();
+            text.push(&mut txn, &letter(i).to_string());
+            Message::Sync(yrs::sync::SyncMessage::Update(txn.encode_update_v1())).encode_v1()
+        })
+        .collect()
+}
+
+/// The next binary frame (within a guard).
+pub async fn next_frame(ws: &mut Socket) -> bytes::Bytes {
+    loop {
+        match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
