@@ -314,7 +314,7 @@ impl Room {
         // Lock order: awareness, then members (nothing takes them the other way round).
         let mut awareness = lock(&self.awareness);
         let mut members = lock(&self.members);
-        let Some(member) = members.get_mut(&conn) else {
+        let Some(member) = members.get(&conn) else {
             return Ok(());
         };
         if awareness.announced_after(&update, &member.awareness) > self.max_awareness {
@@ -326,10 +326,14 @@ impl Room {
                 ),
             ));
         }
-        let changes = awareness.apply(update.clone());
-        drop(awareness);
-        Change::track(changes, &mut member.awareness);
+        // Sent (or batched) before it is applied, so the update need not be copied: both
+        // locks are held throughout, so no one sees the one without the other.
         self.send_presence(&update, &frame, &members);
+        let changes = awareness.apply(update);
+        drop(awareness);
+        if let Some(member) = members.get_mut(&conn) {
+            Change::track(changes, &mut member.awareness);
+        }
         drop(members);
         self.relay(&frame);
         Ok(())
