@@ -349,9 +349,9 @@ mod tests {
         assert_eq!(issues[0].path, "meta/n");
     }
 
-    #[test]
-    fn rows_report_every_problem() {
-        let def = WorkspaceDefinition::builder("w")
+    /// A workspace `w` with a table `posts` of four fields, one of them nullable.
+    fn posts() -> WorkspaceDefinition {
+        WorkspaceDefinition::builder("w")
             .table(
                 "posts",
                 [
@@ -362,7 +362,12 @@ mod tests {
                 ],
             )
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn rows_report_every_problem() {
+        let def = posts();
         let table = def.table("posts").unwrap();
         let row = json!({"id": "p:1", "views": 1.5, "extra": true});
         let issues = validate_row(table, row.as_object().unwrap());
@@ -374,18 +379,7 @@ mod tests {
     /// same issues, in the same order, as the same row in any other order.
     #[test]
     fn field_order_does_not_change_the_issues() {
-        let def = WorkspaceDefinition::builder("w")
-            .table(
-                "posts",
-                [
-                    ("id", id()),
-                    ("title", text()),
-                    ("views", integer()),
-                    ("note", text().nullable()),
-                ],
-            )
-            .build()
-            .unwrap();
+        let def = posts();
         let table = def.table("posts").unwrap();
         let ordered = json!({"id": "p:1", "title": 5, "views": 1.5, "note": null});
         let shuffled = json!({"note": null, "views": 1.5, "title": 5, "id": "p:1"});
