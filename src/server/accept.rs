@@ -128,9 +128,13 @@ async fn connection(
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
-        request
-            .extensions_mut()
-            .insert(super::sync_route::TcpStreamOf(wire.clone()));
+        // Only a WebSocket upgrade needs the stream (every other request would pay for
+        // the extension's allocation).
+        if request.headers().contains_key(axum::http::header::UPGRADE) {
+            request
+                .extensions_mut()
+                .insert(super::sync_route::TcpStreamOf(wire.clone()));
+        }
         // A body that stops arriving fails after the same deadline as slow headers,
         // instead of holding the connection and its task forever.
         let request = request.map(|body| {
