@@ -41,6 +41,8 @@ use utoipa::ToSchema;
 
 // A server allocates many small, short-lived objects (rows, JSON, frames); mimalloc handles
 // that faster than the system allocator. Optional: remove these lines to use the default.
+// Built with mimalloc's `no_thp` feature (see Cargo.toml): many small connection states
+// are served better by ordinary pages than by huge ones.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

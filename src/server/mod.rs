@@ -363,8 +363,8 @@ impl Server {
         app.with_state(self.state.clone())
     }
 
-    /// Binds `host:port` and serves in the background. Returns the bound address (useful
-    /// with port 0).
+    /// Binds `host:port` (with an accept queue of 4,096 connections, capped by the kernel)
+    /// and serves in the background. Returns the bound address (useful with port 0).
     pub async fn start(&self) -> Result<SocketAddr, ServerError> {
         let mut life = self.lifecycle.lock().await;
         if life.destroyed {
