@@ -466,6 +466,21 @@ async fn an_unknown_room_is_closed_with_4404_when_dynamic_docs_are_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_reason_is_cut_to_what_a_close_frame_can_carry() {
+    // A close frame's payload is at most 125 bytes (RFC 6455 5.5): the code and 123 bytes
+    // of reason. "Room not found: " and a 128-byte id would be 146; a client then fails the
+    // connection instead of seeing 4404.
+    let (server, addr) = blog_server(ServerOptions::default()).await;
+    let id = "é".repeat(64); // 128 bytes, and the cut must fall between characters
+    let mut peer = Peer::connect(addr, &id).await;
+    let (code, reason) = peer.closed().await;
+    assert_eq!(code, close::ROOM_NOT_FOUND);
+    assert!(reason.len() <= 123, "{} bytes", reason.len());
+    assert!(reason.starts_with("Room not found: éé"), "{reason}");
+    server.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dynamic_doc_is_created_evicted_and_reloaded_with_its_content() {
     let dir = tempfile::tempdir().unwrap();
     let options = ServerOptions::default()

@@ -625,7 +625,7 @@ async fn close_socket(io: &mut Io, code: u16, reason: &str, grace: Duration) {
     io.frames = VecDeque::new();
     let frame = CloseFrame {
         code: code.into(),
-        reason: reason.into(),
+        reason: close::fit(reason).into(),
     };
     let mut frame = Some(frame);
     let mut flushed = false;

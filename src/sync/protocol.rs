@@ -61,6 +61,20 @@ pub mod close {
     /// `Error { code: 4403, .. }` and its local changes stay unsaved). An update holding
     /// only what the doc has (a read-only client's usual answer to step1) is let through.
     pub const FORBIDDEN: u16 = 4403;
+
+    /// The longest reason a close frame carries: its payload is at most 125 bytes
+    /// (RFC 6455, 5.5), two of them the code. A longer one makes clients fail the
+    /// connection instead of reading the code.
+    pub(crate) const MAX_REASON: usize = 123;
+
+    /// `reason`, cut to [`MAX_REASON`] bytes between two characters.
+    pub(crate) fn fit(reason: &str) -> &str {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &reason[..end]
+    }
 }
 
 /// An inbound message, decoded.
@@ -168,6 +182,16 @@ pub(crate) fn awareness(update: AwarenessUpdate) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_reason_is_cut_between_characters() {
+        assert_eq!(close::fit("short"), "short");
+        let ascii = "a".repeat(200);
+        assert_eq!(close::fit(&ascii).len(), close::MAX_REASON);
+        // 'é' is 2 bytes: 123 falls inside the 62nd.
+        let wide = "é".repeat(100);
+        assert_eq!(close::fit(&wide), "é".repeat(61));
+    }
 
     #[test]
     fn frames_round_trip_through_yrs() {

@@ -167,10 +167,34 @@ fn workspace_error(e: crate::WorkspaceError) -> (u16, String) {
             close::TRY_AGAIN_LATER,
             "storage is unavailable; try again later".into(),
         ),
-        e => (close::INTERNAL_ERROR, e.to_string()),
+        // Storage errors name files: logged here, not sent.
+        e => {
+            tracing::error!(error = %e, "applying an update failed");
+            (close::INTERNAL_ERROR, "cannot apply the update".into())
+        }
     }
 }
 
 fn bad_update(message: String) -> (u16, String) {
     (close::INVALID_PAYLOAD, format!("bad update: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{StorageError, WorkspaceError};
+
+    #[test]
+    fn a_storage_failure_closes_without_naming_files() {
+        let e = WorkspaceError::Storage(StorageError::Damaged {
+            path: "/srv/data/secret-workspace.db".into(),
+            detail: "page 7 is corrupt".into(),
+        });
+        let (code, reason) = workspace_error(e);
+        assert_eq!(code, close::INTERNAL_ERROR);
+        assert!(
+            !reason.contains("secret") && !reason.contains("corrupt"),
+            "{reason}"
+        );
+    }
 }
