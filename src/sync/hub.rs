@@ -201,7 +201,7 @@ impl SyncHub {
     }
 
     /// The room `id`, if it is loaded and not being loaded or evicted right now.
-    #[cfg(feature = "redis")]
+    #[cfg(any(test, feature = "redis"))]
     pub(crate) fn live_room(&self, id: &str) -> Option<Arc<Room>> {
         let entry = lock(&self.rooms).get(id).cloned()?;
         let slot = entry.slot.try_lock().ok()?;

@@ -4,6 +4,7 @@
 //! remembered by node, so a node's states can be removed when it is gone.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use yrs::sync::AwarenessUpdate;
@@ -25,17 +26,29 @@ impl Room {
     }
 
     /// Applies an awareness update from a connection of node `node` and tells every local
-    /// connection.
+    /// connection; in a busy room, merged with the others for a moment, like local ones
+    /// (see `presence`).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub fn apply_remote_awareness(&self, node: &str, update: AwarenessUpdate, frame: Bytes) {
-        let changes = lock(&self.awareness).apply(update);
+    pub fn apply_remote_awareness(
+        self: &Arc<Self>,
+        node: &str,
+        update: AwarenessUpdate,
+        frame: Bytes,
+    ) {
+        // Lock order: awareness, then members (as for local updates).
+        let mut awareness = lock(&self.awareness);
+        let members = lock(&self.members);
+        // Sent (or batched) before it is applied, under both locks (see `apply_awareness`).
+        self.send_presence(&update, &frame, &members);
+        drop(members);
+        let changes = awareness.apply(update);
+        drop(awareness);
         Change::track(
             changes,
             lock(&self.remote_awareness)
                 .entry(node.to_string())
                 .or_default(),
         );
-        super::broadcast(lock(&self.members).values(), &frame);
     }
 
     /// Removes the awareness states node `node`'s connections had (the node is gone) and
@@ -79,5 +92,107 @@ impl Room {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn remote_nodes(&self) -> Vec<String> {
         lock(&self.remote_awareness).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tungstenite::protocol::Role;
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    use yrs::sync::Message;
+    use yrs::updates::decoder::Decode;
+    use yrs::ClientID;
+
+    use super::*;
+    use crate::access::Access;
+    use crate::server::ServerOptions;
+    use crate::sync::hub::SyncHub;
+    use crate::sync::Transport;
+
+    /// A guard against a hung test; nothing waits for it to elapse.
+    const GUARD: Duration = Duration::from_secs(10);
+
+    type Client = tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>;
+
+    fn update(id: u64, clock: u32) -> AwarenessUpdate {
+        let entry = AwarenessUpdateEntry {
+            clock,
+            json: format!("{{\"clock\":{clock}}}").into(),
+        };
+        AwarenessUpdate {
+            clients: HashMap::from([(ClientID::new(id), entry)]),
+        }
+    }
+
+    /// Reads awareness messages until each of `ids` was seen at clock `last`; returns how
+    /// many messages that took.
+    async fn read_until(ws: &mut Client, ids: &[u64], last: u32) -> usize {
+        let mut newest: HashMap<u64, u32> = HashMap::new();
+        let mut messages = 0;
+        while !ids.iter().all(|id| newest.get(id) == Some(&last)) {
+            let frame = match tokio::time::timeout(GUARD, ws.next()).await {
+                Ok(Some(Ok(tungstenite::Message::Binary(frame)))) => frame,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("{other:?}"),
+            };
+            if let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) {
+                messages += 1;
+                for (id, entry) in update.clients {
+                    let seen = newest.entry(id.get()).or_default();
+                    *seen = (*seen).max(entry.clock);
+                }
+            }
+        }
+        messages
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn presence_from_other_nodes_is_batched_in_a_busy_room() {
+        let options = ServerOptions::default().dynamic_docs(true);
+        let hub = Arc::new(SyncHub::new(options.sync_options(), BTreeMap::new()));
+        let mut clients = Vec::new();
+        for _ in 0..100 {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let transport = Box::new(theirs) as Box<dyn Transport>;
+            hub.serve(
+                async move { Some(transport) },
+                "room".into(),
+                Access::ReadWrite,
+                None,
+                None,
+            );
+            let ws =
+                tokio_tungstenite::WebSocketStream::from_raw_socket(ours, Role::Client, None).await;
+            clients.push(ws);
+        }
+        let room = tokio::time::timeout(GUARD, async {
+            loop {
+                match hub.live_room("room") {
+                    Some(room) if lock(&room.members).len() == 100 => break room,
+                    _ => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await
+        .expect("all 100 joined");
+        // Five remote clients, 40 states each, as fast as the bus can deliver them.
+        let ids = [11, 12, 13, 14, 15];
+        for clock in 1..=40 {
+            for id in ids {
+                let frame = protocol::awareness(update(id, clock));
+                room.apply_remote_awareness("node-b", update(id, clock), frame);
+            }
+        }
+        // Every connection ends with every client's newest state, in far fewer than the
+        // 200 messages sent one by one.
+        for ws in &mut clients {
+            let messages = read_until(ws, &ids, 40).await;
+            assert!(messages < 50, "{messages} awareness messages");
+        }
+        assert_eq!(lock(&room.remote_awareness)["node-b"].len(), 5);
     }
 }
