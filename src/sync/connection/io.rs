@@ -14,6 +14,8 @@ pub(super) enum Event {
     TooBig(String),
     /// The server is closing the connection: send this close frame.
     Close(u16, String),
+    /// The peer sent a close frame: the socket's answer to it is the last thing sent.
+    PeerClosed,
     /// The connection is over (the peer left, a write failed, no answer to a ping).
     Gone(String),
 }
@@ -186,9 +188,11 @@ impl Io {
             match message {
                 Message::Binary(frame) => return Poll::Ready(Event::Frame(frame)),
                 Message::Text(_) => return Poll::Ready(Event::Text),
-                // Pings and a close are answered by the socket (flushed in `settle`,
-                // before pushes may write again); after a close the stream ends.
-                Message::Ping(_) | Message::Close(_) => self.unflushed = true,
+                // A ping is answered by the socket (flushed in `settle`, before pushes
+                // may write again).
+                Message::Ping(_) => self.unflushed = true,
+                // The socket has queued its answer; nothing else may follow it.
+                Message::Close(_) => return Poll::Ready(Event::PeerClosed),
                 Message::Pong(_) | Message::Frame(_) => {}
             }
         }
@@ -350,18 +354,21 @@ fn shrink<T>(buffer: &mut VecDeque<T>) {
     }
 }
 
-/// Finishes a direct frame, sends a close frame after whatever is already in the
-/// socket's buffer, then reads until the peer answers (or the grace period ends), so the
-/// close frame is not cut off by a reset.
-pub(super) async fn close_socket(io: &mut Io, code: u16, reason: &str, grace: Duration) {
+/// Finishes a direct frame, sends a close frame (`close`; without one, the answer the
+/// socket queued to the peer's) after whatever is already in the socket's buffer, then
+/// reads until the peer answers (or the grace period ends), so the close frame is not cut
+/// off by a reset.
+pub(super) async fn close_socket(io: &mut Io, close: Option<(u16, &str)>, grace: Duration) {
     // Frames taken from the queue but not written yet: the peer resyncs when it comes
     // back, so they are dropped rather than written ahead of the close frame.
     io.frames = VecDeque::new();
-    let frame = CloseFrame {
+    // Answering the peer's close: the socket ends its stream as soon as it is read, even
+    // with the answer still unwritten, so nothing is read before the answer is out.
+    let answering = close.is_none();
+    let mut frame = close.map(|(code, reason)| CloseFrame {
         code: code.into(),
         reason: close::fit(reason).into(),
-    };
-    let mut frame = Some(frame);
+    });
     let mut flushed = false;
     let _ = tokio::time::timeout(
         grace,
@@ -386,6 +393,7 @@ pub(super) async fn close_socket(io: &mut Io, code: u16, reason: &str, grace: Du
                 match io.socket.poll_flush_unpin(cx) {
                     Poll::Ready(Ok(())) => flushed = true,
                     Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending if answering => return Poll::Pending,
                     Poll::Pending => {}
                 }
             }

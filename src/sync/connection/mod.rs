@@ -113,7 +113,12 @@ async fn serve(
         let ping_interval = hub.options.ping_interval;
         Box::pin(async move {
             let mut io = Io::new(socket, ping_interval);
-            close_socket(&mut io, close::UNAUTHORIZED, "Unauthorized", CLOSE_GRACE).await
+            close_socket(
+                &mut io,
+                Some((close::UNAUTHORIZED, "Unauthorized")),
+                CLOSE_GRACE,
+            )
+            .await
         })
         .await;
         return;
@@ -125,8 +130,7 @@ async fn serve(
             let mut io = Io::new(socket, ping_interval);
             close_socket(
                 &mut io,
-                close::TRY_AGAIN_LATER,
-                "server full: too many connections",
+                Some((close::TRY_AGAIN_LATER, "server full: too many connections")),
                 CLOSE_GRACE,
             )
             .await
@@ -146,7 +150,7 @@ async fn serve(
             let ping_interval = hub.options.ping_interval;
             Box::pin(async move {
                 let mut io = Io::new(socket, ping_interval);
-                close_socket(&mut io, code, &reason, CLOSE_GRACE).await
+                close_socket(&mut io, Some((code, &reason)), CLOSE_GRACE).await
             })
             .await;
             return;
@@ -217,7 +221,12 @@ async fn serve(
                 } else {
                     CLOSE_GRACE
                 };
-                Box::pin(close_socket(&mut io, code, &reason, grace)).await;
+                Box::pin(close_socket(&mut io, Some((code, &reason)), grace)).await;
+                break;
+            }
+            Event::PeerClosed => {
+                tracing::debug!("closed by the peer");
+                Box::pin(close_socket(&mut io, None, CLOSE_GRACE)).await;
                 break;
             }
             Event::Gone(why) => {
