@@ -102,8 +102,12 @@ async fn connection(
 ) {
     // hyper's header deadline starts once it serves the connection, which needs the
     // protocol, told from the first bytes: a connection that sends none is held to the
-    // deadline here.
-    let Some(protocol) = first_bytes(&tcp, header_read_timeout).await else {
+    // deadline here. It has no request to finish either: a stopping server closes it.
+    let told = tokio::select! {
+        told = first_bytes(&tcp, header_read_timeout) => told,
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    let Some(protocol) = told else {
         tracing::warn!(
             %peer,
             timeout = ?header_read_timeout,
