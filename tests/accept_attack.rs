@@ -68,3 +68,68 @@ async fn stopping_does_not_wait_for_connections_without_a_request() {
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }
+
+/// Half an HTTP/2 preface, then the client closes: the server closes too, at once, not at
+/// the header deadline (a socket the client gave up on is not held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_preface_then_close_is_closed_at_once() {
+    let (server, addr) = server().await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(GUARD, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server holds a connection its client closed")
+        .unwrap();
+    server.destroy().await.unwrap();
+}
+
+/// The CPU time this thread has used, in clock ticks (Linux).
+#[cfg(target_os = "linux")]
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // utime and stime: fields 14 and 15, the 12th and 13th after the command's `)`.
+    let after_command = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_command.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Connections stalled in the middle of an HTTP/2 preface wait for their next bytes
+/// without costing the server CPU: a byte each must not buy an attacker a share of a core
+/// for the whole header deadline. (The server runs on this test's one thread, whose CPU
+/// time is measured.)
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn stalled_prefaces_cost_no_cpu() {
+    let (server, addr) = server().await;
+    let mut stalled = Vec::new();
+    for _ in 0..400 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"P").await.unwrap();
+        stalled.push(tcp);
+    }
+    served(addr).await;
+    let before = thread_cpu_ticks();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = thread_cpu_ticks() - before;
+    // Waiting costs nothing; polling every connection every few milliseconds costs tens
+    // of ticks (of 10 ms) here.
+    assert!(
+        spent < 5,
+        "{spent} ticks spent in 500 ms by stalled connections"
+    );
+    // They are still waiting, not closed: a preface completed now is served as HTTP/2.
+    let mut tcp = stalled.pop().unwrap();
+    tcp.write_all(b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(GUARD, tcp.read_exact(&mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame[3], 4, "the server's first frame is its SETTINGS");
+    drop((tcp, stalled));
+    server.destroy().await.unwrap();
+}
