@@ -133,3 +133,116 @@ async fn stalled_prefaces_cost_no_cpu() {
     drop((tcp, stalled));
     server.destroy().await.unwrap();
 }
+
+/// A client frame (masked, with a zero key: the payload as is).
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Frames sent right behind the WebSocket handshake, in the same packet (before the 101),
+/// reach the connection whole and in order, while the server's own frames (some written
+/// straight to the socket) follow the 101, not inside it: an update, then a sync step 1
+/// whose answer must contain that update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_handshake_arrive_in_order() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{GetString, Transact};
+
+    let (server, addr) = server().await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut sent = b"GET /workspaces/blog/sync HTTP/1.1\r\nHost: x\r\n\
+        Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    let update = &support::ws::letter_updates(1)[0];
+    sent.extend(client_frame(update));
+    let step1 = Message::Sync(SyncMessage::SyncStep1(Default::default())).encode_v1();
+    sent.extend(client_frame(&step1));
+    tcp.write_all(&sent).await.unwrap();
+
+    // The 101, alone, up to its blank line; what follows is frames.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(GUARD, tcp.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    loop {
+        let frame = match tokio::time::timeout(GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Ws::Binary(frame))) => frame,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        };
+        if let Ok(Message::Sync(SyncMessage::SyncStep2(state))) = Message::decode_v1(&frame) {
+            let doc = yrs::Doc::new();
+            let text = doc.get_or_insert_text("t");
+            doc.transact_mut()
+                .apply_update(yrs::Update::decode_v1(&state).unwrap())
+                .unwrap();
+            assert_eq!(text.get_string(&doc.transact()), "a");
+            break;
+        }
+    }
+    drop(ws);
+    server.destroy().await.unwrap();
+}
+
+/// First bytes that are neither HTTP/1 nor HTTP/2 (a TLS ClientHello, a preface followed
+/// by garbage, nothing at all) are answered or closed at once, not held to the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_first_bytes_are_closed_at_once() {
+    let (server, addr) = server().await;
+    let hello = [
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    let answer = exchange(addr, &hello).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = exchange(addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nnot a frame at all").await;
+    assert!(!answer.starts_with("HTTP/1.1"), "{answer}");
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(GUARD, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server holds a connection that closed without a byte")
+        .unwrap();
+    assert!(answer.is_empty());
+    served(addr).await;
+    server.destroy().await.unwrap();
+}
+
+/// An `Upgrade` header on a route that does not upgrade (a REST read, with `websocket` or
+/// `h2c`) changes nothing: each pipelined request is answered in turn on the same plain
+/// HTTP/1 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_header_where_no_upgrade_happens_changes_nothing() {
+    let (server, addr) = server().await;
+    let answer = exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n\
+          GET /workspaces/blog/tables/posts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // Three answers, all 200: no 101, nothing else on the connection.
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 3, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answer}");
+    assert!(answer.ends_with("]}"), "{answer}");
+    server.destroy().await.unwrap();
+}
