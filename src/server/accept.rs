@@ -14,15 +14,18 @@
 //! fixed costs.)
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -102,8 +105,12 @@ async fn connection(
 ) {
     // hyper's header deadline starts once it serves the connection, which needs the
     // protocol, told from the first bytes: a connection that sends none is held to the
-    // deadline here.
-    let Some(protocol) = first_bytes(&tcp, header_read_timeout).await else {
+    // deadline here. It has no request to finish either: a stopping server closes it.
+    let told = tokio::select! {
+        told = first_bytes(&tcp, header_read_timeout) => told,
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    let Some(protocol) = told else {
         tracing::warn!(
             %peer,
             timeout = ?header_read_timeout,
@@ -241,15 +248,24 @@ async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> Option<Protocol> {
     let wait = async {
         let mut buf = [0u8; H2_PREFACE.len()];
         loop {
-            if tcp.readable().await.is_err() {
+            let Ok(ready) = tcp.ready(Interest::READABLE).await else {
                 return Protocol::Http1;
-            }
-            match tcp.peek(&mut buf).await {
-                Ok(n) if n == H2_PREFACE.len() && buf == H2_PREFACE => return Protocol::Http2,
-                Ok(n) if n > 0 && n < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf[..n]) => {
-                    // A partial preface: the socket stays readable, so wait a little.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            // Peeked inside `try_io`, which then takes the socket for not readable (so
+            // the next `ready` waits for more bytes instead of returning at once) unless
+            // bytes came in since `ready`.
+            let peeked = tcp.try_io(Interest::READABLE, || {
+                let n = try_peek(tcp, &mut buf)?;
+                if n > 0 && n < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf[..n]) {
+                    // A partial preface: wait for the rest.
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
+                Ok(n)
+            });
+            match peeked {
+                Ok(n) if n == H2_PREFACE.len() && buf == H2_PREFACE => return Protocol::Http2,
+                // Nothing yet, or a partial preface from a client still sending.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !ready.is_read_closed() => {}
                 // Anything else (a closed or failed socket included) is hyper's to answer
                 // as HTTP/1.
                 _ => return Protocol::Http1,
@@ -257,6 +273,17 @@ async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> Option<Protocol> {
         }
     };
     tokio::time::timeout(timeout, wait).await.ok()
+}
+
+/// Peeks at the bytes `tcp` has received, without waiting (`WouldBlock` when there are
+/// none): tokio's `poll_peek`, with a waker that does nothing, as tokio has no `try_peek`
+/// for TCP.
+fn try_peek(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut buf = ReadBuf::new(buf);
+    match tcp.poll_peek(&mut Context::from_waker(Waker::noop()), &mut buf) {
+        Poll::Ready(peeked) => peeked,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +319,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         client.write_all(&H2_PREFACE[10..]).await.unwrap();
         assert_eq!(told.await.unwrap(), Some(Protocol::Http2));
+
+        // A byte at a time too, however the reads fall between the writes: each new byte
+        // wakes the wait.
+        let (mut client, server) = pair().await;
+        client.set_nodelay(true).unwrap();
+        let told = tokio::spawn(async move { first_bytes(&server, wait).await });
+        for byte in H2_PREFACE.chunks(1) {
+            client.write_all(byte).await.unwrap();
+        }
+        assert_eq!(told.await.unwrap(), Some(Protocol::Http2));
+
+        // Half a preface that turns out to be an HTTP/1 request (`P`, then `OST`) is HTTP/1.
+        let (mut client, server) = pair().await;
+        client.set_nodelay(true).unwrap();
+        client.write_all(b"P").await.unwrap();
+        let told = tokio::spawn(async move { first_bytes(&server, wait).await });
+        client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(told.await.unwrap(), Some(Protocol::Http1));
+
+        // Half a preface, then the end of the stream: HTTP/1, for hyper to answer at once.
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(first_bytes(&server, wait).await, Some(Protocol::Http1));
 
         // Silence is held to the deadline.
         let (_client, server) = pair().await;
