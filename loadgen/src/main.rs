@@ -82,9 +82,10 @@
 //!   `--rooms R` the URL's `{i}` is replaced by 0..R (servers with dynamic docs) and
 //!   connections spread over them. Needs SYNC_STATUS, so our server only.
 //!
-//! - `floor --clients N --rate R --duration S --per-write K`: no server; the floor of
-//!   fan-out on this machine (one `write()` per delivery, or K updates per write), with the
-//!   sender's CPU per delivery to compare a server's with (see `src/floor.rs`).
+//! - `floor --clients N --rate R --duration S --per-write K [--readers one|threads]`: no
+//!   server; the floor of fan-out on this machine (one `write()` per delivery, or K updates
+//!   per write), with the sender's CPU per delivery to compare a server's with, and the
+//!   latency from each write to its read (see `src/floor.rs`).
 //!
 //! Common flags: `--url` (required but for `floor`), `--server-pid P` (report the server's RSS, peak RSS
 //! and CPU time from `/proc/P`), `--threads` (runtime worker threads, default 1: the other
@@ -195,6 +196,7 @@ const USAGE: &str =
             [--data list|map] [--keys 100] [--rooms 1] [--awareness-ids connection|worker]
             [--abrupt-every 10] [--pause-ms 0] [--sample-s 5]
   floor     --clients 100 --rate 2000 --duration 10 [--per-write 1] [--frame-bytes 30]
+            [--readers one|threads]
             (no server, no --url: loopback TCP writes, the floor of fan-out)
   common    [--server-pid P] [--threads 1] [--concurrency 200] [--root load]";
 
@@ -227,6 +229,7 @@ impl Args {
             "url",
             "clients",
             "per-write",
+            "readers",
             "frame-bytes",
             "server-pid",
             "threads",
