@@ -80,8 +80,8 @@ impl QueueState {
     fn note_write(&mut self, messages: u32) -> bool {
         let now = Instant::now();
         if let Some(last) = self.last_write {
-            let gap =
-                (now - last).as_micros().min(u32::MAX as u128) as f32 / messages.max(1) as f32;
+            // In f32 from the start (a u128 to f32 conversion is a software routine).
+            let gap = (now - last).as_secs_f32() * 1e6 / messages.max(1) as f32;
             self.gap_us = Some(match self.gap_us {
                 None => gap,
                 Some(average) => 0.75 * average + 0.25 * gap,
@@ -93,7 +93,7 @@ impl QueueState {
 
     fn busy(&self) -> bool {
         self.gap_us
-            .is_some_and(|gap| gap < BUSY_GAP.as_micros() as f32)
+            .is_some_and(|gap| gap < BUSY_GAP.as_secs_f32() * 1e6)
     }
 }
 

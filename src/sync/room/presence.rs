@@ -48,7 +48,7 @@ impl Presence {
         let mut batch = lock(&self.0);
         let now = Instant::now();
         if let Some(last) = batch.last {
-            let gap = (now - last).as_micros().min(u32::MAX as u128) as f32;
+            let gap = (now - last).as_secs_f32() * 1e6;
             batch.gap_us = Some(match batch.gap_us {
                 None => gap,
                 Some(average) => 0.75 * average + 0.25 * gap,
