@@ -110,31 +110,24 @@ async fn serve(
     if access == Access::Denied {
         hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::info!("no valid token; closing with 4401");
-        let ping_interval = hub.options.ping_interval;
-        Box::pin(async move {
-            let mut io = Io::new(socket, ping_interval);
-            close_socket(
-                &mut io,
-                Some((close::UNAUTHORIZED, "Unauthorized")),
-                CLOSE_GRACE,
-            )
-            .await
-        })
+        refuse(
+            socket,
+            hub.options.ping_interval,
+            close::UNAUTHORIZED,
+            "Unauthorized",
+        )
         .await;
         return;
     }
     if hub.stats.connections_open.load(Ordering::Acquire) > hub.options.max_connections {
         tracing::warn!("connection limit reached; closing with 1013");
-        let ping_interval = hub.options.ping_interval;
-        Box::pin(async move {
-            let mut io = Io::new(socket, ping_interval);
-            close_socket(
-                &mut io,
-                Some((close::TRY_AGAIN_LATER, "server full: too many connections")),
-                CLOSE_GRACE,
-            )
-            .await
-        })
+        let reason = "server full: too many connections";
+        refuse(
+            socket,
+            hub.options.ping_interval,
+            close::TRY_AGAIN_LATER,
+            reason,
+        )
         .await;
         return;
     }
@@ -147,12 +140,7 @@ async fn serve(
         Err(e) => {
             let (code, reason) = e.close_frame(&id);
             tracing::info!(code, %reason, "connection refused");
-            let ping_interval = hub.options.ping_interval;
-            Box::pin(async move {
-                let mut io = Io::new(socket, ping_interval);
-                close_socket(&mut io, Some((code, &reason)), CLOSE_GRACE).await
-            })
-            .await;
+            refuse(socket, hub.options.ping_interval, code, &reason).await;
             return;
         }
     };
@@ -237,6 +225,16 @@ async fn serve(
     }
     drop(io);
     hub.leave(entry, room, conn);
+}
+
+/// Closes a connection the server does not serve with this close frame (boxed: a
+/// connection that is served does not carry the state of its closing).
+async fn refuse(socket: Box<Socket>, ping_interval: Duration, code: u16, reason: &str) {
+    Box::pin(async move {
+        let mut io = Io::new(socket, ping_interval);
+        close_socket(&mut io, Some((code, reason)), CLOSE_GRACE).await
+    })
+    .await
 }
 
 /// Handles one inbound frame.
