@@ -16,7 +16,9 @@
 #   fanout     FANOUT_CLIENTS=100 clients, FANOUT_WRITERS=10 of them writing FANOUT_RATE=1000
 #              updates/s in all for FANOUT_DURATION=20 s; deliveries/s, latency, lost, convergence.
 #              Then the floor at the same size and rate (raw loopback writes, one update per
-#              write and FLOOR_PER_WRITE=4 per write; no server), for the same table.
+#              write and FLOOR_PER_WRITE=4 per write; no server; its receivers on one thread,
+#              like the generator's), with its CPU per delivery and its latency, for the
+#              same table.
 #              FANOUT_SLOW=N (default 0) adds N slow consumers: they join the room, complete the
 #              handshake, then never read until the run is over (the server should close them
 #              with 1013 once its send queue for one overflows); afterwards each reads to the
