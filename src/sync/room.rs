@@ -254,8 +254,8 @@ impl Room {
         if let Some(member) = member.filter(|m| !m.awareness.is_empty()) {
             let removal = lock(&self.awareness).remove(member.awareness);
             if let Some(update) = removal {
-                let frame = protocol::awareness(update);
-                broadcast(lock(&self.members).values(), &frame);
+                let frame = protocol::awareness(update.clone());
+                self.send_removal(&update, &frame, &lock(&self.members));
                 self.relay(&frame);
             }
         }

@@ -66,21 +66,37 @@ impl Presence {
             schedule();
             HashMap::new()
         });
-        for (id, entry) in &update.clients {
-            match pending.get(id) {
-                Some(kept) if kept.clock >= entry.clock => {}
-                _ => {
-                    pending.insert(*id, entry.clone());
-                }
-            }
-        }
+        merge(pending, update);
         true
+    }
+
+    /// Adds `update` to the batch waiting to go out, if one is; returns whether it did.
+    fn join_open(&self, update: &AwarenessUpdate) -> bool {
+        match &mut lock(&self.0).pending {
+            Some(pending) => {
+                merge(pending, update);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The batch to send now, as one awareness message (if it holds anything).
     fn take(&self) -> Option<Bytes> {
         let clients = lock(&self.0).pending.take()?;
         (!clients.is_empty()).then(|| protocol::awareness(AwarenessUpdate { clients }))
+    }
+}
+
+/// Keeps, for each client of `update`, its entry unless `pending` has a newer one.
+fn merge(pending: &mut HashMap<ClientID, AwarenessUpdateEntry>, update: &AwarenessUpdate) {
+    for (id, entry) in &update.clients {
+        match pending.get(id) {
+            Some(kept) if kept.clock >= entry.clock => {}
+            _ => {
+                pending.insert(*id, entry.clone());
+            }
+        }
     }
 }
 
@@ -99,13 +115,32 @@ impl Room {
             tokio::spawn(async move {
                 tokio::time::sleep(WINDOW).await;
                 if let Some(room) = room.upgrade() {
+                    // Taken under the members' lock, so a removal cannot go out between
+                    // the take and the send (see `send_removal`).
+                    let members = lock(&room.members);
                     if let Some(frame) = room.presence.take() {
-                        broadcast(lock(&room.members).values(), &frame);
+                        broadcast(members.values(), &frame);
                     }
                 }
             });
         });
         if !batched {
+            broadcast(members.values(), frame);
+        }
+    }
+
+    /// Sends the removal of awareness states (`frame` holds `update`) to every connection.
+    /// While a batch waits, the removal joins it instead: sent first, it would be followed
+    /// by the batch's older entries for the same clients, which a connection that joined
+    /// in between (and so never heard of them) would show until they time out. Call with
+    /// the room's members locked.
+    pub(super) fn send_removal(
+        &self,
+        update: &AwarenessUpdate,
+        frame: &Bytes,
+        members: &HashMap<u64, super::Member>,
+    ) {
+        if !self.presence.join_open(update) {
             broadcast(members.values(), frame);
         }
     }

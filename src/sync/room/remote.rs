@@ -62,8 +62,8 @@ impl Room {
             return;
         }
         if let Some(update) = lock(&self.awareness).remove(ids) {
-            let frame = protocol::awareness(update);
-            super::broadcast(lock(&self.members).values(), &frame);
+            let frame = protocol::awareness(update.clone());
+            self.send_removal(&update, &frame, &lock(&self.members));
         }
     }
 
@@ -194,5 +194,76 @@ mod tests {
             assert!(messages < 50, "{messages} awareness messages");
         }
         assert_eq!(lock(&room.remote_awareness)["node-b"].len(), 5);
+    }
+
+    /// What a new connection makes of the awareness frames it got, as y-protocols does:
+    /// per client, the newest clock and whether that entry is a state (not a removal).
+    async fn states_until(
+        out: &crate::sync::room::Outbox,
+        marker: u64,
+    ) -> HashMap<u64, (u32, bool)> {
+        let mut states: HashMap<u64, (u32, bool)> = HashMap::new();
+        while !states.contains_key(&marker) {
+            let mut taken = std::collections::VecDeque::new();
+            let frames = std::future::poll_fn(|cx| {
+                out.poll_take(Some(cx), Some(&mut taken));
+                if taken.is_empty() {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(std::mem::take(&mut taken))
+                }
+            });
+            for item in tokio::time::timeout(GUARD, frames).await.expect("frames") {
+                let crate::sync::room::Out::Frame(frame) = item else {
+                    continue;
+                };
+                let Ok(Message::Awareness(update)) = Message::decode_v1(&frame) else {
+                    continue;
+                };
+                for (id, entry) in update.clients {
+                    let present = &*entry.json != "null";
+                    let kept = states.get(&id.get()).map_or(0, |(clock, _)| *clock);
+                    if entry.clock > kept || (entry.clock == kept && !present) {
+                        states.insert(id.get(), (entry.clock, present));
+                    }
+                }
+            }
+        }
+        states
+    }
+
+    /// A node is removed while its connections' presence waits in a batch (a busy room),
+    /// and a connection joins right after: the batch must not bring the removed state back
+    /// to it (it has no newer clock for the client, so it would show the state until it
+    /// times out: a ghost cursor).
+    #[tokio::test]
+    async fn a_removed_node_stays_removed_for_those_who_join_before_its_batch_goes_out() {
+        let options = ServerOptions::default().dynamic_docs(true);
+        let hub = Arc::new(SyncHub::new(options.sync_options(), BTreeMap::new()));
+        let outbox = || crate::sync::room::Outbox::new(1024, hub.stats.clone(), None);
+        let mut room = None;
+        for conn in 0..50 {
+            match hub.join("room", conn, outbox(), None).await {
+                Ok((_, joined)) => room = Some(joined),
+                Err(_) => panic!("joined"),
+            }
+        }
+        let room = room.expect("a room");
+        // Fast enough to be batched: the first goes out at once, the rest wait.
+        for clock in 1..=40 {
+            let frame = protocol::awareness(update(21, clock));
+            room.apply_remote_awareness("node-b", update(21, clock), frame);
+        }
+        // Nothing has run since: the batch is still waiting.
+        room.drop_remote_node("node-b");
+        let joiner = outbox();
+        room.add(1000, joiner.clone()).await;
+        // After everything else: the joiner has heard it all once it hears of this one.
+        room.apply_remote_awareness("node-c", update(22, 1), protocol::awareness(update(22, 1)));
+        let states = states_until(&joiner, 22).await;
+        assert!(
+            !states.get(&21).is_some_and(|(_, present)| *present),
+            "the removed node's client came back: {states:?}"
+        );
     }
 }
