@@ -234,7 +234,11 @@ impl Room {
             }
         };
         out.push(Out::Frame(protocol::step1(&sv)));
-        let all = lock(&self.awareness).all();
+        // The awareness lock is held until the connection is a member (lock order:
+        // awareness, then members): a removal made in between would go to every member
+        // but this one, which would keep the removed states from its copy.
+        let awareness = lock(&self.awareness);
+        let all = awareness.all();
         if !all.clients.is_empty() {
             out.push(Out::Frame(protocol::awareness(all)));
         }
@@ -245,6 +249,7 @@ impl Room {
                 awareness: HashSet::new(),
             },
         );
+        drop(awareness);
     }
 
     /// Removes a connection, removes its awareness states and tells everyone. Returns how

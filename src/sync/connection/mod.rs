@@ -43,6 +43,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Until then the socket is kept (its queue is freed at once); a y-websocket client that
 /// hears nothing for 30 s reconnects by itself.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// The code a connection's queue is closed with once the peer has closed (not sent: the
+/// answer to the peer's close frame is the socket's).
+const PEER_CLOSED: u16 = 1000;
 /// Reason of the 4403 close of a read-only connection that wrote.
 const READ_ONLY: &str = "Forbidden: this connection may only read";
 /// Messages longer than this are written straight to the socket.
@@ -214,6 +217,9 @@ async fn serve(
             }
             Event::PeerClosed => {
                 tracing::debug!("closed by the peer");
+                // Nothing more is sent: what the room pushes from now on is not queued
+                // (a busy room would otherwise fill the queue during the close's grace).
+                out.close(PEER_CLOSED, "closed by the peer");
                 Box::pin(close_socket(&mut io, None, CLOSE_GRACE)).await;
                 break;
             }
