@@ -162,6 +162,43 @@ async fn metrics_are_off_by_default_and_behind_auth() {
     server.destroy().await.unwrap();
 }
 
+/// Connections that send no request, or only part of its headers, in time are counted
+/// (they are logged at debug only: a line each would let anyone flood the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_in_time_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let client = blog().in_memory().create().await.unwrap();
+    let options = ServerOptions::default()
+        .port(0)
+        .metrics(true)
+        .header_read_timeout(Duration::from_millis(200));
+    let server = create_server([client], options).unwrap();
+    let addr = server.start().await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Each is closed by the server once the deadline passes.
+    for tcp in [&mut silent, &mut partial] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(GUARD, tcp.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .ok();
+    }
+    assert_eq!(server.sync().stats().header_timeouts, 2);
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sample(&text, "epicenter_http_header_timeouts_total"), 2.0);
+    server.destroy().await.unwrap();
+}
+
 /// Connects to room `room` (already percent-encoded) and writes `text` into its doc,
 /// waiting for the SYNC_STATUS echo so it is applied.
 async fn write_room(addr: std::net::SocketAddr, room: &str, text: &str) {

@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::{idle, linger};
+use crate::sync::Stats;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -55,6 +56,7 @@ pub(super) async fn serve(
     app: Router,
     mut stop: watch::Receiver<bool>,
     header_read_timeout: Duration,
+    stats: Arc<Stats>,
 ) {
     let mut http1 = http1::Builder::new();
     http1
@@ -87,6 +89,7 @@ pub(super) async fn serve(
             builders.clone(),
             stop.clone(),
             header_read_timeout,
+            stats.clone(),
         ));
         while connections.try_join_next().is_some() {}
     }
@@ -102,6 +105,7 @@ async fn connection(
     builders: Arc<Builders>,
     mut stop: watch::Receiver<bool>,
     header_read_timeout: Duration,
+    stats: Arc<Stats>,
 ) {
     // hyper's header deadline starts once it serves the connection, which needs the
     // protocol, told from the first bytes: a connection that sends none is held to the
@@ -111,7 +115,10 @@ async fn connection(
         _ = stop.wait_for(|stopped| *stopped) => return,
     };
     let Some(protocol) = told else {
-        tracing::warn!(
+        // Counted, and logged at debug only: a browser's unused preconnect does this, and
+        // a line per connection would let anyone flood the log.
+        stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
             %peer,
             timeout = ?header_read_timeout,
             "closed a connection that sent no request in time"
@@ -192,17 +199,19 @@ async fn connection(
             .await
         }
     };
-    linger::linger(&returned, &mut stop).await;
-    let Err(e) = result else { return };
-    if e.is_timeout() && !served.load(Ordering::Relaxed) {
-        tracing::warn!(
-            %peer,
-            timeout = ?header_read_timeout,
-            "closed a connection that sent no complete request headers in time"
-        );
-    } else {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    match result {
+        Err(e) if e.is_timeout() && !served.load(Ordering::Relaxed) => {
+            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                %peer,
+                timeout = ?header_read_timeout,
+                "closed a connection that sent no complete request headers in time"
+            );
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Ok(()) => {}
     }
+    linger::linger(&returned, &mut stop).await;
 }
 
 /// Drives `connection` until it ends; when the server stops, or no request is in flight

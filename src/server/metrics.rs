@@ -163,6 +163,12 @@ impl Collector for SyncCollector {
             "Requests and sync connections refused for lack of a valid token",
             snapshot.auth_failures,
         )?;
+        counter(
+            &mut encoder,
+            "http_header_timeouts",
+            "Connections closed because they sent no complete request headers in time",
+            snapshot.header_timeouts,
+        )?;
 
         let commits = COMMITS.snapshot();
         counter(

@@ -389,6 +389,7 @@ impl Server {
             app,
             stopped,
             self.options.header_read_timeout,
+            self.state.sync().stats.clone(),
         ));
         tracing::info!(%addr, "serving");
         life.running = Some(Running { addr, stop, task });

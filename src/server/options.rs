@@ -386,7 +386,9 @@ impl ServerOptions {
         self
     }
 
-    /// Sets how long an HTTP/1 connection may take to send a request's headers.
+    /// Sets how long an HTTP/1 connection may take to send a request's headers (a new
+    /// connection, its first bytes too). Connections closed for it are counted in
+    /// [`SyncStats::header_timeouts`](crate::sync::SyncStats) and `/metrics`.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self

@@ -38,6 +38,9 @@ pub(crate) struct Stats {
     pub slow_consumer_closes: AtomicU64,
     /// Requests and sync connections refused for lack of a valid token.
     pub auth_failures: AtomicU64,
+    /// Connections closed because they sent no complete request headers within
+    /// `header_read_timeout`.
+    pub header_timeouts: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub messages_out: AtomicU64,
@@ -56,6 +59,9 @@ pub struct SyncStats {
     pub slow_consumer_closes: u64,
     /// Requests and sync connections refused for lack of a valid token.
     pub auth_failures: u64,
+    /// Connections closed because they sent no complete request headers within
+    /// `header_read_timeout` (a browser's unused preconnect, or a slow-headers attack).
+    pub header_timeouts: u64,
     /// Rooms loaded now.
     pub rooms_open: usize,
 }
@@ -233,6 +239,7 @@ impl SyncHub {
             connections_open: self.stats.connections_open.load(Ordering::Relaxed),
             slow_consumer_closes: self.stats.slow_consumer_closes.load(Ordering::Relaxed),
             auth_failures: self.stats.auth_failures.load(Ordering::Relaxed),
+            header_timeouts: self.stats.header_timeouts.load(Ordering::Relaxed),
             rooms_open: lock(&self.live).len(),
         }
     }

@@ -40,6 +40,7 @@ mod wire_tests;
 #[cfg(feature = "redis")]
 pub use bus::RedisBus;
 pub(crate) use connection::Transport;
+pub(crate) use hub::Stats;
 pub use hub::{RoomEvent, SyncHub, SyncStats};
 pub(crate) use options::SyncOptions;
 pub use protocol::{close, MSG_SYNC_STATUS};
