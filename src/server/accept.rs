@@ -127,8 +127,9 @@ async fn connection(
     };
     let (tcp, returned) = linger::Returning::new(tcp);
     // A sync connection this becomes writes to the stream directly at times (see
-    // `sync::outbox`): each request carries a handle on it.
-    let wire = tcp.shared();
+    // `sync::outbox`): an upgrade request carries a handle on it. Never over HTTP/2, whose
+    // streams share the connection (h2 refuses an `Upgrade` header anyway).
+    let wire = (protocol == Protocol::Http1).then(|| tcp.shared());
     // Whether the connection got as far as a request: a header deadline hit before that
     // is a client that never sent one; after it, an idle keep-alive connection.
     let served = Arc::new(AtomicBool::new(false));
@@ -144,7 +145,10 @@ async fn connection(
             .insert(axum::extract::ConnectInfo(peer));
         // Only a WebSocket upgrade needs the stream (every other request would pay for
         // the extension's allocation).
-        if request.headers().contains_key(axum::http::header::UPGRADE) {
+        if let Some(wire) = wire
+            .as_ref()
+            .filter(|_| request.headers().contains_key(axum::http::header::UPGRADE))
+        {
             request
                 .extensions_mut()
                 .insert(super::sync_route::TcpStreamOf(wire.clone()));
