@@ -254,13 +254,13 @@ impl Room {
 
     /// Removes a connection, removes its awareness states and tells everyone. Returns how
     /// many connections remain.
-    pub fn remove(&self, conn: u64) -> usize {
+    pub fn remove(self: &Arc<Self>, conn: u64) -> usize {
         let member = lock(&self.members).remove(&conn);
         if let Some(member) = member.filter(|m| !m.awareness.is_empty()) {
             let removal = lock(&self.awareness).remove(member.awareness);
             if let Some(update) = removal {
                 let frame = protocol::awareness(update.clone());
-                self.send_removal(&update, &frame, &lock(&self.members));
+                self.send_presence(&update, &frame, &lock(&self.members));
                 self.relay(&frame);
             }
         }

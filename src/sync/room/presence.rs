@@ -70,17 +70,6 @@ impl Presence {
         true
     }
 
-    /// Adds `update` to the batch waiting to go out, if one is; returns whether it did.
-    fn join_open(&self, update: &AwarenessUpdate) -> bool {
-        match &mut lock(&self.0).pending {
-            Some(pending) => {
-                merge(pending, update);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// The batch to send now, as one awareness message (if it holds anything).
     fn take(&self) -> Option<Bytes> {
         let clients = lock(&self.0).pending.take()?;
@@ -103,7 +92,10 @@ fn merge(pending: &mut HashMap<ClientID, AwarenessUpdateEntry>, update: &Awarene
 impl Room {
     /// Sends an awareness message to every connection now, or batches it (see the
     /// module's docs). Call with the room's members locked, so batches and messages go
-    /// out in the order they came.
+    /// out in the order they came. Removals go this way too: one sent while a batch waits
+    /// would be followed by the batch's older entries for the same clients, which a
+    /// connection that joined in between (and never heard of them) would show until they
+    /// time out.
     pub(super) fn send_presence(
         self: &Arc<Self>,
         update: &AwarenessUpdate,
@@ -115,8 +107,8 @@ impl Room {
             tokio::spawn(async move {
                 tokio::time::sleep(WINDOW).await;
                 if let Some(room) = room.upgrade() {
-                    // Taken under the members' lock, so a removal cannot go out between
-                    // the take and the send (see `send_removal`).
+                    // Taken under the members' lock, so nothing (a removal) goes out
+                    // between the take and the send.
                     let members = lock(&room.members);
                     if let Some(frame) = room.presence.take() {
                         broadcast(members.values(), &frame);
@@ -125,22 +117,6 @@ impl Room {
             });
         });
         if !batched {
-            broadcast(members.values(), frame);
-        }
-    }
-
-    /// Sends the removal of awareness states (`frame` holds `update`) to every connection.
-    /// While a batch waits, the removal joins it instead: sent first, it would be followed
-    /// by the batch's older entries for the same clients, which a connection that joined
-    /// in between (and so never heard of them) would show until they time out. Call with
-    /// the room's members locked.
-    pub(super) fn send_removal(
-        &self,
-        update: &AwarenessUpdate,
-        frame: &Bytes,
-        members: &HashMap<u64, super::Member>,
-    ) {
-        if !self.presence.join_open(update) {
             broadcast(members.values(), frame);
         }
     }

@@ -54,7 +54,7 @@ impl Room {
     /// Removes the awareness states node `node`'s connections had (the node is gone) and
     /// tells every local connection.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub fn drop_remote_node(&self, node: &str) {
+    pub fn drop_remote_node(self: &Arc<Self>, node: &str) {
         let ids: HashSet<_> = lock(&self.remote_awareness)
             .remove(node)
             .unwrap_or_default();
@@ -63,7 +63,7 @@ impl Room {
         }
         if let Some(update) = lock(&self.awareness).remove(ids) {
             let frame = protocol::awareness(update.clone());
-            self.send_removal(&update, &frame, &lock(&self.members));
+            self.send_presence(&update, &frame, &lock(&self.members));
         }
     }
 
