@@ -21,6 +21,16 @@ fn blog() -> WorkspaceDefinition {
         .unwrap()
 }
 
+/// The text of `/metrics` (no auth).
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of the sample line that starts with `name` (labels included).
 fn sample(text: &str, name: &str) -> f64 {
     text.lines()
@@ -189,12 +199,7 @@ async fn connections_without_a_request_in_time_are_counted() {
             .ok();
     }
     assert_eq!(server.sync().stats().header_timeouts, 2);
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(addr).await;
     assert_eq!(sample(&text, "epicenter_http_header_timeouts_total"), 2.0);
     server.destroy().await.unwrap();
 }
@@ -269,12 +274,7 @@ async fn hostile_room_names_neither_break_the_scrape_nor_add_series() {
         write_room(addr, &format!("room-{i}"), "plain").await;
     }
 
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(addr).await;
     let scrape = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e:?} in:\n{text}"));
     assert!(
         !scrape.families.keys().any(|name| name.contains("forged")),
